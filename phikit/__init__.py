@@ -1,0 +1,17 @@
+"""phikit: Microsoft's Phi models (phi-1/1.5/2, Phi-3/3.5/4-mini, Phi-3.5-MoE) on plain PyTorch."""
+
+from .cache import DynamicCache, KVCache, StaticCache
+from .config import CONFIG_CLASSES, ConfigError, Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
+from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
+                       PhiForCausalLM, PhiForSequenceClassification, PhiForTokenClassification, PhiModel,
+                       PhimoeForCausalLM, PhimoeForSequenceClassification, PhimoeModel)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONFIG_CLASSES", "ConfigError", "DynamicCache", "KVCache", "StaticCache",
+    "PhiConfig", "PhiKitConfig", "Phi3Config", "PhimoeConfig",
+    "PhiModel", "PhiForCausalLM", "PhiForSequenceClassification", "PhiForTokenClassification",
+    "Phi3Model", "Phi3ForCausalLM", "Phi3ForSequenceClassification", "Phi3ForTokenClassification",
+    "PhimoeModel", "PhimoeForCausalLM", "PhimoeForSequenceClassification",
+]

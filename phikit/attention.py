@@ -1,0 +1,86 @@
+"""Scaled dot-product attention kernels behind one signature: eager, sdpa and flash_attention_2.
+
+Each takes q [B, H, T, D], k/v [B, KV, S, D] and an additive bias [B or 1, 1, T, S] and returns the output
+[B, T, H, D] and, for eager, the attention weights [B, H, T, S]. fp16 is computed in fp32 (phi-2's attention
+scores overflow fp16; on CPUs fp16 matmuls are also far slower than fp32).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, KV, S, D] -> [B, KV*groups, S, D]: each kv head serves `groups` consecutive query heads."""
+    if groups == 1:
+        return x
+    b, kv, s, d = x.shape
+    return x[:, :, None].expand(b, kv, groups, s, d).reshape(b, kv * groups, s, d)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = q.dtype
+    if dtype == torch.float16:
+        q, k, v, bias = q.float(), k.float(), v.float(), bias.float()
+    groups = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale + bias  # [B, H, T, S]
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    weights = F.dropout(weights, p=dropout, training=training)
+    out = torch.matmul(weights, v).transpose(1, 2).contiguous()  # [B, T, H, D]
+    return out.to(dtype), weights.to(dtype)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                   dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                   ) -> tuple[torch.Tensor, None]:
+    dtype = q.dtype
+    if dtype == torch.float16 and q.device.type == "cpu":
+        q, k, v, bias = q.float(), k.float(), v.float(), bias.float()
+    groups = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout if training else 0.0,
+                                         scale=scale)
+    return out.transpose(1, 2).contiguous().to(dtype), None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                    ) -> tuple[torch.Tensor, None]:
+    """flash-attn 2 when the mask is purely causal (no padding, no active window, no unused static slots);
+    anything else falls back to sdpa with the exact mask, so numbers never change with the kernel."""
+    from flash_attn import flash_attn_func  # checked by `check_attention_implementation`
+
+    if not plain_causal:
+        return sdpa_attention(q, k, v, bias, scale, dropout, training)
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout if training
+                          else 0.0, softmax_scale=scale, causal=q.shape[2] > 1)
+    return out, None
+
+
+ATTENTION_FUNCTIONS: dict[str, AttentionFn] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "flash_attention_2": flash_attention,
+}
+
+
+def check_attention_implementation(name: str, device: torch.device | None = None) -> None:
+    """Raise a clear error when `name` cannot run here."""
+    if name not in ATTENTION_FUNCTIONS:
+        raise ValueError(f"attn_implementation={name!r} is not one of {sorted(ATTENTION_FUNCTIONS)}")
+    if name == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ImportError("attn_implementation='flash_attention_2' needs the flash-attn package "
+                              "(pip install flash-attn) and a CUDA GPU; use attn_implementation='sdpa' instead")
+        if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+            raise ValueError("attn_implementation='flash_attention_2' runs only on a CUDA GPU; move the model "
+                             "with .to('cuda') or use attn_implementation='sdpa'")

@@ -1,0 +1,360 @@
+"""Configs for the three Phi families: one validated object per family, read from and written to `config.json`.
+
+Each family is a table of documented defaults (`FIELDS`) on top of a shared base. Construction normalises the
+forms real checkpoints use (`rope_scaling` / `rope_parameters`, rope types `su` / `yarn` / `longrope`, top-level
+`rope_theta` and `partial_rotary_factor`, PhiMoE mscales) into one `rope_parameters` dict, then validates every
+field; a bad value raises `ConfigError` naming the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from .arch import Architecture
+from .rope_config import normalize_rope_parameters, validate_rope_parameters
+
+ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish", "relu")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+LONGROPE_POLICIES = ("per_sequence", "static")
+
+
+class ConfigError(ValueError):
+    """A config field has a value phikit cannot run; the message names the field, the value and the fix."""
+
+
+# Fields every family shares, with their defaults (the seeds' PretrainedConfig conventions).
+COMMON_FIELDS: dict[str, Any] = {
+    "num_key_value_heads": None,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "use_cache": True,
+    "tie_word_embeddings": False,
+    "rope_parameters": None,
+    "sliding_window": None,
+    "bos_token_id": 1,
+    "pad_token_id": None,
+    "num_labels": 2,
+    "id2label": None,
+    "label2id": None,
+    "problem_type": None,
+    "classifier_dropout": None,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+    "attn_implementation": None,
+    # phikit's own: how LongRoPE picks short/long factors (see docs/ARCHITECTURE.md, "LongRoPE policy").
+    "longrope_policy": "per_sequence",
+    "longrope_static_length": None,
+}
+
+POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings", "original_max_position_embeddings",
+                 "num_local_experts", "num_experts_per_tok", "num_labels")
+PROBABILITIES = ("attention_dropout", "resid_pdrop", "embd_pdrop", "router_jitter_noise", "input_jitter_noise")
+POSITIVE_FLOATS = ("layer_norm_eps", "rms_norm_eps", "initializer_range")
+BOOLS = ("use_cache", "tie_word_embeddings", "qk_layernorm", "attention_bias", "lm_head_bias",
+         "output_attentions", "output_hidden_states", "return_dict", "output_router_logits")
+
+
+class PhiKitConfig:
+    """Base of the family configs. Attributes are the `config.json` keys; unknown keys are kept and written back.
+
+    Build with keyword arguments (`Phi3Config(hidden_size=64, ...)`) or from a dict (`Phi3Config.from_dict(d)`);
+    `to_dict()` gives back a `config.json` dict that transformers and phikit both read.
+    """
+
+    model_type: str = ""
+    FIELDS: dict[str, Any] = {}
+    default_partial_rotary_factor: float = 1.0
+    default_rope_theta: float = 10000.0
+    uses_partial_rotary: bool = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = copy.deepcopy(kwargs)
+        kwargs.pop("model_type", None)
+        head_dim = kwargs.pop("head_dim", None)
+        if "torch_dtype" in kwargs and "dtype" not in kwargs:
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        if "_attn_implementation" in kwargs:
+            kwargs.setdefault("attn_implementation", kwargs.pop("_attn_implementation"))
+        for name, default in {**COMMON_FIELDS, **self.FIELDS}.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        # Legacy rope keys are folded into `rope_parameters`; everything else unknown is kept verbatim.
+        legacy = {k: kwargs.pop(k) for k in ("rope_scaling", "rope_theta", "partial_rotary_factor") if k in kwargs}
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if head_dim is not None and (not isinstance(self.hidden_size, int) or not isinstance(
+                self.num_attention_heads, int) or head_dim * self.num_attention_heads != self.hidden_size):
+            raise ConfigError(f"head_dim={head_dim!r} must equal hidden_size / num_attention_heads "
+                              f"({self.hidden_size} / {self.num_attention_heads}); drop head_dim from the config")
+        self.rope_parameters = normalize_rope_parameters(self, legacy)
+        self._fix_label_maps()
+        self.validate()
+
+    # ----- construction helpers -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "PhiKitConfig":
+        """Build from a `config.json` dict; `overrides` win over the dict."""
+        if not isinstance(config_dict, dict):
+            raise ConfigError(f"config must be a dict (the parsed config.json), got {type(config_dict).__name__}")
+        model_type = config_dict.get("model_type")
+        if model_type is not None and cls.model_type and model_type != cls.model_type:
+            raise ConfigError(
+                f"model_type={model_type!r} cannot be read by {cls.__name__} (expects {cls.model_type!r}); "
+                f"use phikit.AutoConfig or the {model_type!r} config class")
+        return cls(**{**config_dict, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "PhiKitConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); re-download or fix config.json") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "PhiKitConfig":
+        """Read `config.json` from a local folder (or the file itself)."""
+        path = os.fspath(path)
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ConfigError(f"no config.json at {path!r}; pass a folder that holds a Hugging Face checkpoint")
+        config = cls.from_json_file(file)
+        for k, v in overrides.items():
+            setattr(config, k, v)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type`."""
+        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
+        out["model_type"] = self.model_type
+        if out.get("dtype") is not None:
+            out["dtype"] = str(out["dtype"]).replace("torch.", "")
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PhiKitConfig) and self.to_dict() == other.to_dict()
+
+    # ----- derived values -------------------------------------------------------------------------------------
+    def architecture(self) -> Architecture:
+        """The family's structural flags (see phikit/arch.py)."""
+        raise NotImplementedError
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_theta(self) -> float:
+        return self.rope_parameters["rope_theta"]
+
+    @property
+    def partial_rotary_factor(self) -> float:
+        return self.rope_parameters["partial_rotary_factor"]
+
+    @property
+    def rope_scaling(self) -> dict[str, Any] | None:
+        """The legacy view: None for plain RoPE, else the rope dict."""
+        return None if self.rope_parameters["rope_type"] == "default" else self.rope_parameters
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each head are rotated."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def _attn_implementation(self) -> str:
+        return self.attn_implementation or "sdpa"
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str) -> None:
+        self.attn_implementation = value
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    # ----- validation -----------------------------------------------------------------------------------------
+    def _fix_label_maps(self) -> None:
+        if self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        else:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+        if self.label2id is None:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for the first field phikit cannot run, naming the field, its value and the fix."""
+        for name in POSITIVE_INTS:
+            if hasattr(self, name):
+                _check_positive_int(name, getattr(self, name))
+        for name in PROBABILITIES:
+            value = getattr(self, name, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}={value!r} must be a probability in [0, 1]")
+        for name in POSITIVE_FLOATS:
+            value = getattr(self, name, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name}={value!r} must be a positive number (e.g. 1e-5)")
+        for name in BOOLS:
+            value = getattr(self, name, False)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} must be true or false")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
+                f"pick num_attention_heads among the divisors of hidden_size")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads={self.num_key_value_heads}; each kv head must serve a whole group of query heads")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
+        if self.sliding_window is not None:
+            _check_positive_int("sliding_window", self.sliding_window)
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(f"attn_implementation={self.attn_implementation!r} is not one of "
+                              f"{list(ATTN_IMPLEMENTATIONS)}")
+        if self.longrope_policy not in LONGROPE_POLICIES:
+            raise ConfigError(f"longrope_policy={self.longrope_policy!r} is not one of {list(LONGROPE_POLICIES)}")
+        if self.longrope_static_length is not None:
+            _check_positive_int("longrope_static_length", self.longrope_static_length)
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name}={value!r} must be an integer token id or null")
+        eos = self.eos_token_id
+        eos_list = eos if isinstance(eos, list) else [eos]
+        if not all(e is None or (isinstance(e, int) and not isinstance(e, bool)) for e in eos_list):
+            raise ConfigError(f"eos_token_id={eos!r} must be an integer token id, a list of them, or null")
+        if self.problem_type not in (None, "regression", "single_label_classification",
+                                     "multi_label_classification"):
+            raise ConfigError(f"problem_type={self.problem_type!r} must be regression, single_label_classification "
+                              f"or multi_label_classification")
+        validate_rope_parameters(self)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+class PhiConfig(PhiKitConfig):
+    """phi-1 / phi-1.5 / phi-2: parallel attention+MLP sharing one LayerNorm, partial rotary, gelu_new, biases."""
+
+    model_type = "phi"
+    default_partial_rotary_factor = 0.5
+    FIELDS = {
+        "vocab_size": 51200,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "hidden_act": "gelu_new",
+        "max_position_embeddings": 2048,
+        "layer_norm_eps": 1e-5,
+        "qk_layernorm": False,
+        "eos_token_id": 2,
+    }
+
+    def architecture(self) -> Architecture:
+        return Architecture(norm="layernorm", norm_eps=self.layer_norm_eps, parallel_residual=True, fused_qkv=False,
+                            attention_bias=True, out_proj="dense", qk_layernorm=self.qk_layernorm, mlp="fc",
+                            mlp_name="mlp", final_norm="final_layernorm", lm_head_bias=True,
+                            embed_dropout=self.embd_pdrop, resid_dropout=self.resid_pdrop)
+
+
+class Phi3Config(PhiKitConfig):
+    """Phi-3 / 3.5 / Phi-4(-mini): fused qkv and gate_up, RMSNorm, SiLU, GQA, LongRoPE, sliding window."""
+
+    model_type = "phi3"
+    FIELDS = {
+        "vocab_size": 32064,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "eos_token_id": 32000,
+        "pad_token_id": 32000,
+    }
+
+    def architecture(self) -> Architecture:
+        return Architecture(norm="rmsnorm", norm_eps=self.rms_norm_eps, parallel_residual=False, fused_qkv=True,
+                            attention_bias=False, out_proj="o_proj", qk_layernorm=False, mlp="gated",
+                            mlp_name="mlp", final_norm="norm", lm_head_bias=False, embed_dropout=self.embd_pdrop,
+                            resid_dropout=self.resid_pdrop)
+
+
+class PhimoeConfig(PhiKitConfig):
+    """Phi-3.5-MoE: sparsemixer top-2 routing over experts, LayerNorm, biased attention and lm_head."""
+
+    model_type = "phimoe"
+    default_rope_theta = 1e6
+    uses_partial_rotary = False
+    FIELDS = {
+        "vocab_size": 32064,
+        "hidden_size": 4096,
+        "intermediate_size": 6400,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096 * 32,
+        "rms_norm_eps": 1e-5,
+        "eos_token_id": 2,
+        "num_experts_per_tok": 2,
+        "num_local_experts": 16,
+        "output_router_logits": False,
+        "router_aux_loss_coef": 0.001,
+        "router_jitter_noise": 0.01,
+        "input_jitter_noise": 0.0,
+        "attention_bias": False,
+        "lm_head_bias": False,
+    }
+
+    def architecture(self) -> Architecture:
+        # PhiMoE normalises with LayerNorm although its config calls the epsilon `rms_norm_eps`.
+        return Architecture(norm="layernorm", norm_eps=self.rms_norm_eps, parallel_residual=False, fused_qkv=False,
+                            attention_bias=self.attention_bias, out_proj="o_proj", qk_layernorm=False, mlp="moe",
+                            mlp_name="block_sparse_moe", final_norm="norm", lm_head_bias=self.lm_head_bias,
+                            embed_dropout=0.0, resid_dropout=0.0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_experts_per_tok != 2:
+            raise ConfigError(
+                f"num_experts_per_tok={self.num_experts_per_tok}: PhiMoE's sparsemixer router always picks exactly "
+                f"2 experts; set num_experts_per_tok=2")
+        if self.num_local_experts < 2:
+            raise ConfigError(f"num_local_experts={self.num_local_experts} must be at least 2 for top-2 routing")
+
+
+CONFIG_CLASSES: dict[str, type[PhiKitConfig]] = {c.model_type: c for c in (PhiConfig, Phi3Config, PhimoeConfig)}
+

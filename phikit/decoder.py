@@ -1,0 +1,218 @@
+"""One generic Phi decoder: attention, block and trunk, configured by `Architecture` flags.
+
+Module attribute names equal the Hugging Face checkpoint names (`self_attn.qkv_proj`, `mlp.fc1`,
+`block_sparse_moe.experts.3.w1`, ...), so `state_dict()` keys match real checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .arch import Architecture
+from .attention import ATTENTION_FUNCTIONS
+from .cache import KVCache
+from .layers import FcMLP, GatedMLP, make_norm
+from .masks import additive_bias, allowed_keys
+from .moe import SparseMoE
+from .rope import RopeSpec, apply_rotary, choose_long, cos_sin, rerotate, rope_spec_from_config
+
+
+@dataclass
+class StepContext:
+    """What every layer of one forward shares: rope tables, mask, cache and the attention kernel."""
+
+    cos: torch.Tensor  # [B, T, R]
+    sin: torch.Tensor  # [B, T, R]
+    bias: torch.Tensor  # [B or 1, 1, T, S] additive mask
+    plain_causal: bool  # no padding and no active window: kernels may use their own causal mask
+    cache: KVCache | None
+    attn_implementation: str
+    output_attentions: bool
+
+
+class Attention(nn.Module):
+    def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        hidden, bias = config.hidden_size, arch.attention_bias
+        self.fused = arch.fused_qkv
+        if self.fused:
+            self.qkv_proj = nn.Linear(hidden, q_size + 2 * kv_size, bias=bias)
+        else:
+            self.q_proj = nn.Linear(hidden, q_size, bias=bias)
+            self.k_proj = nn.Linear(hidden, kv_size, bias=bias)
+            self.v_proj = nn.Linear(hidden, kv_size, bias=bias)
+        self.out_name = arch.out_proj
+        self.add_module(arch.out_proj, nn.Linear(q_size, hidden, bias=bias))
+        self.qk_layernorm = arch.qk_layernorm
+        if self.qk_layernorm:
+            self.q_layernorm = nn.LayerNorm(self.head_dim, eps=arch.norm_eps)
+            self.k_layernorm = nn.LayerNorm(self.head_dim, eps=arch.norm_eps)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D]."""
+        b, t, _ = x.shape
+        if self.fused:
+            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, t, _ = x.shape
+        q, k, v = self.project(x)
+        if self.qk_layernorm:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, KV, S, D]
+        kernel = "eager" if ctx.output_attentions else ctx.attn_implementation
+        out, weights = ATTENTION_FUNCTIONS[kernel](q, k, v, ctx.bias, self.scale, self.dropout, self.training,
+                                                   plain_causal=ctx.plain_causal)
+        out = out.reshape(b, t, self.num_heads * self.head_dim)  # [B, T, H*D]
+        return self._modules[self.out_name](out), weights
+
+
+class DecoderLayer(nn.Module):
+    """One block. Parallel residual (phi) or sequential (phi3, phimoe):
+
+        parallel:   x ──┬── ln ──┬── attn ──┐            sequential:  x ──┬── ln1 ── attn ──(+)──┬── ln2 ── mlp ──(+)── out
+                        │        └── mlp ───(+)── out                     └───────────────────┘  └──────────────┘
+                        └────────────────────┘
+    """
+
+    def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
+        super().__init__()
+        self.parallel = arch.parallel_residual
+        self.self_attn = Attention(config, arch, layer_idx)
+        self.input_layernorm = make_norm(arch.norm, config.hidden_size, arch.norm_eps)
+        if not self.parallel:
+            self.post_attention_layernorm = make_norm(arch.norm, config.hidden_size, arch.norm_eps)
+        self.mlp_name = arch.mlp_name
+        self.is_moe = arch.mlp == "moe"
+        if arch.mlp == "fc":
+            mlp: nn.Module = FcMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        elif arch.mlp == "gated":
+            mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        else:
+            mlp = SparseMoE(config.hidden_size, config.intermediate_size, config.num_local_experts,
+                            config.hidden_act, config.router_jitter_noise, config.input_jitter_noise)
+        self.add_module(arch.mlp_name, mlp)
+        self.resid_dropout = nn.Dropout(arch.resid_dropout)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x [B, T, hidden] -> (x', attention weights or None, router logits [N, E] or None)."""
+        mlp = self._modules[self.mlp_name]
+        h = self.input_layernorm(x)
+        attn, weights = self.self_attn(h, ctx)
+        if self.parallel:
+            return x + self.resid_dropout(attn) + self.resid_dropout(mlp(h)), weights, None
+        x = x + self.resid_dropout(attn)
+        h = self.post_attention_layernorm(x)
+        router_logits = None
+        if self.is_moe:
+            h, router_logits = mlp(h)
+        else:
+            h = mlp(h)
+        return x + self.resid_dropout(h), weights, router_logits
+
+
+@dataclass
+class TrunkOutput:
+    last_hidden_state: torch.Tensor  # [B, T, hidden]
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    router_logits: tuple[torch.Tensor, ...] | None
+
+
+class Decoder(nn.Module):
+    """Embedding -> layers -> final norm. The trunk every family shares (transformers' `XModel`)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        arch = config.architecture()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id
+                                         if config.pad_token_id is not None and config.pad_token_id < config.vocab_size
+                                         else None)
+        self.embed_dropout = nn.Dropout(arch.embed_dropout)
+        self.layers = nn.ModuleList(DecoderLayer(config, arch, i) for i in range(config.num_hidden_layers))
+        self.final_norm_name = arch.final_norm
+        self.add_module(arch.final_norm, make_norm(arch.norm, config.hidden_size, arch.norm_eps))
+        self.rope: RopeSpec = rope_spec_from_config(config)
+        self.gradient_checkpointing = False
+
+    def run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+            position_ids: torch.Tensor | None, cache: KVCache | None, start: int,
+            output_attentions: bool, output_hidden_states: bool, output_router_logits: bool) -> TrunkOutput:
+        """inputs_embeds [B, T, hidden]; slots [start, start + T) in `cache`; attention_mask [B, L] 1 = real."""
+        b, t, _ = inputs_embeds.shape
+        device = inputs_embeds.device
+        if position_ids is None:
+            position_ids = torch.arange(start, start + t, device=device)[None]  # [1, T]
+        long = choose_long(self.rope, position_ids, b)  # [B]
+        if cache is not None:
+            self._align_cached_rope(cache, long, inputs_embeds.dtype)
+            cache.prepare(position_ids, start, b)
+            cache.rope_long = long
+        num_slots = cache.num_slots if cache is not None else t
+        query_slots = torch.arange(start, start + t, device=device)
+        window = self.config.sliding_window
+        allowed = allowed_keys(query_slots, num_slots, attention_mask, window)
+        plain_causal = (attention_mask is None or bool(attention_mask.all())) and \
+            (window is None or start + t <= window) and num_slots == start + t
+        cos, sin = cos_sin(self.rope, position_ids, long, inputs_embeds.dtype)
+        ctx = StepContext(cos, sin, additive_bias(allowed, inputs_embeds.dtype), plain_causal, cache,
+                          self.config._attn_implementation, output_attentions)
+
+        x = self.embed_dropout(inputs_embeds)
+        all_hidden = [x] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        all_router = [] if output_router_logits else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x, weights, router = torch.utils.checkpoint.checkpoint(layer, x, ctx, use_reentrant=False)
+            else:
+                x, weights, router = layer(x, ctx)
+            if all_hidden is not None:
+                all_hidden.append(x)
+            if all_attn is not None:
+                all_attn.append(weights)
+            if all_router is not None and router is not None:
+                all_router.append(router)
+        x = self._modules[self.final_norm_name](x)
+        if all_hidden is not None:
+            all_hidden[-1] = x  # the reference reports the normed output in place of the last layer's
+        return TrunkOutput(x, _tuple(all_hidden), _tuple(all_attn), _tuple(all_router))
+
+    def _align_cached_rope(self, cache: KVCache, long: torch.Tensor, dtype: torch.dtype) -> None:
+        """Re-rotate cached keys of rows whose LongRoPE regime changes (once, when a row crosses the boundary)."""
+        past = cache.get_seq_length()
+        if cache.rope_long is None or past == 0:
+            return
+        changed = cache.rope_long != long  # [B]
+        if not bool(changed.any()):
+            return
+        positions = cache.positions[:, :past]  # [B, past]
+        old = cos_sin(self.rope, positions, cache.rope_long, dtype)
+        new = cos_sin(self.rope, positions, long, dtype)
+        rows = changed[:, None, None, None]
+        cache.map_keys(lambda keys: torch.where(rows, rerotate(keys, old, new), keys), past)
+
+
+def _tuple(items: list | None) -> tuple | None:
+    return None if items is None else tuple(items)
