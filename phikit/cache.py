@@ -1,31 +1,31 @@
 """KV caches behind one narrow interface: `prepare` once per forward, `update` once per layer.
 
-    cache.prepare(position_ids, start)   # the new tokens take slots [start, start + T); remembers their positions
-    keys, values = cache.update(layer, k, v)   # store this layer's new k/v [B, KV, T, D]; get all S slots back
-    cache.num_slots                       # S, what the attention mask must cover
-    cache.get_seq_length()                # slots filled so far
+    cache.prepare(position_ids, start, batch, inputs)  # new tokens take slots [start, start + T)
+    keys, values = cache.update(layer, k, v)            # store this layer's k/v [B, KV, T, D]; get all S slots
+    cache.num_slots                                      # S, what the attention mask must cover
+    cache.get_seq_length()                               # slots filled so far
 
 `DynamicCache` grows by concatenation; `StaticCache` preallocates `max_cache_len` slots (the fast decode path and a
-batching server both want fixed shapes). Both remember each slot's rope position and which LongRoPE regime its keys
-were rotated with (`rope_long`, [B] bool), so the model can re-rotate cached keys once when a sequence crosses
-`original_max_position_embeddings` instead of recomputing the prompt.
+batching server both want fixed shapes). Both remember each slot's rope position and the LongRoPE regime each row's
+keys and values were computed in (`rope_long`, [B] bool). Under the per-sequence LongRoPE policy they also keep the
+layer-0 inputs of each slot (`inputs`, [B, S, hidden], 1/(2 * layers * kv_heads/heads) of the cache's size) so a
+row that crosses `original_max_position_embeddings` can be recomputed in the long regime once, in place.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
 
 class KVCache:
-    """Shared bookkeeping: slot count, rope positions of the slots, LongRoPE regime of the cached keys."""
+    """Shared bookkeeping: slot count, rope positions and regimes of the slots, optional layer-0 inputs."""
 
     def __init__(self) -> None:
         self.length = 0  # slots filled, including the tokens of the forward in progress once `prepare` ran
         self.start = 0  # first slot of the forward in progress
         self.positions: torch.Tensor | None = None  # [B, slots] rope position of each slot
-        self.rope_long: torch.Tensor | None = None  # [B] bool, regime the cached keys carry
+        self.inputs: torch.Tensor | None = None  # [B, slots, hidden] layer-0 inputs, kept only when asked
+        self.rope_long: torch.Tensor | None = None  # [B] bool, regime the cached rows were computed in
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
@@ -39,26 +39,30 @@ class KVCache:
     def num_slots(self) -> int:
         raise NotImplementedError
 
-    def prepare(self, position_ids: torch.Tensor, start: int, batch: int) -> None:
-        """Reserve slots [start, start + T) for the new tokens, whose rope positions are position_ids [B or 1, T]."""
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int,
+                inputs: torch.Tensor | None = None) -> None:
+        """Reserve slots [start, start + T) for new tokens with rope positions position_ids [B or 1, T] and, when
+        given, layer-0 inputs [B, T, hidden]."""
         raise NotImplementedError
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def map_keys(self, fn: Callable[[torch.Tensor], torch.Tensor], slots: int) -> None:
-        """Replace the first `slots` cached keys of every layer by fn(keys [B, KV, slots, D])."""
-        for layer, keys in enumerate(self.keys):
-            self.keys[layer] = torch.cat((fn(keys[:, :, :slots]), keys[:, :, slots:]), dim=2)
+    def replace_rows(self, rows: torch.Tensor, other: "KVCache") -> None:
+        """Overwrite the first `other.length` slots of batch rows `rows` [b] with `other`'s keys and values."""
+        n = other.length
+        for layer in range(len(self.keys)):
+            self.keys[layer][rows, :, :n] = other.keys[layer][:, :, :n]
+            self.values[layer][rows, :, :n] = other.values[layer][:, :, :n]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select rows (beam search): every per-row tensor is indexed by beam_idx [B']."""
-        self.keys = [k.index_select(0, beam_idx.to(k.device)) for k in self.keys]
-        self.values = [v.index_select(0, beam_idx.to(v.device)) for v in self.values]
-        if self.positions is not None:
-            self.positions = self.positions.index_select(0, beam_idx.to(self.positions.device))
-        if self.rope_long is not None:
-            self.rope_long = self.rope_long.index_select(0, beam_idx.to(self.rope_long.device))
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, beam_idx.to(t.device))
+
+        self.keys = [pick(k) for k in self.keys]
+        self.values = [pick(v) for v in self.values]
+        self.positions, self.inputs, self.rope_long = pick(self.positions), pick(self.inputs), pick(self.rope_long)
 
 
 class DynamicCache(KVCache):
@@ -71,12 +75,15 @@ class DynamicCache(KVCache):
     def num_slots(self) -> int:
         return self.length
 
-    def prepare(self, position_ids: torch.Tensor, start: int, batch: int) -> None:
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int,
+                inputs: torch.Tensor | None = None) -> None:
         if start != self.length:
             raise ValueError(f"DynamicCache holds {self.length} tokens but the new tokens start at slot {start}; "
                              f"a dynamic cache only appends (pass cache_position starting at {self.length})")
         positions = position_ids.expand(batch, -1)
         self.positions = positions if self.positions is None else torch.cat((self.positions, positions), dim=1)
+        if inputs is not None:
+            self.inputs = inputs if self.inputs is None else torch.cat((self.inputs, inputs), dim=1)
         self.start, self.length = start, start + position_ids.shape[-1]
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +114,8 @@ class StaticCache(KVCache):
     def num_slots(self) -> int:
         return self.max_cache_len
 
-    def prepare(self, position_ids: torch.Tensor, start: int, batch: int) -> None:
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int,
+                inputs: torch.Tensor | None = None) -> None:
         end = start + position_ids.shape[-1]
         if end > self.max_cache_len:
             raise ValueError(f"StaticCache has {self.max_cache_len} slots but this forward needs slots up to {end}; "
@@ -115,6 +123,10 @@ class StaticCache(KVCache):
         if self.positions is None:
             self.positions = torch.zeros(batch, self.max_cache_len, dtype=torch.long, device=position_ids.device)
         self.positions[:, start:end] = position_ids.expand(batch, -1)
+        if inputs is not None:
+            if self.inputs is None:
+                self.inputs = inputs.new_zeros(batch, self.max_cache_len, inputs.shape[-1])
+            self.inputs[:, start:end] = inputs
         self.start, self.length = start, max(self.length, end)
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +139,6 @@ class StaticCache(KVCache):
         self.keys[layer_idx][:, :, self.start:end] = key
         self.values[layer_idx][:, :, self.start:end] = value
         return self.keys[layer_idx], self.values[layer_idx]
-
-    def map_keys(self, fn: Callable[[torch.Tensor], torch.Tensor], slots: int) -> None:
-        for keys in self.keys:
-            keys[:, :, :slots] = fn(keys[:, :, :slots])
 
     def reset(self) -> None:
         """Forget all tokens but keep the buffers (reuse across prompts without reallocating)."""

@@ -13,11 +13,11 @@ import torch.nn as nn
 
 from .arch import Architecture
 from .attention import ATTENTION_FUNCTIONS
-from .cache import KVCache
+from .cache import DynamicCache, KVCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
 from .moe import SparseMoE
-from .rope import RopeSpec, apply_rotary, choose_long, cos_sin, rerotate, rope_spec_from_config
+from .rope import RopeSpec, apply_rotary, choose_long, cos_sin, rope_spec_from_config
 
 
 @dataclass
@@ -158,16 +158,25 @@ class Decoder(nn.Module):
 
     def run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
             position_ids: torch.Tensor | None, cache: KVCache | None, start: int,
-            output_attentions: bool, output_hidden_states: bool, output_router_logits: bool) -> TrunkOutput:
-        """inputs_embeds [B, T, hidden]; slots [start, start + T) in `cache`; attention_mask [B, L] 1 = real."""
+            output_attentions: bool, output_hidden_states: bool, output_router_logits: bool,
+            long: torch.Tensor | None = None) -> TrunkOutput:
+        """inputs_embeds [B, T, hidden] into slots [start, start + T) of `cache`; attention_mask [B, L] 1 = real.
+        `long` [B] forces the LongRoPE regime of each row (default: chosen from the positions by the policy)."""
         b, t, _ = inputs_embeds.shape
         device = inputs_embeds.device
         if position_ids is None:
             position_ids = torch.arange(start, start + t, device=device)[None]  # [1, T]
-        long = choose_long(self.rope, position_ids, b)  # [B]
+        if long is None:
+            long = choose_long(self.rope, position_ids, b)  # [B]
         if cache is not None:
-            self._align_cached_rope(cache, long, inputs_embeds.dtype)
-            cache.prepare(position_ids, start, b)
+            if cache.rope_long is not None and cache.length > 0:
+                self._recompute_crossing_rows(cache, long, attention_mask)
+            # Rows still short may cross later: keep their layer-0 inputs so they can be recomputed then.
+            per_sequence = self.rope.original_max_positions is not None and self.rope.static_long is None
+            keep_inputs = per_sequence and not bool(long.all())
+            if not keep_inputs:
+                cache.inputs = None
+            cache.prepare(position_ids, start, b, inputs_embeds if keep_inputs else None)
             cache.rope_long = long
         num_slots = cache.num_slots if cache is not None else t
         query_slots = torch.arange(start, start + t, device=device)
@@ -199,19 +208,24 @@ class Decoder(nn.Module):
             all_hidden[-1] = x  # the reference reports the normed output in place of the last layer's
         return TrunkOutput(x, _tuple(all_hidden), _tuple(all_attn), _tuple(all_router))
 
-    def _align_cached_rope(self, cache: KVCache, long: torch.Tensor, dtype: torch.dtype) -> None:
-        """Re-rotate cached keys of rows whose LongRoPE regime changes (once, when a row crosses the boundary)."""
-        past = cache.get_seq_length()
-        if cache.rope_long is None or past == 0:
-            return
+    def _recompute_crossing_rows(self, cache: KVCache, long: torch.Tensor, attention_mask: torch.Tensor | None
+                                 ) -> None:
+        """Rows whose LongRoPE regime changes (a sequence grew past original_max_position_embeddings) get their
+        cached keys and values recomputed once in the new regime, exactly as an uncached forward would see them.
+        Every layer's k/v depend on the regime through the layers below, so re-rotating keys alone is not enough."""
         changed = cache.rope_long != long  # [B]
         if not bool(changed.any()):
             return
-        positions = cache.positions[:, :past]  # [B, past]
-        old = cos_sin(self.rope, positions, cache.rope_long, dtype)
-        new = cos_sin(self.rope, positions, long, dtype)
-        rows = changed[:, None, None, None]
-        cache.map_keys(lambda keys: torch.where(rows, rerotate(keys, old, new), keys), past)
+        past = cache.length
+        if cache.inputs is None or cache.inputs.shape[1] < past:
+            raise RuntimeError("this cache was filled without the layer-0 inputs needed to switch LongRoPE regime; "
+                               "build a fresh cache (or use longrope_policy='static')")
+        rows = changed.nonzero().squeeze(1)  # [b]
+        fresh = DynamicCache()
+        mask = attention_mask[rows, :past] if attention_mask is not None else None
+        self.run(cache.inputs[rows, :past], mask, cache.positions[rows, :past], fresh, 0,
+                 False, False, False, long=long[rows])
+        cache.replace_rows(rows, fresh)
 
 
 def _tuple(items: list | None) -> tuple | None:

@@ -31,8 +31,8 @@ class _Multiplier(torch.autograd.Function):
         return grad_scores, None, None, None, None
 
 
-def _pick(scores: torch.Tensor, candidates: torch.Tensor, jitter_eps: float,
-          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _pick(scores: torch.Tensor, candidates: torch.Tensor, jitter_eps: float, training: bool,
+          second: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One sparsemixer round over `candidates` [N, E] (already-chosen experts at -inf): (gate [N, 1], expert [N, 1])."""
     with torch.no_grad():
         threshold, best = candidates.max(dim=-1, keepdim=True)
@@ -48,7 +48,10 @@ def _pick(scores: torch.Tensor, candidates: torch.Tensor, jitter_eps: float,
     gate = gates.gather(dim=-1, index=chosen)
     if training:
         top = gates.max(dim=-1, keepdim=True)[1]
-        mask_for_one = torch.logical_or(chosen == top, torch.rand_like(gate) > 0.75)  # Heun's third-order method
+        coin = torch.rand_like(gate)
+        if second:  # the reference draws twice here (rand_like(...).uniform_()); same RNG stream, same samples
+            coin = coin.uniform_()
+        mask_for_one = torch.logical_or(chosen == top, coin > 0.75)  # Heun's third-order method
         mask_for_one = torch.add(0.3333, mask_for_one, alpha=0.6667).type_as(gates)
         gate = _Multiplier.apply(scores, gate, chosen, gates, mask_for_one)
     return gate, chosen
@@ -58,7 +61,7 @@ def sparsemixer(scores: torch.Tensor, jitter_eps: float, training: bool = False)
     """Router logits [N, E] -> (gates [N, 2], experts [N, 2])."""
     gate1, expert1 = _pick(scores, scores, jitter_eps, training)
     rest = torch.scatter(scores, -1, expert1, float("-inf"))
-    gate2, expert2 = _pick(scores, rest, jitter_eps, training)
+    gate2, expert2 = _pick(scores, rest, jitter_eps, training, second=True)
     return torch.cat((gate1, gate2), dim=-1), torch.cat((expert1, expert2), dim=-1)
 
 

@@ -111,20 +111,3 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
-
-def rerotate(keys: torch.Tensor, old: tuple[torch.Tensor, torch.Tensor],
-             new: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Move keys [B, KV, S, D] rotated with `old` (cos, sin) [B, S, R] to the `new` tables, in fp32.
-
-    Rotation by (c, s) is y = x*c + rot(x)*s, so x = (y*c - rot(y)*s) / (c^2 + s^2); the divisor undoes the
-    attention scale folded into the tables. Used once when a cached sequence crosses into the long regime.
-    """
-    rotary_dim = old[0].shape[-1]
-    y = keys[..., :rotary_dim].float()
-    c_old, s_old = (t.float()[:, None] for t in old)  # [B, 1, S, R]
-    raw = (y * c_old - rotate_half(y) * s_old) / (c_old * c_old + s_old * s_old)
-    c_new, s_new = (t.float()[:, None] for t in new)
-    rotated = (raw * c_new + rotate_half(raw) * s_new).to(keys.dtype)
-    if rotary_dim == keys.shape[-1]:
-        return rotated
-    return torch.cat((rotated, keys[..., rotary_dim:]), dim=-1)
