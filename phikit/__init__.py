@@ -1,6 +1,11 @@
 """phikit: Microsoft's Phi models (phi-1/1.5/2, Phi-3/3.5/4-mini, Phi-3.5-MoE) on plain PyTorch."""
 
+from .auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                   AutoModelForTokenClassification)
 from .cache import DynamicCache, KVCache, StaticCache
+from .checkpoint import CheckpointError
+from .generation_config import GenerationConfig, merge_eos_ids
+from .hub import HubError
 from .config import CONFIG_CLASSES, ConfigError, Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
                        PhiForCausalLM, PhiForSequenceClassification, PhiForTokenClassification, PhiModel,
@@ -9,6 +14,8 @@ from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTo
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification", "CheckpointError", "GenerationConfig", "HubError", "merge_eos_ids",
     "CONFIG_CLASSES", "ConfigError", "DynamicCache", "KVCache", "StaticCache",
     "PhiConfig", "PhiKitConfig", "Phi3Config", "PhimoeConfig",
     "PhiModel", "PhiForCausalLM", "PhiForSequenceClassification", "PhiForTokenClassification",

@@ -135,6 +135,9 @@ class PhiKitConfig:
         """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type`."""
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
         out["model_type"] = self.model_type
+        for key in ("longrope_policy", "longrope_static_length", "attn_implementation"):  # phikit-only, if default
+            if out.get(key) == COMMON_FIELDS[key]:
+                out.pop(key)
         if out.get("dtype") is not None:
             out["dtype"] = str(out["dtype"]).replace("torch.", "")
         return out

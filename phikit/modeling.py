@@ -6,6 +6,7 @@ checkpoint parameter names (`model.layers.0...`, `lm_head`, `score`). Family dif
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from .cache import DynamicCache, KVCache
 from .config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .decoder import Decoder, TrunkOutput
 from .layers import RMSNorm
+from .loading import load_pretrained, save_pretrained
 from .losses import (causal_lm_loss, load_balancing_loss, sequence_classification_loss,
                      token_classification_loss)
 from .moe import SparseMoE
@@ -99,6 +101,21 @@ class PreTrainedMixin:
     @classmethod
     def from_config(cls, config: PhiKitConfig, **kwargs: Any):
         return cls(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Load from a local folder or hub id: `dtype` ("auto" by default), `device_map`, `attn_implementation`,
+        `revision`, `local_files_only`, `trust_remote_code` (accepted; never runs code), `strict`,
+        `output_loading_info`, and config overrides as keywords. See phikit/loading.py."""
+        if model_args:
+            raise TypeError(f"from_pretrained takes the path and keyword arguments only, got extra {model_args!r}")
+        return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB",
+                        safe_serialization: bool = True, state_dict: dict[str, torch.Tensor] | None = None,
+                        **kwargs: Any) -> None:
+        """Write config.json, generation_config.json and model.safetensors (sharded past max_shard_size)."""
+        save_pretrained(self, save_directory, max_shard_size, safe_serialization, state_dict)
 
     def _finish(self, output: ModelOutput, return_dict: bool | None):
         return_dict = self.config.return_dict if return_dict is None else return_dict

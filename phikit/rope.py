@@ -35,10 +35,11 @@ class RopeSpec:
 
 def inverse_frequencies(theta: float, rotary_dim: int, factors: list[float] | None = None) -> torch.Tensor:
     """[R/2] float32: 1 / (factor_i * theta^(2i/R)), the LongRoPE form; factors=None is plain RoPE."""
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    # Explicitly on the CPU: models are built under `torch.device("meta")` when loading, and tables must be real.
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
     if factors is None:
         return 1.0 / (theta**exponents)
-    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * theta**exponents)
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32, device="cpu") * theta**exponents)
 
 
 def longrope_attention_factor(rope_parameters: dict, max_positions: int) -> float:

@@ -141,3 +141,10 @@ def left_padded_batch(vocab: int, lengths: list[int], seed: int = 0, pad_id: int
         mask[i, width - len(r):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions, rows
+
+
+def hub_free(monkeypatch, tmp_path) -> None:
+    """No network and an empty hub cache, as on a fresh offline machine."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))

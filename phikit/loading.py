@@ -1,0 +1,220 @@
+"""`from_pretrained` and `save_pretrained`: build on the meta device, fill from the checkpoint, account for every
+tensor.
+
+The accountant: every model parameter must be filled and every checkpoint tensor consumed, with matching shapes;
+otherwise `CheckpointError` lists the names and the fix, before any weight is read. With `strict=False` what fits is
+loaded, the rest is initialised and reported in `model.loading_info`. A head the checkpoint does not have (e.g.
+`score` when a causal-LM checkpoint is loaded for classification) is always initialised and reported, and the
+checkpoint's `lm_head` is then skipped, as transformers does: that is how fine-tuning starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
+from .config import PhiKitConfig
+from .generation_config import GenerationConfig
+from .hub import resolve_folder
+from .name_maps import plan_sources
+
+HEAD_PREFIXES = ("lm_head.", "score.")
+DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: Any, config: PhiKitConfig, reader: CheckpointReader | None) -> torch.dtype:
+    """torch dtype from a dtype, its name, or "auto" (config's `dtype`/`torch_dtype`, else the weights' own)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if named is not None:
+            return resolve_dtype(str(named).replace("torch.", ""), config, reader)
+        if reader is not None:
+            for ref in reader.refs.values():
+                if ref.dtype.is_floating_point:
+                    return ref.dtype
+        return torch.float32
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in DTYPES:
+        return DTYPES[dtype.replace("torch.", "")]
+    raise ValueError(f"dtype={dtype!r} is not supported; use torch.float32, torch.bfloat16, torch.float16 or 'auto'")
+
+
+def resolve_device(device_map: Any) -> torch.device:
+    """phikit places whole models on one device: None/'cpu', 'cuda', 'cuda:1', 'auto', {'': device}."""
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(f"device_map={device_map!r} splits the model over devices; phikit loads a model on "
+                             f"one device (use tensor parallelism for more)")
+        device_map = devices.pop()
+    if device_map is None:
+        return torch.device("cpu")
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    return torch.device(device_map)
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Constructors and `post_init` initialise weights; on the meta device before loading that is wasted work
+    (and slow through meta kernels), so the torch.nn.init functions do nothing inside this block."""
+    names = ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_",
+             "xavier_uniform_", "xavier_normal_", "constant_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    old = module._parameters.get(leaf)
+    if old is not None:
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        module._buffers[leaf] = value
+
+
+def _short(names: list[str], limit: int = 8) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig | None = None,
+                    dtype: Any = "auto", torch_dtype: Any = None, device_map: Any = None,
+                    attn_implementation: str | None = None, revision: str | None = None,
+                    local_files_only: bool = False, trust_remote_code: bool = False, strict: bool = True,
+                    output_loading_info: bool = False, quantization_config: Any = None, cache_dir: str | None = None,
+                    token: str | bool | None = None, low_cpu_mem_usage: bool | None = None, **config_overrides: Any):
+    """Load `cls` (a phikit model class) from a local folder or hub id. `trust_remote_code` is accepted for
+    compatibility and never executes code: phikit implements every Phi family itself."""
+    from .auto import config_from_folder
+
+    if quantization_config is not None:
+        raise NotImplementedError("quantization_config is not supported yet by phikit; load without it")
+    folder = resolve_folder(path_or_id, revision, local_files_only, cache_dir=cache_dir, token=token)
+    if config is None:
+        config = config_from_folder(folder)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+    config.validate()
+    device = resolve_device(device_map)
+    with CheckpointReader(find_weight_files(folder)) as reader:
+        target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, reader)
+        with torch.device("meta"), _skip_init():
+            model = cls(config)
+        info = _fill(model, reader, folder, target_dtype, device, strict)
+    model.tie_weights()
+    model.eval()
+    config.dtype = str(target_dtype).replace("torch.", "")
+    model.loading_info = info
+    if os.path.isfile(os.path.join(folder, "generation_config.json")):
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    else:
+        model.generation_config = GenerationConfig.from_model_config(config)
+    model.name_or_path = os.fspath(path_or_id)
+    return (model, info) if output_loading_info else model
+
+
+def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,
+          strict: bool) -> dict[str, list]:
+    """Check the whole plan first (names and shapes from headers), then read tensors one at a time."""
+    config = model.config
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    params = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items() if n not in tied}
+    checkpoint = {n: ref.shape for n, ref in reader.refs.items()}
+    plan = plan_sources(config, checkpoint, params)
+    missing = [n for n in params if n not in plan.sources]
+    new_heads = [n for n in missing if n.startswith(HEAD_PREFIXES)]
+    missing = [n for n in missing if n not in new_heads]
+    unused = [n for n in plan.unused if not (new_heads and n.startswith(HEAD_PREFIXES))]
+    if tied:  # a tied checkpoint may still carry its lm_head copy
+        unused = [n for n in unused if n not in ("lm_head.weight",)]
+    mismatched = [(n, src.shape, params[n]) for n, src in plan.sources.items()
+                  if src.shape is not None and tuple(src.shape) != params[n]]
+    if strict:
+        if mismatched:
+            name, got, want = mismatched[0]
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(got)} in the checkpoint at {folder} but the model built from its "
+                f"config.json expects {want} ({len(mismatched)} mismatched in all); config.json does not describe "
+                f"these weights (check hidden_size, intermediate_size, num_*_heads, vocab_size)")
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint at {folder} lacks {len(missing)} tensors the model needs: {_short(missing)}; it is "
+                f"not a complete {config.model_type} checkpoint for this config (pass strict=False to load the rest "
+                f"and initialise these randomly)")
+        if unused:
+            raise CheckpointError(
+                f"the checkpoint at {folder} has {len(unused)} tensors this {type(model).__name__} does not use: "
+                f"{_short(unused)}; config.json does not match the weights (e.g. num_hidden_layers), or pass "
+                f"strict=False to skip them")
+    skip = {n for n, _, _ in mismatched}
+    for name, source in plan.sources.items():
+        if name in skip:
+            continue
+        tensor = source.build([reader.get(src) for src in source.names])
+        if tuple(tensor.shape) != params[name]:  # shapes only known after building (fused splits)
+            raise CheckpointError(f"tensor {name} built from {', '.join(source.names)} in {folder} has shape "
+                                  f"{tuple(tensor.shape)}, the model expects {params[name]}")
+        placed = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        if placed.data_ptr() != tensor.data_ptr():  # converted or moved: the file pages are no longer needed
+            for src in source.names:
+                reader.release(src)
+        _set_tensor(model, name, placed)
+    uninitialised = missing + new_heads + sorted(skip)
+    _materialise(model, uninitialised, dtype, device)
+    return {"missing_keys": missing, "unexpected_keys": unused, "newly_initialized_keys": new_heads,
+            "mismatched_keys": mismatched}
+
+
+def _materialise(model: nn.Module, names: list[str], dtype: torch.dtype, device: torch.device) -> None:
+    """Give parameters the checkpoint did not fill real storage and the model's own initialisation."""
+    modules = set()
+    for name in names:
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        meta = getattr(module, leaf)
+        _set_tensor(model, name, torch.empty(meta.shape, dtype=dtype, device=device))
+        modules.add(module_name)
+    for module_name in sorted(modules):
+        model._init_weights(model.get_submodule(module_name))
+
+
+def save_pretrained(model: nn.Module, folder: str | os.PathLike, max_shard_size: int | str = "5GB",
+                    safe_serialization: bool = True, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write config.json, generation_config.json and safetensors (sharded past max_shard_size) that transformers
+    and phikit both load. Tied lm_head weights are not written twice."""
+    from .checkpoint import write_safetensors
+
+    if not safe_serialization:
+        raise ValueError("phikit writes safetensors only (pickles can run code when loaded); drop "
+                         "safe_serialization=False")
+    folder = os.fspath(folder)
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(state, folder, max_shard_size)
+    config = model.config
+    config.dtype = str(next(iter(state.values())).dtype).replace("torch.", "") if state else None
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
+    generation_config = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(config)
+    generation_config.save_pretrained(folder)
