@@ -6,6 +6,11 @@ from .cache import DynamicCache, KVCache, StaticCache
 from .checkpoint import CheckpointError
 from .generation_config import GenerationConfig, merge_eos_ids
 from .hub import HubError
+from .batch_encoding import BatchEncoding
+from .chat_template import ChatTemplateError
+from .tokenization import AutoTokenizer, PhiTokenizer
+from .pipelines import pipeline, TextGenerationPipeline
+from .generation.streamers import TextIteratorStreamer, TextStreamer
 from .config import CONFIG_CLASSES, ConfigError, Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
                        PhiForCausalLM, PhiForSequenceClassification, PhiForTokenClassification, PhiModel,
@@ -14,6 +19,8 @@ from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTo
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoTokenizer", "PhiTokenizer", "BatchEncoding", "ChatTemplateError", "pipeline", "TextGenerationPipeline",
+    "TextStreamer", "TextIteratorStreamer",
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "CheckpointError", "GenerationConfig", "HubError", "merge_eos_ids",
     "CONFIG_CLASSES", "ConfigError", "DynamicCache", "KVCache", "StaticCache",

@@ -55,6 +55,19 @@ class KVCache:
             self.keys[layer][rows, :, :n] = other.keys[layer][:, :, :n]
             self.values[layer][rows, :, :n] = other.values[layer][:, :, :n]
 
+    def crop(self, length: int) -> None:
+        """Forget every slot from `length` on (assisted decoding drops rejected draft tokens this way)."""
+        if length < 0 or length > self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} slots to {length}")
+        self.length = length
+        self._crop_tensors(length)
+
+    def _crop_tensors(self, length: int) -> None:
+        self.keys = [k[:, :, :length] for k in self.keys]
+        self.values = [v[:, :, :length] for v in self.values]
+        self.positions = None if self.positions is None else self.positions[:, :length]
+        self.inputs = None if self.inputs is None else self.inputs[:, :length]
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select rows (beam search): every per-row tensor is indexed by beam_idx [B']."""
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -139,6 +152,9 @@ class StaticCache(KVCache):
         self.keys[layer_idx][:, :, self.start:end] = key
         self.values[layer_idx][:, :, self.start:end] = value
         return self.keys[layer_idx], self.values[layer_idx]
+
+    def _crop_tensors(self, length: int) -> None:
+        pass  # slots past `length` lie beyond every later query: causality masks them until overwritten
 
     def reset(self) -> None:
         """Forget all tokens but keep the buffers (reuse across prompts without reallocating)."""

@@ -171,12 +171,10 @@ class Decoder(nn.Module):
         if cache is not None:
             if cache.rope_long is not None and cache.length > 0:
                 self._recompute_crossing_rows(cache, long, attention_mask)
-            # Rows still short may cross later: keep their layer-0 inputs so they can be recomputed then.
+            # Under the per-sequence policy a row may switch regime later (grow past the boundary, or be cropped
+            # back below it): keep layer-0 inputs so its keys and values can be recomputed then.
             per_sequence = self.rope.original_max_positions is not None and self.rope.static_long is None
-            keep_inputs = per_sequence and not bool(long.all())
-            if not keep_inputs:
-                cache.inputs = None
-            cache.prepare(position_ids, start, b, inputs_embeds if keep_inputs else None)
+            cache.prepare(position_ids, start, b, inputs_embeds if per_sequence else None)
             cache.rope_long = long
         num_slots = cache.num_slots if cache is not None else t
         query_slots = torch.arange(start, start + t, device=device)

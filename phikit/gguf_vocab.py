@@ -155,7 +155,8 @@ def gguf_to_tokenizer(path: str | os.PathLike) -> tuple[Tokenizer, dict[str, Any
     """Build a `tokenizers.Tokenizer` from a GGUF vocabulary; return it with the tokenizer settings found.
 
     The settings dict has `bos_token`, `eos_token`, `unk_token`, `pad_token` (strings or None), `add_bos_token`,
-    `add_eos_token` and `chat_template` (None when absent), in the form `PhiTokenizer` takes.
+    `add_eos_token`, `chat_template` (None when absent) and `model_max_length` (the architecture's context length,
+    when given), in the form `PhiTokenizer` takes.
     """
     path = os.fspath(path)
     meta = read_gguf_metadata(path)
@@ -188,4 +189,7 @@ def gguf_to_tokenizer(path: str | os.PathLike) -> tuple[Tokenizer, dict[str, Any
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         "chat_template": meta.get("tokenizer.chat_template"),
     }
+    context = meta.get(f"{meta.get('general.architecture')}.context_length")
+    if isinstance(context, int) and context > 0:
+        settings["model_max_length"] = context
     return tok, settings

@@ -99,7 +99,8 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
                     attn_implementation: str | None = None, revision: str | None = None,
                     local_files_only: bool = False, trust_remote_code: bool = False, strict: bool = True,
                     output_loading_info: bool = False, quantization_config: Any = None, cache_dir: str | None = None,
-                    token: str | bool | None = None, low_cpu_mem_usage: bool | None = None, **config_overrides: Any):
+                    token: str | bool | None = None, low_cpu_mem_usage: bool | None = None,
+                    show_progress: bool = False, **config_overrides: Any):
     """Load `cls` (a phikit model class) from a local folder or hub id. `trust_remote_code` is accepted for
     compatibility and never executes code: phikit implements every Phi family itself."""
     from .auto import config_from_folder
@@ -119,7 +120,7 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
         target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, reader)
         with torch.device("meta"), _skip_init():
             model = cls(config)
-        info = _fill(model, reader, folder, target_dtype, device, strict)
+        info = _fill(model, reader, folder, target_dtype, device, strict, show_progress)
     model.tie_weights()
     model.eval()
     config.dtype = str(target_dtype).replace("torch.", "")
@@ -133,7 +134,7 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
 
 
 def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,
-          strict: bool) -> dict[str, list]:
+          strict: bool, show_progress: bool = False) -> dict[str, list]:
     """Check the whole plan first (names and shapes from headers), then read tensors one at a time."""
     config = model.config
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -166,7 +167,12 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
                 f"{_short(unused)}; config.json does not match the weights (e.g. num_hidden_layers), or pass "
                 f"strict=False to skip them")
     skip = {n for n, _, _ in mismatched}
-    for name, source in plan.sources.items():
+    items = plan.sources.items()
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="Loading weights", unit="tensor", leave=False)
+    for name, source in items:
         if name in skip:
             continue
         tensor = source.build([reader.get(src) for src in source.names])

@@ -16,6 +16,8 @@ from .attention import check_attention_implementation
 from .cache import DynamicCache, KVCache
 from .config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .decoder import Decoder, TrunkOutput
+from .generation.utils import GenerationMixin
+from .generation_config import GenerationConfig
 from .layers import RMSNorm
 from .loading import load_pretrained, save_pretrained
 from .losses import (causal_lm_loss, load_balancing_loss, sequence_classification_loss,
@@ -199,7 +201,7 @@ class DecoderModel(PreTrainedMixin, Decoder):
         return trunk, (cache if use_cache else None)
 
 
-class CausalLM(PreTrainedMixin, nn.Module):
+class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
     """Decoder + `lm_head`: next-token logits, the shifted cross-entropy loss, and the cache for decoding."""
 
     base_class: type[DecoderModel] = DecoderModel
@@ -211,6 +213,7 @@ class CausalLM(PreTrainedMixin, nn.Module):
         self.model = self.base_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.architecture().lm_head_bias)
+        self.generation_config = GenerationConfig.from_model_config(config)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:

@@ -16,6 +16,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer
 
 from .gguf_vocab import gguf_to_tokenizer
+from .hub import resolve_folder
 from .sentencepiece_model import build_sentencepiece_tokenizer, read_sentencepiece_model, sentencepiece_settings
 
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model")
@@ -30,23 +31,14 @@ class TokenizerLoadError(OSError):
 
 def resolve_tokenizer_path(path: str | os.PathLike, *, revision: str | None = None, local_files_only: bool = False,
                            cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> Path:
-    """Return a local folder or file for `path`: itself when it exists, else a download of hub repo `path`."""
-    local = Path(path).expanduser()
-    if local.exists():
-        return local
+    """Return a local folder or file for `path`: itself when it exists, else a hub snapshot of the tokenizer files."""
     name = os.fspath(path)
-    if name.count("/") > 1 or name.startswith((".", "/", "~")) or name.endswith(".gguf"):
-        raise TokenizerLoadError(f"{name}: no such file or folder. Pass a folder with tokenizer.json / "
-                                 "tokenizer.model, a .gguf file, or a hub id like 'microsoft/Phi-3-mini-4k-instruct'.")
-    try:
-        from huggingface_hub import snapshot_download
-        folder = snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, token=token)
-    except Exception as exc:  # network, auth, missing repo: one line that says what to do instead
-        raise TokenizerLoadError(f"{name}: not a local folder and not downloadable from the Hugging Face hub "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Point at "
-                                 "a local folder with the tokenizer files instead.") from exc
-    return Path(folder)
+    local = Path(name).expanduser()
+    if not local.exists() and local.suffix == ".gguf":
+        raise TokenizerLoadError(f"{name}: no such GGUF file. Check the path.")
+    return Path(resolve_folder(local if local.exists() else name, revision=revision,
+                               local_files_only=local_files_only, patterns=HUB_PATTERNS,
+                               cache_dir=None if cache_dir is None else os.fspath(cache_dir), token=token))
 
 
 def _read_json(path: Path) -> Any:
@@ -106,8 +98,8 @@ def ensure_added_tokens(backend: Tokenizer, decoder: dict[str, dict], where: Pat
         (backend.add_special_tokens if tok.special else backend.add_tokens)([tok])
 
 
-def load_folder(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
-    """Read a tokenizer folder: the backend `Tokenizer` and the merged settings (config < special_tokens_map)."""
+def read_settings(folder: Path) -> dict[str, Any]:
+    """The merged settings of a folder: tokenizer_config.json < special_tokens_map.json, plus the chat template."""
     config: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         config.update(_read_json(folder / "tokenizer_config.json"))
@@ -116,6 +108,12 @@ def load_folder(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
             if value:  # the map wins over the config, as in transformers
                 config[key] = value
     config["chat_template"] = read_chat_templates(folder, config)
+    return config
+
+
+def load_folder(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """Read a tokenizer folder: the backend `Tokenizer` and the merged settings (config < special_tokens_map)."""
+    config = read_settings(folder)
     decoder = config.get("added_tokens_decoder") or {}
     if (folder / "tokenizer.json").is_file():
         try:
@@ -134,7 +132,8 @@ def load_folder(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
     else:
         raise TokenizerLoadError(
             f"{folder}: no tokenizer vocabulary found (looked for {', '.join(VOCAB_FILES)}). Point at a Hugging "
-            "Face model folder that has one of them, or at a .gguf file.")
+            "Face model folder that has one of them, or at a .gguf file (for a tiktoken vocabulary, use "
+            "PhiTokenizer.from_tiktoken).")
     ensure_added_tokens(backend, decoder, folder)
     return backend, config
 

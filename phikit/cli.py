@@ -1,0 +1,192 @@
+"""The `phikit` command: `run` (the seeds' `transformers run`), `generate` and an interactive `chat`.
+
+    echo "def fibonacci(n):" | phikit run --task text-generation --model ./phi-2
+    phikit generate --model ./phi-2 "def fibonacci(n):" --max-new-tokens 64
+    phikit chat --model ./Phi-3-mini-4k-instruct
+
+Bad input ends with one line on stderr, `phikit: error: ...`, and exit status 1 (2 for bad flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Sequence
+
+USER_ERRORS = (ValueError, OSError, TypeError, KeyError, NotImplementedError, ImportError)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="folder of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer files) or hub id")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: as saved)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, or auto")
+    p.add_argument("--attn-implementation", default=None, choices=["eager", "sdpa", "flash_attention_2"])
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--typical-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None)
+    g.add_argument("--num-beams", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the output ends with TEXT (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible outputs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phikit", description="Run Microsoft's Phi models locally.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat}")
+    run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
+                         description="Read the whole of stdin as one prompt and print the generated text "
+                                     "(like `transformers run`).")
+    run.add_argument("--task", default="text-generation", choices=["text-generation"])
+    _add_model_flags(run)
+    _add_generation_flags(run)
+    gen = sub.add_parser("generate", help="continue a prompt given on the command line",
+                         description="Generate a continuation of PROMPT and stream it to stdout.")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--no-stream", action="store_true", help="print the text only when it is complete")
+    _add_model_flags(gen)
+    _add_generation_flags(gen)
+    chat = sub.add_parser("chat", help="interactive multi-turn chat with the model's chat template",
+                          description="Chat with streaming replies. Commands: /reset (new conversation), "
+                                      "/system TEXT (set the system prompt and reset), /exit (or Ctrl-D).")
+    chat.add_argument("--system", default=None, help="system prompt")
+    _add_model_flags(chat)
+    _add_generation_flags(chat)
+    return parser
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+             "no_repeat_ngram_size", "num_beams")
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    kwargs["do_sample"] = bool(args.do_sample)
+    if args.stop:
+        kwargs["stop_strings"] = args.stop
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
+    return kwargs
+
+
+def _load(args: argparse.Namespace):
+    from .auto import AutoModelForCausalLM
+    from .tokenization import AutoTokenizer
+
+    start = time.perf_counter()
+    print(f"phikit: loading {args.model} ...", file=sys.stderr, flush=True)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device,
+                                                 attn_implementation=args.attn_implementation,
+                                                 revision=args.revision, show_progress=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
+    print(f"phikit: loaded {type(model).__name__} ({model.num_parameters() / 1e6:.1f}M parameters) in "
+          f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    return model, tokenizer
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipelines import TextGenerationPipeline
+
+    prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("no prompt on stdin; pipe one in, e.g. echo 'def f(x):' | phikit run --model M")
+    model, tokenizer = _load(args)
+    out = TextGenerationPipeline(model, tokenizer)(prompt, **_generation_kwargs(args))
+    print(out[0]["generated_text"])
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generation.streamers import TextStreamer
+
+    model, tokenizer = _load(args)
+    enc = tokenizer(args.prompt, return_tensors="pt")
+    kwargs = _generation_kwargs(args)
+    streamer = None if args.no_stream or kwargs.get("num_beams", 1) > 1 else TextStreamer(tokenizer,
+                                                                                           skip_special_tokens=True)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    out = model.generate(enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
+                         tokenizer=tokenizer, streamer=streamer, **kwargs)
+    if streamer is None:
+        print(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .generation.streamers import TextStreamer
+
+    model, tokenizer = _load(args)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{args.model} has no chat template; use `phikit generate` for plain text")
+    system = args.system
+    kwargs = _generation_kwargs(args)
+    messages: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    print("phikit chat: /reset to start over, /system TEXT to set the system prompt, /exit to quit",
+          file=sys.stderr, flush=True)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            messages = []
+            print("(conversation reset)", file=sys.stderr, flush=True)
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            messages = []
+            print("(system prompt set; conversation reset)", file=sys.stderr, flush=True)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; use /reset, /system TEXT or /exit", file=sys.stderr,
+                  flush=True)
+            continue
+        messages.append({"role": "user", "content": line})
+        convo = ([{"role": "system", "content": system}] if system else []) + messages
+        enc = tokenizer.apply_chat_template(convo, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out = model.generate(enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
+                             tokenizer=tokenizer, streamer=streamer, **kwargs)
+        reply = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": reply.strip()})
+
+
+COMMANDS = {"run": _cmd_run, "generate": _cmd_generate, "chat": _cmd_chat}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except USER_ERRORS as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"phikit: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Text generation: logits processors, stopping criteria, decoding strategies, streamers."""
