@@ -10,6 +10,15 @@ from .batch_encoding import BatchEncoding
 from .chat_template import ChatTemplateError
 from .tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
+from .generation.logits_process import (LogitsProcessor, LogitsProcessorList, MinLengthLogitsProcessor,
+                                        MinNewTokensLengthLogitsProcessor, MinPLogitsWarper, NoBadWordsLogitsProcessor,
+                                        NoRepeatNGramLogitsProcessor, PrefixConstrainedLogitsProcessor,
+                                        RepetitionPenaltyLogitsProcessor, SuppressTokensAtBeginLogitsProcessor,
+                                        SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                                        TopPLogitsWarper, TypicalLogitsWarper, VocabLimitLogitsProcessor)
+from .generation.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .generation.stopping_criteria import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
+                                           StoppingCriteriaList, StopStringCriteria)
 from .generation.streamers import TextIteratorStreamer, TextStreamer
 from .config import CONFIG_CLASSES, ConfigError, Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
@@ -20,7 +29,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoTokenizer", "PhiTokenizer", "BatchEncoding", "ChatTemplateError", "pipeline", "TextGenerationPipeline",
-    "TextStreamer", "TextIteratorStreamer",
+    "TextStreamer", "TextIteratorStreamer", "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
+    "LogitsProcessor", "LogitsProcessorList", "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor",
+    "MinPLogitsWarper", "NoBadWordsLogitsProcessor", "NoRepeatNGramLogitsProcessor", "PrefixConstrainedLogitsProcessor",
+    "RepetitionPenaltyLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor", "SuppressTokensLogitsProcessor",
+    "TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "TypicalLogitsWarper",
+    "VocabLimitLogitsProcessor", "EosTokenCriteria", "MaxLengthCriteria", "MaxTimeCriteria", "StoppingCriteria",
+    "StoppingCriteriaList", "StopStringCriteria",
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "CheckpointError", "GenerationConfig", "HubError", "merge_eos_ids",
     "CONFIG_CLASSES", "ConfigError", "DynamicCache", "KVCache", "StaticCache",

@@ -130,7 +130,21 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
     else:
         model.generation_config = GenerationConfig.from_model_config(config)
     model.name_or_path = os.fspath(path_or_id)
+    model.tokenizer_vocab_size = _tokenizer_size(folder)
     return (model, info) if output_loading_info else model
+
+
+def _tokenizer_size(folder: str) -> int | None:
+    """How many ids the checkpoint's tokenizer has (generate never samples past it), if tokenizer.json is there."""
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(path).get_vocab_size(with_added_tokens=True)
+    except Exception:  # a broken tokenizer.json is reported when the tokenizer itself is loaded
+        return None
 
 
 def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,

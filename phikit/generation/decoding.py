@@ -184,12 +184,13 @@ def assisted_decode(model, assistant, input_ids: torch.Tensor, attention_mask: t
                     processors, criteria, cache: KVCache | None, streamer=None):
     """Greedy decoding checked against a draft: the assistant proposes up to `num_assistant_tokens` (default 5)
     tokens, the target scores them all in one forward and keeps the longest prefix that equals its own greedy
-    choice plus one token of its own. The output is exactly the target's greedy output."""
+    choice plus one token of its own. The output is exactly the target's greedy output. `acceptance_rate` is the
+    share of proposals the target agreed with, among those it checked before generation stopped."""
     if cache is None:
         raise ValueError("assisted decoding needs use_cache=True")
     draft_len = int(getattr(gen, "num_assistant_tokens", 5) or 5)
     draft_cache = DynamicCache()
-    drafted = accepted = 0
+    drafted = checked = accepted = 0  # proposed; compared with the target (not cut off by a stop); equal
     scores, raw = [], []
     done = False
     while not done:
@@ -203,7 +204,6 @@ def assisted_decode(model, assistant, input_ids: torch.Tensor, attention_mask: t
             ext, ext_mask = torch.cat((ext, token), dim=1), _extend(ext_mask)
         drafted += len(proposal)
         logits = next_logits(model, ext, ext_mask, cache, keep=len(proposal) + 1)  # [1, n+1, V]
-        new: list[torch.Tensor] = []
         for j in range(len(proposal) + 1):
             prefix = ext[:, :length + j]
             processed = processors(prefix, logits[:, j])
@@ -212,22 +212,25 @@ def assisted_decode(model, assistant, input_ids: torch.Tensor, attention_mask: t
             if gen.output_logits:
                 raw.append(logits[:, j])
             choice = processed.argmax(dim=-1, keepdim=True)
-            new.append(choice)
             input_ids = torch.cat((input_ids, choice), dim=1)
             attention_mask = _extend(attention_mask)
             if streamer is not None:
                 streamer.put(choice[0].cpu())
-            if bool(criteria(input_ids, tuple(scores) or None).all()):
+            stop = bool(criteria(input_ids, tuple(scores) or None).all())
+            if j < len(proposal):  # a proposal was checked against the target's own choice
+                checked += 1
+                matched = torch.equal(choice, proposal[j])
+                accepted += int(matched)
+            if stop:
                 done = True
                 break
-            if j < len(proposal) and not torch.equal(choice, proposal[j]):
+            if j < len(proposal) and not matched:
                 break
-        accepted += sum(1 for j, t in enumerate(new[:len(proposal)]) if torch.equal(t, proposal[j]))
         # Caches keep every token but the newest: the target saw ext, the draft ext minus its last proposal.
         keep_len = input_ids.shape[1] - 1
         cache.crop(min(keep_len, cache.get_seq_length()))
         draft_cache.crop(min(keep_len, draft_cache.get_seq_length()))
-    rate = accepted / drafted if drafted else 0.0
+    rate = accepted / checked if checked else 0.0
     if not gen.return_dict_in_generate:
         return input_ids
     return GenerateDecoderOnlyOutput(sequences=input_ids, scores=tuple(scores) or None, logits=tuple(raw) or None,

@@ -65,19 +65,19 @@ class GenerationMixin:
         from .logits_process import build_logits_processors
         from .stopping_criteria import build_stopping_criteria
 
+        expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
+        if expand > 1:
+            input_ids = input_ids.repeat_interleave(expand, dim=0)
+            attention_mask = attention_mask.repeat_interleave(expand, dim=0)
         vocab_limit = len(tokenizer) if tokenizer is not None else getattr(self, "tokenizer_vocab_size", None)
         processors = build_logits_processors(gen, prompt_len, vocab_limit=vocab_limit,
                                              prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-                                             extra=logits_processor)
+                                             extra=logits_processor, attention_mask=attention_mask)
         if gen.guidance_scale is not None and gen.guidance_scale != 1:
             processors.insert(0, ClassifierFreeGuidance(self, gen.guidance_scale, negative_prompt_ids,
                                                         negative_prompt_attention_mask))
         criteria = build_stopping_criteria(gen, tokenizer=tokenizer, extra=stopping_criteria)
 
-        expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
-        if expand > 1:
-            input_ids = input_ids.repeat_interleave(expand, dim=0)
-            attention_mask = attention_mask.repeat_interleave(expand, dim=0)
         cache = _make_cache(gen, input_ids.shape[0])
         if streamer is not None:
             streamer.put(input_ids.cpu())
