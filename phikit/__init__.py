@@ -10,6 +10,10 @@ from .batch_encoding import BatchEncoding
 from .chat_template import ChatTemplateError
 from .tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
+from .quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
+                       quantize_model)
+from .lora import LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from .training import Trainer, TrainingConfig
 from .generation.logits_process import (LogitsProcessor, LogitsProcessorList, MinLengthLogitsProcessor,
                                         MinNewTokensLengthLogitsProcessor, MinPLogitsWarper, NoBadWordsLogitsProcessor,
                                         NoRepeatNGramLogitsProcessor, PrefixConstrainedLogitsProcessor,
@@ -28,6 +32,9 @@ from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTo
 __version__ = "0.1.0"
 
 __all__ = [
+    "BitsAndBytesConfig", "Int4Linear", "Int4WeightOnlyConfig", "Int8Linear", "Int8WeightOnlyConfig", "quantize_model",
+    "LoRAConfig", "LoRALinear", "apply_lora", "load_adapter", "merge_lora", "save_adapter", "Trainer",
+    "TrainingConfig",
     "AutoTokenizer", "PhiTokenizer", "BatchEncoding", "ChatTemplateError", "pipeline", "TextGenerationPipeline",
     "TextStreamer", "TextIteratorStreamer", "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
     "LogitsProcessor", "LogitsProcessorList", "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor",

@@ -122,10 +122,13 @@ class StaticCache(KVCache):
         if max_cache_len <= 0:
             raise ValueError(f"max_cache_len={max_cache_len} must be positive")
         self.max_cache_len = max_cache_len
+        self.end = 0  # one past the last slot of the forward in progress
 
     @property
     def num_slots(self) -> int:
-        return self.max_cache_len
+        # Attention reads the slots up to this forward's last token only: later slots are causally masked anyway,
+        # and skipping them keeps a decode step's cost proportional to the tokens so far, not to max_cache_len.
+        return self.end
 
     def prepare(self, position_ids: torch.Tensor, start: int, batch: int,
                 inputs: torch.Tensor | None = None) -> None:
@@ -140,7 +143,7 @@ class StaticCache(KVCache):
             if self.inputs is None:
                 self.inputs = inputs.new_zeros(batch, self.max_cache_len, inputs.shape[-1])
             self.inputs[:, start:end] = inputs
-        self.start, self.length = start, max(self.length, end)
+        self.start, self.end, self.length = start, end, max(self.length, end)
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx == len(self.keys):
@@ -148,17 +151,16 @@ class StaticCache(KVCache):
             shape = (b, kv, self.max_cache_len, d)
             self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
             self.values.append(torch.zeros(shape, dtype=value.dtype, device=value.device))
-        end = self.start + key.shape[2]
-        self.keys[layer_idx][:, :, self.start:end] = key
-        self.values[layer_idx][:, :, self.start:end] = value
-        return self.keys[layer_idx], self.values[layer_idx]
+        self.keys[layer_idx][:, :, self.start:self.end] = key
+        self.values[layer_idx][:, :, self.start:self.end] = value
+        return self.keys[layer_idx][:, :, :self.end], self.values[layer_idx][:, :, :self.end]
 
     def _crop_tensors(self, length: int) -> None:
         pass  # slots past `length` lie beyond every later query: causality masks them until overwritten
 
     def reset(self) -> None:
         """Forget all tokens but keep the buffers (reuse across prompts without reallocating)."""
-        self.length = self.start = 0
+        self.length = self.start = self.end = 0
         self.rope_long = None
         for t in (*self.keys, *self.values):
             t.zero_()

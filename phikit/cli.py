@@ -1,5 +1,6 @@
 """The `phikit` command: `run` (the seeds' `transformers run`), `generate` and an interactive `chat`.
 
+    phikit generate "def fibonacci(n):"            # the bundled tiny Python model, offline
     echo "def fibonacci(n):" | phikit run --task text-generation --model ./phi-2
     phikit generate --model ./phi-2 "def fibonacci(n):" --max-new-tokens 64
     phikit chat --model ./Phi-3-mini-4k-instruct
@@ -18,8 +19,9 @@ USER_ERRORS = (ValueError, OSError, TypeError, KeyError, NotImplementedError, Im
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True,
-                   help="folder of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer files) or hub id")
+    p.add_argument("--model", "-m", default=None,
+                   help="folder of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer files) or hub id "
+                        "(default: the small Python model bundled with phikit)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default: as saved)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, or auto")
@@ -47,7 +49,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phikit", description="Run Microsoft's Phi models locally.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat,finetune,export,bench}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="system prompt")
     _add_model_flags(chat)
     _add_generation_flags(chat)
+    from .export_cli import add_export_parser
+    from .finetune_cli import add_finetune_parser
+
+    add_finetune_parser(sub)
+    add_export_parser(sub)
+    bench = sub.add_parser("bench", add_help=False, help="prefill/decode speed and memory next to transformers "
+                           "(phikit bench --help)")
     return parser
 
 
@@ -83,10 +92,22 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def default_model_path() -> str:
+    """The tiny Phi-3-architecture model trained on Python's standard library that ships inside phikit."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise OSError(f"this phikit install has no bundled model at {path}; pass --model with a checkpoint folder")
+    return path
+
+
 def _load(args: argparse.Namespace):
     from .auto import AutoModelForCausalLM
     from .tokenization import AutoTokenizer
 
+    if args.model is None:
+        args.model = default_model_path()
     start = time.perf_counter()
     print(f"phikit: loading {args.model} ...", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device,
@@ -116,7 +137,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     enc = tokenizer(args.prompt, return_tensors="pt")
     kwargs = _generation_kwargs(args)
-    streamer = None if args.no_stream or kwargs.get("num_beams", 1) > 1 else TextStreamer(tokenizer,
+    streamer = None if args.no_stream or kwargs.get("num_beams", 1) > 1 else TextStreamer(tokenizer, skip_prompt=True,
                                                                                            skip_special_tokens=True)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
@@ -173,10 +194,28 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply.strip()})
 
 
-COMMANDS = {"run": _cmd_run, "generate": _cmd_generate, "chat": _cmd_chat}
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune_cli import run_finetune
+
+    return run_finetune(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export_cli import run_export
+
+    return run_export(args)
+
+
+COMMANDS = {"run": _cmd_run, "generate": _cmd_generate, "chat": _cmd_chat, "finetune": _cmd_finetune,
+            "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser: `phikit bench --help` lists its flags
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

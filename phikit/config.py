@@ -71,6 +71,7 @@ class PhiKitConfig:
     default_partial_rotary_factor: float = 1.0
     default_rope_theta: float = 10000.0
     uses_partial_rotary: bool = True
+    longrope_mscales: bool = False  # LongRoPE scales cos/sin by short_mscale / long_mscale (PhiMoE)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs = copy.deepcopy(kwargs)
@@ -321,6 +322,7 @@ class PhimoeConfig(PhiKitConfig):
     model_type = "phimoe"
     default_rope_theta = 1e6
     uses_partial_rotary = False
+    longrope_mscales = True
     FIELDS = {
         "vocab_size": 32064,
         "hidden_size": 4096,

@@ -22,6 +22,9 @@ from .config import PhiKitConfig
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
 from .name_maps import plan_sources
+from .quantize import (StreamingQuantizer, finalize_quantized_model, prepare_quantized_model,
+                       resolve_quantization_config)
+from .quantize import config_from_dict as quant_config_from_dict
 
 HEAD_PREFIXES = ("lm_head.", "score.")
 DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -105,8 +108,6 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
     compatibility and never executes code: phikit implements every Phi family itself."""
     from .auto import config_from_folder
 
-    if quantization_config is not None:
-        raise NotImplementedError("quantization_config is not supported yet by phikit; load without it")
     folder = resolve_folder(path_or_id, revision, local_files_only, cache_dir=cache_dir, token=token)
     if config is None:
         config = config_from_folder(folder)
@@ -116,11 +117,21 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
         config.attn_implementation = attn_implementation
     config.validate()
     device = resolve_device(device_map)
+    saved, quant = _quantization_plan(config, quantization_config, device, folder)
     with CheckpointReader(find_weight_files(folder)) as reader:
         target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, reader)
         with torch.device("meta"), _skip_init():
             model = cls(config)
-        info = _fill(model, reader, folder, target_dtype, device, strict, show_progress)
+        quantizer = None
+        if saved is not None:
+            prepare_quantized_model(model, saved, reader.refs.keys(), target_dtype)
+        elif quant is not None:
+            quantizer = StreamingQuantizer(model, quant)  # each weight is quantized right after it is read
+        info = _fill(model, reader, folder, target_dtype, device, strict, show_progress, quantizer)
+        if quantizer is not None:
+            quantizer.finish(model)
+        if saved is not None:
+            finalize_quantized_model(model, reader)
     model.tie_weights()
     model.eval()
     config.dtype = str(target_dtype).replace("torch.", "")
@@ -132,6 +143,20 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
     model.name_or_path = os.fspath(path_or_id)
     model.tokenizer_vocab_size = _tokenizer_size(folder)
     return (model, info) if output_loading_info else model
+
+
+def _quantization_plan(config: PhiKitConfig, requested: Any, device: torch.device, folder: str):
+    """(phikit quantization already in the checkpoint, quantization to apply while loading): at most one is set.
+    A checkpoint quantized by another method (e.g. bitsandbytes) raises naming the phikit alternative."""
+    saved = getattr(config, "quantization_config", None)
+    phikit_saved = isinstance(saved, dict) and saved.get("quant_method") == "phikit"
+    if saved is not None and not phikit_saved:
+        resolve_quantization_config(saved, device)
+    if not phikit_saved:
+        return None, resolve_quantization_config(requested, device)
+    if requested is not None and resolve_quantization_config(requested, device) != quant_config_from_dict(saved):
+        raise ValueError(f"{folder} is already quantized ({saved}); load it without quantization_config")
+    return saved, None
 
 
 def _tokenizer_size(folder: str) -> int | None:
@@ -148,7 +173,7 @@ def _tokenizer_size(folder: str) -> int | None:
 
 
 def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,
-          strict: bool, show_progress: bool = False) -> dict[str, list]:
+          strict: bool, show_progress: bool = False, quantizer: Any = None) -> dict[str, list]:
     """Check the whole plan first (names and shapes from headers), then read tensors one at a time."""
     config = model.config
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -194,6 +219,11 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
             raise CheckpointError(f"tensor {name} built from {', '.join(source.names)} in {folder} has shape "
                                   f"{tuple(tensor.shape)}, the model expects {params[name]}")
         placed = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        if quantizer is not None and quantizer.wants(name):
+            quantizer.consume(model, name, placed)  # keeps the quantized weight; the float copy goes now
+            for src in source.names:
+                reader.release(src)
+            continue
         if placed.data_ptr() != tensor.data_ptr():  # converted or moved: the file pages are no longer needed
             for src in source.names:
                 reader.release(src)

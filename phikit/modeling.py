@@ -158,7 +158,7 @@ class DecoderModel(PreTrainedMixin, Decoder):
         trunk, cache = self._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                    use_cache, output_attentions, output_hidden_states, cache_position,
                                    output_router_logits)
-        if self.config.model_type == "phimoe":
+        if self.config.architecture().mlp == "moe":
             out: BaseModelOutputWithPast = MoeModelOutputWithPast(trunk.last_hidden_state, cache, trunk.hidden_states,
                                                                   trunk.attentions, trunk.router_logits)
         else:
@@ -231,7 +231,7 @@ class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
         `labels` [B, T] (-100 = ignore) gives the mean next-token cross entropy in `loss`."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         _reject_unknown(kwargs)
-        is_moe = self.config.model_type == "phimoe"
+        is_moe = self.config.architecture().mlp == "moe"
         if output_router_logits is None:
             output_router_logits = getattr(self.config, "output_router_logits", False)
         trunk, cache = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,

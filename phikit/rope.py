@@ -63,7 +63,7 @@ def rope_spec_from_config(config) -> RopeSpec:
         return RopeSpec(dim, inv, inv, 1.0, 1.0, None, None)
     short_inv = inverse_frequencies(theta, dim, rp["short_factor"])
     long_inv = inverse_frequencies(theta, dim, rp["long_factor"])
-    if "short_mscale" in rp:  # PhiMoE: one scale per regime
+    if config.longrope_mscales:  # PhiMoE: one scale per regime (Phi-3 ignores mscale keys, as the reference)
         short_scale, long_scale = float(rp["short_mscale"]), float(rp["long_mscale"])
     else:
         short_scale = long_scale = longrope_attention_factor(rp, config.max_position_embeddings)

@@ -100,7 +100,7 @@ def validate_rope_parameters(config: "PhiKitConfig") -> None:
         value = rp.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise _error(f"rope_parameters.{name}={value!r} must be a positive number or null")
-    if config.model_type == "phimoe":
+    if config.longrope_mscales:  # PhiMoE scales cos/sin per regime
         for name in ("short_mscale", "long_mscale"):
             value = rp.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

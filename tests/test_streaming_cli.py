@@ -123,6 +123,7 @@ def test_cli_generate_flags_are_reproducible(model_dir) -> None:
     first, second = _cli(*args), _cli(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and first.stdout.startswith("Once upon a time")
+    assert first.stdout.count("Once upon a time") == 1  # the prompt is printed once, then the stream
     greedy = _cli("generate", "--model", str(model_dir), "Once upon a time", "--max-new-tokens", "8", "--no-stream")
     model = phikit.AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = phikit.AutoTokenizer.from_pretrained(model_dir)

@@ -154,8 +154,11 @@ def _validate(gen: GenerationConfig, prompt_len: int, config, assistant: Any, st
 
 
 def _make_cache(gen: GenerationConfig, rows: int) -> KVCache | None:
+    """Static (preallocated, written in place) unless asked otherwise; beam search reorders rows every step, which
+    a growing dynamic cache does more cheaply."""
     if not gen.use_cache:
         return None
-    if gen.cache_implementation == "static":
+    implementation = gen.cache_implementation or ("dynamic" if gen.num_beams > 1 else "static")
+    if implementation == "static":
         return StaticCache(max_cache_len=gen.max_length, max_batch_size=rows)
     return DynamicCache()

@@ -1,0 +1,171 @@
+"""`phikit bench`: prefill and decode speed, time to first token and peak memory, phikit next to its peers.
+
+Random weights of a real model shape are written once as a safetensors checkpoint; every engine loads the very same
+file in a fresh process. Engines run alternately, `--repeats` times each (this host's memory bandwidth drifts by
+15-25% between minutes), and the report gives medians and the ratio of each engine to phikit measured in the same
+run. Engines: phikit, transformers (if installed), llama.cpp via llama-cpp-python (if installed and the checkpoint
+was exported to GGUF).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "phi-1.5": dict(model_type="phi", vocab_size=51200, hidden_size=2048, intermediate_size=8192,
+                    num_hidden_layers=24, num_attention_heads=32, partial_rotary_factor=0.5,
+                    max_position_embeddings=2048),
+    "phi-2": dict(model_type="phi", vocab_size=51200, hidden_size=2560, intermediate_size=10240,
+                  num_hidden_layers=32, num_attention_heads=32, partial_rotary_factor=0.4,
+                  max_position_embeddings=2048),
+    "phi-3-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                       num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=4096,
+                       pad_token_id=32000),
+    "phi-3.5-moe": dict(model_type="phimoe", vocab_size=32064, hidden_size=4096, intermediate_size=6400,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, num_local_experts=16,
+                        max_position_embeddings=4096),
+}
+
+CHILD = r"""
+import json, resource, statistics, sys, time, torch
+engine, folder, prompt_len, new_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import importlib
+AutoModelForCausalLM = importlib.import_module(engine).AutoModelForCausalLM  # phikit or its peer
+kw = {} if engine == "phikit" else {"attn_implementation": "sdpa"}
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
+ids = torch.randint(100, 30000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+def run(n):
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return time.perf_counter() - start
+run(2)  # warm-up: kernels, allocator, page cache
+ttft = run(1)
+total = run(new_tokens + 1)
+print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
+                  "decode_tok_s": new_tokens / max(total - ttft, 1e-9), "peak_rss_gb": peak() / 1e9}))
+"""
+
+
+def write_checkpoint(shape: str, folder: str) -> str:
+    """Random bf16 weights of `shape`, written once to `folder` (reused when present)."""
+    import torch
+
+    from .auto import config_from_dict
+    from .loading import _skip_init
+    from .modeling import PhiForCausalLM, Phi3ForCausalLM, PhimoeForCausalLM
+
+    if os.path.isfile(os.path.join(folder, "model.safetensors")) or os.path.isfile(
+            os.path.join(folder, "model.safetensors.index.json")):
+        return folder
+    config = config_from_dict(dict(SHAPES[shape]))
+    cls = {"phi": PhiForCausalLM, "phi3": Phi3ForCausalLM, "phimoe": PhimoeForCausalLM}[config.model_type]
+    with torch.device("meta"), _skip_init():
+        model = cls(config)
+    need = model.num_parameters() * 2
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.6 * have:
+        raise ValueError(f"{shape} has {need / 1e9:.0f} GB of bf16 weights; this machine has {have / 1e9:.0f} GB of "
+                         f"memory and each engine loads its own copy; pick a smaller --shape")
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            state[name] = torch.ones(p.shape, dtype=torch.bfloat16)
+        elif name.endswith(".bias"):
+            state[name] = torch.zeros(p.shape, dtype=torch.bfloat16)
+        else:
+            state[name] = (torch.randn(p.shape, generator=gen) * 0.02).to(torch.bfloat16)
+    model.load_state_dict(state, assign=True)
+    model.save_pretrained(folder, max_shard_size="2GB")
+    return folder
+
+
+def measure(engine: str, folder: str, prompt_len: int, new_tokens: int, threads: int) -> dict[str, Any] | None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", CHILD, engine, folder, str(prompt_len), str(new_tokens),
+                          str(threads)], capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(f"  {engine}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}",
+              file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def available_engines() -> list[str]:
+    engines = ["phikit"]
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        engines.append("transformers")
+    else:
+        print("transformers is not installed: no transformers column (pip install transformers)", file=sys.stderr)
+    return engines
+
+
+def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, threads: int, repeats: int,
+              engines: list[str] | None = None) -> dict[str, dict[str, float]]:
+    folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "phikit", "bench", shape)
+    print(f"writing/reusing random {shape} weights at {folder} ...", file=sys.stderr, flush=True)
+    write_checkpoint(shape, folder)
+    engines = engines or available_engines()
+    samples: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    for r in range(repeats):
+        for engine in engines if r % 2 == 0 else reversed(engines):  # alternate the order: bandwidth drifts
+            result = measure(engine, folder, prompt_len, new_tokens, threads)
+            if result:
+                samples[engine].append(result)
+                print(f"  run {r + 1}: {engine:12s} decode {result['decode_tok_s']:6.2f} tok/s  prefill "
+                      f"{result['prefill_tok_s']:7.1f} tok/s  ttft {result['ttft_s']:.2f}s", file=sys.stderr)
+    medians = {e: {k: statistics.median(s[k] for s in runs) for k in runs[0] if k != "engine"}
+               for e, runs in samples.items() if runs}
+    return medians
+
+
+def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: int, new_tokens: int,
+                  threads: int, repeats: int) -> str:
+    base = medians.get("phikit")
+    lines = [f"{shape}, bf16, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens, "
+             f"median of {repeats}", "",
+             "| engine | decode tok/s | prefill tok/s | time to first token | peak RSS | decode vs phikit |",
+             "|---|---|---|---|---|---|"]
+    for engine, m in medians.items():
+        ratio = f"{m['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"
+        lines.append(f"| {engine} | {m['decode_tok_s']:.2f} | {m['prefill_tok_s']:.1f} | {m['ttft_s']:.2f} s | "
+                     f"{m['peak_rss_gb']:.2f} GB | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="phikit bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="phi-1.5", choices=sorted(SHAPES))
+    p.add_argument("--folder", default=None, help="where the random checkpoint is written (default ~/.cache/phikit)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers")
+    args = p.parse_args(argv)
+    engines = args.engines.split(",") if args.engines else None
+    start = time.perf_counter()
+    medians = run_bench(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
+                        engines)
+    print(format_report(args.shape, medians, args.prompt_len, args.new_tokens, args.threads, args.repeats))
+    print(f"\n(measured in {time.perf_counter() - start:.0f}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

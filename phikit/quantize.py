@@ -1,0 +1,592 @@
+"""Weight-only quantization as a pass over a built model: int8 per output channel, int4 group-wise.
+
+The model file knows nothing of this: `quantize_model` swaps `nn.Linear` modules (fused `qkv_proj` / `gate_up_proj`
+and every PhiMoE expert included) for `Int8Linear` / `Int4Linear` of the same shapes and bias. Loaders quantize
+tensor by tensor with `StreamingQuantizer`, so peak memory stays near the quantized size.
+
+Formats (W [N, K] = [out_features, in_features]):
+
+* int8: symmetric per output channel. scale[n] = max|W[n]| / 127, q = round(W / scale) in [-127, 127]; computed by
+  `aten._weight_int8pack_mm` on CPU (int8 [N, K], scales [N] in the activation dtype).
+* int4: asymmetric per group of `group_size` input columns (gpt-fast / torchao "tinygemm" form). Per group
+  scale = (max - min) / 15 and zero = min + 8 * scale, q = round((W - min) / scale) in [0, 15], and
+  W ~ (q - 8) * scale + zero. `scales_and_zeros` is [K / group_size, N, 2] (scale, zero), the layout of
+  `aten._weight_int4pack_mm_for_cpu`. That kernel's packed weight layout depends on the CPU's ISA (AVX-512 packs
+  rows n and n+32 into one byte, AVX2 n and n+16), so checkpoints store a portable form, `qweight` uint8 [N, K / 2]
+  with column 2j in the low nibble and 2j+1 in the high one, and modules pack it for the kernel when they are placed
+  on the CPU.
+
+Kernel constraints (torch 2.13, CPU): int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by
+it; int8 has none. A layer whose N the int4 kernel cannot take, and any layer off the CPU, runs the generic fallback:
+dequantize the weight, then `F.linear` (same numbers, more memory traffic).
+
+Default skip list: `lm_head` (the most sensitive matrix; tied to the embedding on Phi-4-mini, so quantizing it would
+untie it), classification `score` heads and the PhiMoE router `block_sparse_moe.gate` (tiny; routing decisions flip
+on small errors). Embeddings are never quantized: a lookup reads one row per token, so they cost memory, not time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+DEFAULT_SKIP = ("lm_head", "score", "block_sparse_moe.gate")
+_OPS = torch.ops.aten
+_HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
+_HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr(_OPS, "_weight_int4pack_mm_for_cpu")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ----- configs --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Int8WeightOnlyConfig:
+    """Symmetric int8 weights, one scale per output channel; activations stay in the model's dtype."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": "phikit", "bits": 8, "scheme": "per_channel_symmetric"}
+
+
+@dataclass(frozen=True)
+class Int4WeightOnlyConfig:
+    """Asymmetric int4 weights, one (scale, zero) per `group_size` input columns of each output channel."""
+
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"Int4WeightOnlyConfig(group_size={self.group_size}) is not supported; the int4 kernels "
+                             f"take group_size in {INT4_GROUP_SIZES} (64 is closest to bitsandbytes nf4)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": "phikit", "bits": 4, "group_size": self.group_size, "scheme": "group_asymmetric"}
+
+
+QuantConfig = Union[Int8WeightOnlyConfig, Int4WeightOnlyConfig]
+
+
+def config_from_dict(data: dict[str, Any]) -> QuantConfig:
+    """The phikit config of a `quantization_config` entry of config.json ({"quant_method": "phikit", ...})."""
+    if data.get("quant_method") != "phikit":
+        raise ValueError(f"quantization_config {data!r} was not written by phikit (quant_method "
+                         f"{data.get('quant_method')!r}); see resolve_quantization_config")
+    if data.get("bits") == 8:
+        return Int8WeightOnlyConfig()
+    if data.get("bits") == 4:
+        return Int4WeightOnlyConfig(group_size=int(data.get("group_size", 128)))
+    raise ValueError(f"quantization_config bits={data.get('bits')!r} is not supported; phikit writes 8 or 4")
+
+
+# ----- pure functions: quantize, dequantize, pack ---------------------------------------------------------------
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (q int8 [N, K], scales [N] in weight's dtype). Rounds against the stored scale, so
+    dequantization reproduces exactly the values the error was minimised for."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(weight.dtype)
+    q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(q [N, K], scales [N]) -> weight [N, K] in scales' dtype."""
+    return (q.float() * scales.float()[:, None]).to(scales.dtype)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (q uint8 [N, K] in [0, 15], scales_and_zeros [K/g, N, 2] in weight's dtype)."""
+    n, k = weight.shape
+    if k % group_size:
+        raise ValueError(f"in_features={k} is not a multiple of group_size={group_size}; pick a group_size in "
+                         f"{INT4_GROUP_SIZES} that divides every quantized layer's in_features, or skip this layer")
+    w = weight.detach().float().reshape(n, k // group_size, group_size)  # [N, G, g]
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # [N, G]
+    scale = ((hi - lo).clamp(min=1e-6) / 15.0).to(weight.dtype)
+    zero = (lo + 8.0 * scale.float()).to(weight.dtype)
+    s, z = scale.float()[..., None], zero.float()[..., None]
+    q = torch.round((w - (z - 8.0 * s)) / s).clamp(0, 15).to(torch.uint8).reshape(n, k)
+    return q, torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, N, 2]
+
+
+def dequantize_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(q [N, K] in [0, 15], scales_and_zeros [K/g, N, 2]) -> weight [N, K] in the scales' dtype."""
+    n, k = q.shape
+    sz = scales_and_zeros.float().transpose(0, 1)  # [N, G, 2]
+    w = (q.float().reshape(n, k // group_size, group_size) - 8.0) * sz[..., :1] + sz[..., 1:]
+    return w.reshape(n, k).to(scales_and_zeros.dtype)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q [N, K] values 0..15 -> portable uint8 [N, K/2]: column 2j in the low nibble, 2j+1 in the high one."""
+    q = q.to(torch.uint8)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Portable uint8 [N, K/2] -> q uint8 [N, K]."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
+def _cpu_pack(q: torch.Tensor) -> torch.Tensor:
+    """q [N, K] (0..15) -> the CPU kernel's ISA-specific layout, uint8 [N, K/2]."""
+    return _OPS._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+
+
+def _probe_slots(n: int, k: int) -> torch.Tensor:
+    """Element (row, col) -> nibble slot (2 * byte + high) in `_cpu_pack`'s output, int64 [n, k], found without
+    knowing the ISA's layout: packing only permutes nibbles, so packing each element's index, 4 bits per probe,
+    shows where every element goes."""
+    index = torch.arange(n * k, dtype=torch.int64)
+    where = torch.zeros(n * k, dtype=torch.int64)  # slot -> element
+    for p in range(max(1, math.ceil(math.log2(n * k) / 4))):
+        digits = _cpu_pack(((index >> (4 * p)) & 15).reshape(n, k))
+        where |= unpack_nibbles(digits).reshape(-1).long() << (4 * p)
+    slots = torch.empty(n * k, dtype=torch.int64)
+    slots[where] = index
+    return slots.reshape(n, k)
+
+
+def _cpu_unpack(packed: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
+    """Invert `_cpu_pack`: uint8 [N, K/2] in the kernel layout -> q uint8 [N, K]. Used when saving, not per token.
+
+    The kernel lays each block of rows out column after column, so an element's slot is a(row) * K + col * b(row)
+    + e(row); a, b, e come from probing K = 2 and K = 4 (cheap), and a repack checks the result. Should a future
+    layout break that form, probing the full shape still inverts any nibble permutation (slower)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    nibbles = unpack_nibbles(packed).reshape(-1)  # slot order
+    s2, s4 = _probe_slots(n, 2), _probe_slots(n, 4)
+    b = s2[:, 1] - s2[:, 0]
+    a = (s4[:, 0] - s2[:, 0]) // 2
+    e = s2[:, 0] - 2 * a
+    q = torch.empty(n, k, dtype=torch.uint8)
+    cols = torch.arange(k, dtype=torch.int64)
+    for r0 in range(0, n, rows_per_chunk):  # bounded temporary: [chunk, K] int64 slots
+        r = slice(r0, r0 + rows_per_chunk)
+        slots = (a[r] * k + e[r])[:, None] + cols[None, :] * b[r][:, None]
+        q[r] = nibbles[slots.clamp(0, n * k - 1)]
+    if torch.equal(_cpu_pack(q), packed):
+        return q
+    q = torch.empty(n * k, dtype=torch.uint8)
+    q[:] = nibbles[_probe_slots(n, k).reshape(-1)]
+    q = q.reshape(n, k)
+    if not torch.equal(_cpu_pack(q), packed):  # internal invariant of the probe method
+        raise RuntimeError("this torch build's int4 CPU packing is not a nibble permutation; phikit cannot save "
+                           "its int4 weights portably here (please report this with your torch version and CPU)")
+    return q
+
+
+# ----- modules --------------------------------------------------------------------------------------------------
+class _QuantLinear(nn.Module):
+    """Shared parts: shapes, bias, the 2D view the kernels need and the fallback."""
+
+    in_features: int
+    out_features: int
+
+    def _init_bias(self, bias: bool | torch.Tensor | None, dtype: torch.dtype, device: Any) -> None:
+        if isinstance(bias, torch.Tensor):
+            self.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
+        elif bias:
+            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., K] -> [..., N] in x's dtype; computed in the dtype of the scales (the model's dtype)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # [M, K]
+        if x2.shape[0] == 0:
+            y = x2.new_zeros(0, self.out_features)
+        else:
+            y = self._matmul(x2.contiguous())
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(_QuantLinear):
+    """Linear layer with int8 weights `qweight` [N, K] and per-channel `scales` [N]; `bias` [N] kept in float."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
+                 dtype: torch.dtype = torch.bfloat16, device: Any = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
+        self._init_bias(bias, dtype, device)
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] these int8 values stand for, in the scales' dtype."""
+        return dequantize_int8(self.qweight, self.scales)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.scales.dtype
+        if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
+            return _OPS._weight_int8pack_mm(x.to(dtype), self.qweight, self.scales)
+        return F.linear(x.to(dtype), self.dequantize())
+
+
+class Int4Linear(_QuantLinear):
+    """Linear layer with int4 weights `qweight` uint8 [N, K/2] and `scales_and_zeros` [K/g, N, 2].
+
+    On the CPU (N % 16 == 0) `qweight` holds the kernel's packed layout in memory; `state_dict()` always gives the
+    portable nibble form and `load_state_dict` accepts it, so checkpoints move between machines.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
+                 group_size: int = 128, dtype: torch.dtype = torch.bfloat16, device: Any = None) -> None:
+        super().__init__()
+        if in_features % group_size or in_features % 2:
+            raise ValueError(f"Int4Linear: in_features={in_features} must be a multiple of group_size={group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("qweight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8,
+                                                   device=device))
+        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2, dtype=dtype,
+                                                             device=device))
+        self._init_bias(bias, dtype, device)
+        self.cpu_packed = False  # True: qweight is in the CPU kernel's layout
+        self.register_state_dict_post_hook(_int4_portable_state)
+        self.register_load_state_dict_pre_hook(_int4_loading_portable)
+        self.register_load_state_dict_post_hook(_int4_pack_after_load)
+
+    @property
+    def kernel_ok(self) -> bool:
+        """Whether the CPU int4 kernel can run this layer (else the dequantize fallback does)."""
+        return (_HAS_INT4_CPU and self.qweight.device.type == "cpu" and self.out_features % 16 == 0
+                and self.scales_and_zeros.dtype in _KERNEL_DTYPES)
+
+    def portable_qweight(self) -> torch.Tensor:
+        """uint8 [N, K/2] in the portable nibble layout (a copy when the kernel layout is held)."""
+        return pack_nibbles(_cpu_unpack(self.qweight)) if self.cpu_packed else self.qweight
+
+    def pack_for_device(self) -> None:
+        """Convert `qweight` from the portable form to the kernel's layout when the kernel can run here."""
+        if not self.cpu_packed and self.kernel_ok and self.qweight.device.type != "meta":
+            self.qweight = _cpu_pack(unpack_nibbles(self.qweight))
+            self.cpu_packed = True
+
+    def _apply(self, fn, recurse: bool = True):
+        # The packed layout is only meaningful to the CPU kernel: go portable before a move, repack after.
+        moving = self.cpu_packed and fn(torch.empty(0, dtype=torch.uint8, device=self.qweight.device)).device \
+            != self.qweight.device
+        if moving:
+            self.qweight, self.cpu_packed = self.portable_qweight(), False
+        out = super()._apply(fn, recurse)
+        if moving:
+            self.pack_for_device()
+        return out
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] these int4 values stand for, in the scales' dtype."""
+        q = _cpu_unpack(self.qweight) if self.cpu_packed else unpack_nibbles(self.qweight)
+        return dequantize_int4(q, self.scales_and_zeros, self.group_size)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.scales_and_zeros.dtype
+        if self.cpu_packed and x.device.type == "cpu":
+            return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,
+                                                    self.scales_and_zeros)
+        return F.linear(x.to(dtype), self.dequantize())
+
+    def extra_repr(self) -> str:
+        kernel = "cpu" if self.cpu_packed else "dequant"
+        return super().extra_repr() + f", group_size={self.group_size}, kernel={kernel}"
+
+
+def _int4_portable_state(module: Int4Linear, state: dict, prefix: str, _meta: Any) -> None:
+    if module.cpu_packed:
+        state[prefix + "qweight"] = module.portable_qweight()
+
+
+def _int4_pack_after_load(module: Int4Linear, _incompatible: Any) -> None:
+    module.pack_for_device()
+
+
+def _int4_loading_portable(module: Int4Linear, state: dict, prefix: str, *_: Any) -> None:
+    if prefix + "qweight" in state:  # incoming tensors are portable; pack_for_device runs after the copy
+        module.cpu_packed = False
+
+
+# ----- building modules from tensors (the streaming interface) ---------------------------------------------------
+def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig) -> dict[str, torch.Tensor]:
+    """One Linear weight [N, K] -> its quantized tensors in portable form: int8 {"qweight" int8 [N, K], "scales" [N]};
+    int4 {"qweight" uint8 [N, K/2], "scales_and_zeros" [K/g, N, 2]}. Scales take the weight's dtype."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"quantize_linear_weight needs a float [out, in] weight, got {weight.dtype} "
+                         f"{tuple(weight.shape)}")
+    if isinstance(config, Int8WeightOnlyConfig):
+        q, scales = quantize_int8(weight)
+        return {"qweight": q, "scales": scales}
+    if isinstance(config, Int4WeightOnlyConfig):
+        q, sz = quantize_int4(weight, config.group_size)
+        return {"qweight": pack_nibbles(q), "scales_and_zeros": sz}
+    raise TypeError(f"unknown quantization config {config!r}; use Int8WeightOnlyConfig() or Int4WeightOnlyConfig()")
+
+
+def empty_quantized_linear(in_features: int, out_features: int, bias: bool | torch.Tensor | None,
+                           config: QuantConfig, dtype: torch.dtype, device: Any = None) -> _QuantLinear:
+    """An Int8Linear / Int4Linear of these shapes to be filled (e.g. on the meta device before loading)."""
+    if isinstance(config, Int8WeightOnlyConfig):
+        return Int8Linear(in_features, out_features, bias, dtype=dtype, device=device)
+    return Int4Linear(in_features, out_features, bias, group_size=config.group_size, dtype=dtype, device=device)
+
+
+def linear_from_quantized(tensors: dict[str, torch.Tensor], config: QuantConfig,
+                          bias: torch.Tensor | None = None) -> _QuantLinear:
+    """The module for `quantize_linear_weight`'s tensors (they are adopted, not copied); packs int4 on the CPU."""
+    q = tensors["qweight"]
+    n = q.shape[0]
+    if isinstance(config, Int8WeightOnlyConfig):
+        scales = tensors["scales"]
+        module = Int8Linear(q.shape[1], n, bias is not None, dtype=scales.dtype, device="meta")
+        module.qweight, module.scales = q, scales
+    else:
+        sz = tensors["scales_and_zeros"]
+        module = Int4Linear(q.shape[1] * 2, n, bias is not None, config.group_size, dtype=sz.dtype, device="meta")
+        module.qweight, module.scales_and_zeros = q, sz
+        module.pack_for_device()
+    if bias is not None:
+        module.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
+    return module
+
+
+def _skipped(name: str, skip: Iterable[str]) -> bool:
+    return any(name == s or name.endswith("." + s) for s in skip)
+
+
+def linear_targets(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> list[str]:
+    """Names of the nn.Linear modules a pass would quantize (a tied lm_head is always left alone)."""
+    skip = tuple(skip)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        skip += ("lm_head",)
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and not _skipped(n, skip)]
+
+
+class StreamingQuantizer:
+    """Quantize a model's Linear weights one tensor at a time, as a loader reads them.
+
+        quantizer = StreamingQuantizer(meta_model, Int4WeightOnlyConfig(128))
+        for name, tensor in checkpoint:                 # already cast to the target dtype and device
+            if quantizer.wants(name): quantizer.consume(model, name, tensor)   # float copy can be freed now
+            else: set the tensor as usual
+        quantizer.finish(model)
+
+    The float weight is dropped as soon as it is quantized, so peak memory is the quantized model plus one tensor.
+    """
+
+    def __init__(self, model: nn.Module, config: QuantConfig, skip: Iterable[str] = DEFAULT_SKIP) -> None:
+        self.config = config
+        self.skip = tuple(skip)
+        self.pending = {name + ".weight": name for name in linear_targets(model, skip)}
+
+    def wants(self, param_name: str) -> bool:
+        return param_name in self.pending
+
+    def consume(self, model: nn.Module, param_name: str, weight: torch.Tensor) -> None:
+        """Quantize `weight` and put the quantized module in place of the Linear `param_name` belongs to. A bias
+        already loaded is kept; one set later lands on the new module under the same name."""
+        module_name = self.pending.pop(param_name)
+        linear = model.get_submodule(module_name)
+        tensors = quantize_linear_weight(weight, self.config)
+        model.set_submodule(module_name, linear_from_quantized(tensors, self.config, linear.bias))
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        """Quantize Linear weights that were initialised rather than read, and record the config on the model."""
+        for param_name in list(self.pending):
+            weight = model.get_parameter(param_name)
+            if weight.device.type == "meta":
+                raise RuntimeError(f"{param_name} was never filled; the loader must set or initialise it first")
+            self.consume(model, param_name, weight.detach())
+        if getattr(model, "config", None) is not None:
+            model.config.quantization_config = {**self.config.to_dict(), "skip": list(self.skip)}
+        return model
+
+
+def quantize_model(model: nn.Module, config: QuantConfig, skip: Iterable[str] = DEFAULT_SKIP) -> nn.Module:
+    """Replace the model's nn.Linear layers (except `skip`: names or dotted suffixes) by quantized ones, in place.
+
+    Returns the model, with `model.config.quantization_config` set so `save_pretrained` records it.
+    """
+    quantizer = StreamingQuantizer(model, config, skip)
+    with torch.no_grad():
+        for param_name in list(quantizer.pending):
+            quantizer.consume(model, param_name, model.get_parameter(param_name).detach())
+    return quantizer.finish(model)
+
+
+# ----- checkpoints ----------------------------------------------------------------------------------------------
+def save_quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors in the portable on-disk form (int4 unpacked from the CPU layout)."""
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def prepare_quantized_model(model: nn.Module, quantization_config: dict[str, Any] | QuantConfig,
+                            checkpoint_names: Iterable[str], dtype: torch.dtype) -> nn.Module:
+    """Before filling a (meta) model from a phikit-quantized checkpoint: swap each Linear whose `qweight` the
+    checkpoint holds for an empty quantized module of the same shape, so every checkpoint name has a home."""
+    config = quantization_config if not isinstance(quantization_config, dict) else config_from_dict(
+        quantization_config)
+    names = set(checkpoint_names)
+    for module_name, module in list(model.named_modules()):
+        if type(module) is nn.Linear and f"{module_name}.qweight" in names:
+            device = module.weight.device
+            model.set_submodule(module_name, empty_quantized_linear(
+                module.in_features, module.out_features, module.bias is not None, config, dtype, device))
+    return model
+
+
+def finalize_quantized_model(model: nn.Module, reader: Any = None) -> nn.Module:
+    """After filling: give int8 weights private memory and pack int4 weights for the CPU kernel, one module at a
+    time; with the `CheckpointReader` they came from, the file pages are dropped as each copy is made.
+
+    Why copy int8: `aten._weight_int8pack_mm` (torch 2.13, AVX-512) crashes with SIGSEGV when its weight is a view of
+    a memory-mapped file (our copy-on-write safetensors mapping); a private copy runs. Int4 is repacked anyway."""
+    for module_name, module in model.named_modules():
+        if isinstance(module, Int8Linear) and module.qweight.device.type == "cpu":
+            module.qweight = module.qweight.clone()
+        elif isinstance(module, Int4Linear):
+            module.pack_for_device()
+        else:
+            continue
+        name = f"{module_name}.qweight"
+        if reader is not None and name in getattr(reader, "refs", {}):
+            reader.release(name)
+    return model
+
+
+def load_quantized_model(cls: type, folder: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint written by `save_pretrained` of a quantized phikit model (strict: every tensor used,
+    every buffer filled). `from_pretrained` does the same once loading.py routes such checkpoints here."""
+    from .auto import config_from_folder
+    from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
+    from .generation_config import GenerationConfig
+    from .loading import _set_tensor, _skip_init
+
+    config = config_from_folder(folder)
+    qc = getattr(config, "quantization_config", None)
+    if not isinstance(qc, dict) or qc.get("quant_method") != "phikit":
+        raise ValueError(f"{folder}/config.json has no phikit quantization_config (found {qc!r}); load it with "
+                         f"from_pretrained(..., quantization_config=...) to quantize a float checkpoint")
+    with CheckpointReader(find_weight_files(folder)) as reader:
+        dtype = next((r.dtype for n, r in reader.refs.items() if n.endswith(".scales") or
+                      n.endswith(".scales_and_zeros")), torch.float32)
+        with torch.device("meta"), _skip_init():
+            model = cls(config)
+        prepare_quantized_model(model, qc, reader.refs.keys(), dtype)
+        tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        wanted = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items() if n not in tied}
+        missing = sorted(set(wanted) - set(reader.refs))
+        unused = sorted(set(reader.refs) - set(wanted) - tied)
+        wrong = [n for n in wanted if n in reader.refs and tuple(reader.refs[n].shape) != wanted[n]]
+        if missing or unused or wrong:
+            raise CheckpointError(f"the quantized checkpoint at {folder} does not fit {cls.__name__}: missing "
+                                  f"{missing[:5]}, unused {unused[:5]}, wrong shape {wrong[:5]}; re-save it with "
+                                  f"this phikit version")
+        for name in wanted:
+            _set_tensor(model, name, reader.get(name).to(device))
+        finalize_quantized_model(model, reader)
+    model.tie_weights()
+    model.eval()
+    model.generation_config = GenerationConfig.from_model_config(config)
+    return model
+
+
+# ----- bitsandbytes compatibility --------------------------------------------------------------------------------
+class BitsAndBytesConfig:
+    """The seeds' `BitsAndBytesConfig` arguments. phikit never swaps in other numbers: `resolve_quantization_config`
+    either finds a bitsandbytes path or raises an error naming the phikit quantization to use instead."""
+
+    quant_method = "bitsandbytes"
+
+    def __init__(self, load_in_8bit: bool = False, load_in_4bit: bool = False, llm_int8_threshold: float = 6.0,
+                 llm_int8_skip_modules: list[str] | None = None, llm_int8_enable_fp32_cpu_offload: bool = False,
+                 llm_int8_has_fp16_weight: bool = False, bnb_4bit_compute_dtype: Any = None,
+                 bnb_4bit_quant_type: str = "fp4", bnb_4bit_use_double_quant: bool = False,
+                 bnb_4bit_quant_storage: Any = None, **kwargs: Any) -> None:
+        if load_in_8bit and load_in_4bit:
+            raise ValueError("BitsAndBytesConfig: load_in_4bit and load_in_8bit are both True; choose one")
+        if bnb_4bit_quant_type not in ("fp4", "nf4"):
+            raise ValueError(f"bnb_4bit_quant_type={bnb_4bit_quant_type!r}; bitsandbytes knows 'fp4' and 'nf4'")
+        kwargs.pop("quant_method", None)
+        self.load_in_8bit, self.load_in_4bit = bool(load_in_8bit), bool(load_in_4bit)
+        self.llm_int8_threshold, self.llm_int8_skip_modules = llm_int8_threshold, llm_int8_skip_modules
+        self.llm_int8_enable_fp32_cpu_offload = llm_int8_enable_fp32_cpu_offload
+        self.llm_int8_has_fp16_weight = llm_int8_has_fp16_weight
+        self.bnb_4bit_compute_dtype, self.bnb_4bit_quant_type = bnb_4bit_compute_dtype, bnb_4bit_quant_type
+        self.bnb_4bit_use_double_quant, self.bnb_4bit_quant_storage = bnb_4bit_use_double_quant, bnb_4bit_quant_storage
+        self.extra = kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k != "extra"}
+        for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            if out[key] is not None:
+                out[key] = str(out[key]).replace("torch.", "")
+        return {"quant_method": "bitsandbytes", **out, **self.extra}
+
+    def __repr__(self) -> str:
+        return f"BitsAndBytesConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+
+def _bnb_alternative(cfg: BitsAndBytesConfig) -> str:
+    if cfg.load_in_4bit:
+        return (f"for {cfg.bnb_4bit_quant_type} 4-bit weights use quantization_config=phikit.Int4WeightOnlyConfig("
+                f"group_size=64) (group-wise int4, 64-value groups like bitsandbytes' 4-bit blocks)")
+    return "for 8-bit weights use quantization_config=phikit.Int8WeightOnlyConfig() (per-channel int8)"
+
+
+def resolve_quantization_config(cfg: Any, device: str | torch.device = "cpu") -> QuantConfig | None:
+    """The phikit config to apply for `from_pretrained(quantization_config=cfg)`.
+
+    Accepts phikit configs, a `quantization_config` dict from config.json, phikit's or transformers'
+    `BitsAndBytesConfig` (any object with `to_dict()`). bitsandbytes requests raise: `ImportError` when the library
+    is absent, `NotImplementedError` where it is present (phikit does not drive its layers yet); both name the
+    phikit alternative.
+    """
+    if cfg is None or isinstance(cfg, (Int8WeightOnlyConfig, Int4WeightOnlyConfig)):
+        return cfg
+    if not isinstance(cfg, (dict, BitsAndBytesConfig)) and hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if isinstance(cfg, dict):
+        method = cfg.get("quant_method", "")
+        method = str(getattr(method, "value", method)).lower()  # transformers stores an enum
+        if method == "phikit":
+            return config_from_dict(cfg)
+        if method != "bitsandbytes":
+            raise ValueError(f"quantization_config with quant_method={method!r} is not supported by phikit; use "
+                             f"phikit.Int8WeightOnlyConfig() or phikit.Int4WeightOnlyConfig(group_size=128)")
+        args = {k.lstrip("_"): v for k, v in cfg.items()}  # transformers writes `_load_in_4bit` as well
+        cfg = BitsAndBytesConfig(**args)
+    if not isinstance(cfg, BitsAndBytesConfig):
+        raise TypeError(f"quantization_config={cfg!r} is not a quantization config; use phikit.Int8WeightOnlyConfig()"
+                        f", phikit.Int4WeightOnlyConfig(group_size=...) or BitsAndBytesConfig(...)")
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        raise ValueError("BitsAndBytesConfig sets neither load_in_4bit nor load_in_8bit; set one, or pass "
+                         "quantization_config=None for unquantized weights")
+    kind = "load_in_4bit=True" if cfg.load_in_4bit else "load_in_8bit=True"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"BitsAndBytesConfig({kind}) needs the bitsandbytes library, which is not installed here "
+                          f"(device {torch.device(device).type}); phikit does not silently substitute other numbers. "
+                          f"{_bnb_alternative(cfg)[0].upper()}{_bnb_alternative(cfg)[1:]}.")
+    raise NotImplementedError(f"BitsAndBytesConfig({kind}): bitsandbytes is installed, but phikit does not run its "
+                              f"Linear4bit/Linear8bitLt layers yet (device {torch.device(device).type}); "
+                              f"{_bnb_alternative(cfg)}.")
+
+
+__all__ = ["Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "BitsAndBytesConfig", "Int8Linear", "Int4Linear",
+           "quantize_model", "quantize_linear_weight", "linear_from_quantized", "empty_quantized_linear",
+           "StreamingQuantizer", "resolve_quantization_config", "save_quantized_state", "prepare_quantized_model",
+           "finalize_quantized_model", "load_quantized_model", "DEFAULT_SKIP"]
