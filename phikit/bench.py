@@ -34,13 +34,16 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 CHILD = r"""
 import json, resource, statistics, sys, time, torch
-engine, folder, prompt_len, new_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+engine, folder, prompt_len, new_tokens, threads, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 import importlib
 AutoModelForCausalLM = importlib.import_module(engine).AutoModelForCausalLM  # phikit or its peer
 kw = {} if engine == "phikit" else {"attn_implementation": "sdpa"}
+if weights != "bf16":  # phikit only: weight-only quantization while loading
+    import phikit
+    kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
 ids = torch.randint(100, 30000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 def run(n):
@@ -90,10 +93,11 @@ def write_checkpoint(shape: str, folder: str) -> str:
     return folder
 
 
-def measure(engine: str, folder: str, prompt_len: int, new_tokens: int, threads: int) -> dict[str, Any] | None:
+def measure(engine: str, folder: str, prompt_len: int, new_tokens: int, threads: int,
+            weights: str = "bf16") -> dict[str, Any] | None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, "-c", CHILD, engine, folder, str(prompt_len), str(new_tokens),
-                          str(threads)], capture_output=True, text=True, env=env)
+                          str(threads), weights], capture_output=True, text=True, env=env)
     if out.returncode:
         print(f"  {engine}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}",
               file=sys.stderr)
@@ -113,18 +117,20 @@ def available_engines() -> list[str]:
 
 
 def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, threads: int, repeats: int,
-              engines: list[str] | None = None) -> dict[str, dict[str, float]]:
+              engines: list[str] | None = None, weights: tuple[str, ...] = ("bf16",)) -> dict[str, dict[str, float]]:
+    """Medians per column; columns are engines, and phikit once per weight format (`phikit-int8`, ...)."""
     folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "phikit", "bench", shape)
     print(f"writing/reusing random {shape} weights at {folder} ...", file=sys.stderr, flush=True)
     write_checkpoint(shape, folder)
-    engines = engines or available_engines()
-    samples: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    columns = [("phikit" if w == "bf16" else f"phikit-{w}", "phikit", w) for w in weights]
+    columns += [(e, e, "bf16") for e in (engines or available_engines()) if e != "phikit"]
+    samples: dict[str, list[dict[str, Any]]] = {c: [] for c, _, _ in columns}
     for r in range(repeats):
-        for engine in engines if r % 2 == 0 else reversed(engines):  # alternate the order: bandwidth drifts
-            result = measure(engine, folder, prompt_len, new_tokens, threads)
+        for column, engine, w in columns if r % 2 == 0 else reversed(columns):  # alternate: bandwidth drifts
+            result = measure(engine, folder, prompt_len, new_tokens, threads, w)
             if result:
-                samples[engine].append(result)
-                print(f"  run {r + 1}: {engine:12s} decode {result['decode_tok_s']:6.2f} tok/s  prefill "
+                samples[column].append(result)
+                print(f"  run {r + 1}: {column:12s} decode {result['decode_tok_s']:6.2f} tok/s  prefill "
                       f"{result['prefill_tok_s']:7.1f} tok/s  ttft {result['ttft_s']:.2f}s", file=sys.stderr)
     medians = {e: {k: statistics.median(s[k] for s in runs) for k in runs[0] if k != "engine"}
                for e, runs in samples.items() if runs}
@@ -134,7 +140,7 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
 def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: int, new_tokens: int,
                   threads: int, repeats: int) -> str:
     base = medians.get("phikit")
-    lines = [f"{shape}, bf16, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens, "
+    lines = [f"{shape}, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens, "
              f"median of {repeats}", "",
              "| engine | decode tok/s | prefill tok/s | time to first token | peak RSS | decode vs phikit |",
              "|---|---|---|---|---|---|"]
@@ -157,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers")
+    p.add_argument("--weights", default="bf16", help="phikit weight formats, comma-separated: bf16,int8,int4")
     args = p.parse_args(argv)
     engines = args.engines.split(",") if args.engines else None
     start = time.perf_counter()
+    weights = tuple(args.weights.split(","))
+    bad = [w for w in weights if w not in ("bf16", "int8", "int4")]
+    if bad:
+        raise SystemExit(f"phikit bench: error: --weights {bad[0]!r} is not one of bf16, int8, int4")
     medians = run_bench(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
-                        engines)
+                        engines, weights)
     print(format_report(args.shape, medians, args.prompt_len, args.new_tokens, args.threads, args.repeats))
     print(f"\n(measured in {time.perf_counter() - start:.0f}s)", file=sys.stderr)
     return 0

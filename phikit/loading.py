@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
 from .config import PhiKitConfig
+from .cpu_kernels import PackedLinear, use_packed_linears
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
 from .name_maps import plan_sources
@@ -123,6 +124,9 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
         with torch.device("meta"), _skip_init():
             model = cls(config)
         quantizer = None
+        if saved is None and quant is None and device.type == "cpu" and target_dtype == torch.bfloat16:
+            # bf16 on a CPU: oneDNN-prepacked linears stream weights much faster (see cpu_kernels.py)
+            use_packed_linears(model, skip=("lm_head",) if config.tie_word_embeddings else ())
         if saved is not None:
             prepare_quantized_model(model, saved, reader.refs.keys(), target_dtype)
         elif quant is not None:
@@ -224,10 +228,14 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
             for src in source.names:
                 reader.release(src)
             continue
-        if placed.data_ptr() != tensor.data_ptr():  # converted or moved: the file pages are no longer needed
+        _set_tensor(model, name, placed)
+        owner = model.get_submodule(name.rpartition(".")[0]) if name.endswith(".weight") else None
+        packed = isinstance(owner, PackedLinear)
+        if packed:
+            owner.pack()  # the packed copy is what runs; the file-backed original stays for state_dict()
+        if packed or placed.data_ptr() != tensor.data_ptr():  # the file pages are no longer needed now
             for src in source.names:
                 reader.release(src)
-        _set_tensor(model, name, placed)
     uninitialised = missing + new_heads + sorted(skip)
     _materialise(model, uninitialised, dtype, device)
     return {"missing_keys": missing, "unexpected_keys": unused, "newly_initialized_keys": new_heads,

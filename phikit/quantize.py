@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpu_kernels import is_plain_linear
+
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_SKIP = ("lm_head", "score", "block_sparse_moe.gate")
 _OPS = torch.ops.aten
@@ -373,7 +375,7 @@ def linear_targets(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> list
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         skip += ("lm_head",)
-    return [n for n, m in model.named_modules() if type(m) is nn.Linear and not _skipped(n, skip)]
+    return [n for n, m in model.named_modules() if is_plain_linear(m) and not _skipped(n, skip)]
 
 
 class StreamingQuantizer:
@@ -442,7 +444,7 @@ def prepare_quantized_model(model: nn.Module, quantization_config: dict[str, Any
         quantization_config)
     names = set(checkpoint_names)
     for module_name, module in list(model.named_modules()):
-        if type(module) is nn.Linear and f"{module_name}.qweight" in names:
+        if is_plain_linear(module) and f"{module_name}.qweight" in names:
             device = module.weight.device
             model.set_submodule(module_name, empty_quantized_linear(
                 module.in_features, module.out_features, module.bias is not None, config, dtype, device))
