@@ -37,8 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cpu_kernels import is_plain_linear
+from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
+                            dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4, quantize_int8,
+                            unpack_nibbles)
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_SKIP = ("lm_head", "score", "block_sparse_moe.gate")
 _OPS = torch.ops.aten
 _HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
@@ -83,103 +85,6 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     if data.get("bits") == 4:
         return Int4WeightOnlyConfig(group_size=int(data.get("group_size", 128)))
     raise ValueError(f"quantization_config bits={data.get('bits')!r} is not supported; phikit writes 8 or 4")
-
-
-# ----- pure functions: quantize, dequantize, pack ---------------------------------------------------------------
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (q int8 [N, K], scales [N] in weight's dtype). Rounds against the stored scale, so
-    dequantization reproduces exactly the values the error was minimised for."""
-    w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(weight.dtype)
-    q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
-
-
-def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(q [N, K], scales [N]) -> weight [N, K] in scales' dtype."""
-    return (q.float() * scales.float()[:, None]).to(scales.dtype)
-
-
-def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (q uint8 [N, K] in [0, 15], scales_and_zeros [K/g, N, 2] in weight's dtype)."""
-    n, k = weight.shape
-    if k % group_size:
-        raise ValueError(f"in_features={k} is not a multiple of group_size={group_size}; pick a group_size in "
-                         f"{INT4_GROUP_SIZES} that divides every quantized layer's in_features, or skip this layer")
-    w = weight.detach().float().reshape(n, k // group_size, group_size)  # [N, G, g]
-    lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # [N, G]
-    scale = ((hi - lo).clamp(min=1e-6) / 15.0).to(weight.dtype)
-    zero = (lo + 8.0 * scale.float()).to(weight.dtype)
-    s, z = scale.float()[..., None], zero.float()[..., None]
-    q = torch.round((w - (z - 8.0 * s)) / s).clamp(0, 15).to(torch.uint8).reshape(n, k)
-    return q, torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, N, 2]
-
-
-def dequantize_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(q [N, K] in [0, 15], scales_and_zeros [K/g, N, 2]) -> weight [N, K] in the scales' dtype."""
-    n, k = q.shape
-    sz = scales_and_zeros.float().transpose(0, 1)  # [N, G, 2]
-    w = (q.float().reshape(n, k // group_size, group_size) - 8.0) * sz[..., :1] + sz[..., 1:]
-    return w.reshape(n, k).to(scales_and_zeros.dtype)
-
-
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """q [N, K] values 0..15 -> portable uint8 [N, K/2]: column 2j in the low nibble, 2j+1 in the high one."""
-    q = q.to(torch.uint8)
-    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
-
-
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """Portable uint8 [N, K/2] -> q uint8 [N, K]."""
-    return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
-
-
-def _cpu_pack(q: torch.Tensor) -> torch.Tensor:
-    """q [N, K] (0..15) -> the CPU kernel's ISA-specific layout, uint8 [N, K/2]."""
-    return _OPS._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
-
-
-def _probe_slots(n: int, k: int) -> torch.Tensor:
-    """Element (row, col) -> nibble slot (2 * byte + high) in `_cpu_pack`'s output, int64 [n, k], found without
-    knowing the ISA's layout: packing only permutes nibbles, so packing each element's index, 4 bits per probe,
-    shows where every element goes."""
-    index = torch.arange(n * k, dtype=torch.int64)
-    where = torch.zeros(n * k, dtype=torch.int64)  # slot -> element
-    for p in range(max(1, math.ceil(math.log2(n * k) / 4))):
-        digits = _cpu_pack(((index >> (4 * p)) & 15).reshape(n, k))
-        where |= unpack_nibbles(digits).reshape(-1).long() << (4 * p)
-    slots = torch.empty(n * k, dtype=torch.int64)
-    slots[where] = index
-    return slots.reshape(n, k)
-
-
-def _cpu_unpack(packed: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
-    """Invert `_cpu_pack`: uint8 [N, K/2] in the kernel layout -> q uint8 [N, K]. Used when saving, not per token.
-
-    The kernel lays each block of rows out column after column, so an element's slot is a(row) * K + col * b(row)
-    + e(row); a, b, e come from probing K = 2 and K = 4 (cheap), and a repack checks the result. Should a future
-    layout break that form, probing the full shape still inverts any nibble permutation (slower)."""
-    n, k = packed.shape[0], packed.shape[1] * 2
-    nibbles = unpack_nibbles(packed).reshape(-1)  # slot order
-    s2, s4 = _probe_slots(n, 2), _probe_slots(n, 4)
-    b = s2[:, 1] - s2[:, 0]
-    a = (s4[:, 0] - s2[:, 0]) // 2
-    e = s2[:, 0] - 2 * a
-    q = torch.empty(n, k, dtype=torch.uint8)
-    cols = torch.arange(k, dtype=torch.int64)
-    for r0 in range(0, n, rows_per_chunk):  # bounded temporary: [chunk, K] int64 slots
-        r = slice(r0, r0 + rows_per_chunk)
-        slots = (a[r] * k + e[r])[:, None] + cols[None, :] * b[r][:, None]
-        q[r] = nibbles[slots.clamp(0, n * k - 1)]
-    if torch.equal(_cpu_pack(q), packed):
-        return q
-    q = torch.empty(n * k, dtype=torch.uint8)
-    q[:] = nibbles[_probe_slots(n, k).reshape(-1)]
-    q = q.reshape(n, k)
-    if not torch.equal(_cpu_pack(q), packed):  # internal invariant of the probe method
-        raise RuntimeError("this torch build's int4 CPU packing is not a nibble permutation; phikit cannot save "
-                           "its int4 weights portably here (please report this with your torch version and CPU)")
-    return q
 
 
 # ----- modules --------------------------------------------------------------------------------------------------

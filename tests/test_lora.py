@@ -16,19 +16,12 @@ from .oracle import pair
 
 peft = pytest.importorskip("peft", reason="PEFT is a test-only dependency: pip install peft")
 
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 VARIANTS = ["phi-2", "phi-3-mini-4k", "phi-3.5-moe"]
 MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: thread hand-offs cost more than the arithmetic on a 2-core runner
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ids(n: int = 2, t: int = 12, seed: int = 0) -> torch.Tensor:

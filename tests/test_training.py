@@ -26,13 +26,7 @@ CHAT = [{"role": "system", "content": "You answer briefly."},
         {"role": "assistant", "content": " Six "}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: thread hand-offs cost more than the arithmetic on a 2-core runner
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
