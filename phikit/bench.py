@@ -3,8 +3,9 @@
 Random weights of a real model shape are written once as a safetensors checkpoint; every engine loads the very same
 file in a fresh process. Engines run alternately, `--repeats` times each (this host's memory bandwidth drifts by
 15-25% between minutes), and the report gives medians and the ratio of each engine to phikit measured in the same
-run. Engines: phikit, transformers (if installed), llama.cpp via llama-cpp-python (if installed and the checkpoint
-was exported to GGUF).
+run. Engines: phikit (bf16 and, with --weights, int8 / int4), transformers (if installed), and llama.cpp through
+llama-cpp-python (if installed; the same weights exported with phikit's GGUF writer as bf16 / q8_0). llama.cpp is
+driven from Python (`Llama.generate`, greedy), which adds a little per-token overhead to its column.
 """
 
 from __future__ import annotations
@@ -57,6 +58,73 @@ total = run(new_tokens + 1)
 print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
                   "decode_tok_s": new_tokens / max(total - ttft, 1e-9), "peak_rss_gb": peak() / 1e9}))
 """
+
+
+LLAMA_CHILD = r"""
+import json, random, resource, sys, time
+from llama_cpp import Llama
+path, prompt_len, new_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8,
+            n_batch=512, verbose=False, seed=0)
+random.seed(0)
+ids = [random.randint(100, 30000) for _ in range(prompt_len)]
+def run(n):
+    llm.reset()
+    start, count = time.perf_counter(), 0
+    for _ in llm.generate(ids, temp=0.0, top_k=1):
+        count += 1
+        if count == n:
+            break
+    return time.perf_counter() - start
+run(2)
+ttft = run(1)
+total = run(new_tokens + 1)
+print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
+                  "decode_tok_s": new_tokens / max(total - ttft, 1e-9),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+"""
+
+
+def export_for_llama_cpp(folder: str, outtypes: tuple[str, ...]) -> dict[str, str]:
+    """GGUF files of the bench checkpoint for llama.cpp (same weights), if llama-cpp-python and gguf are installed
+    and a tokenizer for the shape is at hand (the shared fixtures' phi-2 / phi-3-mini vocabularies)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None:
+        print("llama-cpp-python or gguf is not installed: no llama.cpp column (pip install llama-cpp-python gguf)",
+              file=sys.stderr)
+        return {}
+    import torch
+
+    from .auto import AutoModelForCausalLM
+    from .gguf_export import export_gguf
+    from .tokenization import AutoTokenizer
+
+    model = None
+    files = {}
+    for outtype in outtypes:
+        path = f"{folder.rstrip(os.sep)}-{outtype}.gguf"
+        if not os.path.isfile(path):
+            model = model or AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+            fixtures = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "tokenizers")
+            name = "phi-2" if model.config.model_type == "phi" else "phi-3-mini"
+            tokenizer_dir = os.environ.get("PHIKIT_BENCH_TOKENIZER", os.path.join(fixtures, name))
+            if not os.path.isdir(tokenizer_dir):
+                print(f"no tokenizer for the llama.cpp export at {tokenizer_dir} (set PHIKIT_BENCH_TOKENIZER)",
+                      file=sys.stderr)
+                return {}
+            export_gguf(model, AutoTokenizer.from_pretrained(tokenizer_dir), path, dtype=outtype)
+        files[outtype] = path
+    return files
+
+
+def measure_llama_cpp(path: str, prompt_len: int, new_tokens: int, threads: int) -> dict[str, Any] | None:
+    out = subprocess.run([sys.executable, "-c", LLAMA_CHILD, path, str(prompt_len), str(new_tokens), str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        print(f"  llama.cpp: failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_checkpoint(shape: str, folder: str) -> str:
@@ -123,11 +191,18 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
     print(f"writing/reusing random {shape} weights at {folder} ...", file=sys.stderr, flush=True)
     write_checkpoint(shape, folder)
     columns = [("phikit" if w == "bf16" else f"phikit-{w}", "phikit", w) for w in weights]
-    columns += [(e, e, "bf16") for e in (engines or available_engines()) if e != "phikit"]
+    engines = engines or available_engines() + ["llama.cpp"]
+    columns += [(e, e, "bf16") for e in engines if e not in ("phikit", "llama.cpp")]
+    if "llama.cpp" in engines:
+        gguf_types = tuple({"bf16": "bf16", "int8": "q8_0"}[w] for w in weights if w in ("bf16", "int8"))
+        columns += [(f"llama.cpp-{t}", "llama.cpp", path) for t, path in export_for_llama_cpp(folder, gguf_types).items()]
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c, _, _ in columns}
     for r in range(repeats):
         for column, engine, w in columns if r % 2 == 0 else reversed(columns):  # alternate: bandwidth drifts
-            result = measure(engine, folder, prompt_len, new_tokens, threads, w)
+            if engine == "llama.cpp":
+                result = measure_llama_cpp(w, prompt_len, new_tokens, threads)
+            else:
+                result = measure(engine, folder, prompt_len, new_tokens, threads, w)
             if result:
                 samples[column].append(result)
                 print(f"  run {r + 1}: {column:12s} decode {result['decode_tok_s']:6.2f} tok/s  prefill "
@@ -162,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers")
+    p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers,llama.cpp")
     p.add_argument("--weights", default="bf16", help="phikit weight formats, comma-separated: bf16,int8,int4")
     args = p.parse_args(argv)
     engines = args.engines.split(",") if args.engines else None
