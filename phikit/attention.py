@@ -47,8 +47,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
         q, k, v, bias = q.float(), k.float(), v.float(), bias.float()
     groups = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout if training else 0.0,
-                                         scale=scale)
+    # One query that may see every key (a decode step without padding): the all-zero bias changes nothing.
+    mask = None if plain_causal and q.shape[2] == 1 else bias.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0, scale=scale)
     return out.transpose(1, 2).contiguous().to(dtype), None
 
 

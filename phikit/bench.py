@@ -4,7 +4,7 @@ Random weights of a real model shape are written once as a safetensors checkpoin
 file in a fresh process. Engines run alternately, `--repeats` times each (this host's memory bandwidth drifts by
 15-25% between minutes), and the report gives medians and the ratio of each engine to phikit measured in the same
 run. Engines: phikit (bf16 and, with --weights, int8 / int4), transformers (if installed), and llama.cpp through
-llama-cpp-python (if installed; the same weights exported with phikit's GGUF writer as bf16 / q8_0). llama.cpp is
+llama-cpp-python (if installed; the same weights exported with phikit's GGUF writer as bf16 / q8_0 / q4_0). llama.cpp is
 driven from Python (`Llama.generate`, greedy), which adds a little per-token overhead to its column.
 """
 
@@ -194,7 +194,7 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
     engines = engines or available_engines() + ["llama.cpp"]
     columns += [(e, e, "bf16") for e in engines if e not in ("phikit", "llama.cpp")]
     if "llama.cpp" in engines:
-        gguf_types = tuple({"bf16": "bf16", "int8": "q8_0"}[w] for w in weights if w in ("bf16", "int8"))
+        gguf_types = tuple({"bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}[w] for w in weights)
         columns += [(f"llama.cpp-{t}", "llama.cpp", path) for t, path in export_for_llama_cpp(folder, gguf_types).items()]
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c, _, _ in columns}
     for r in range(repeats):

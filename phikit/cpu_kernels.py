@@ -1,12 +1,19 @@
-"""Faster bf16 linears on CPUs: oneDNN's prepacked weight layout, as a pass over a built model.
+"""Fast bf16 linears on CPUs, as a pass over a built model: the kernel is picked per call by the number of rows.
 
-At batch 1 a decode step is almost all matrix-vector products (90% of a phi-1.5 step is `addmm`), bound by how fast
-weights stream from memory. `F.linear` on a plain bf16 weight streamed ~25 GB/s on this 2-core host; the same
-matrix prepacked by oneDNN (`mkldnn._reorder_linear_weight`) ~43 GB/s, with identical results. The pass swaps the
-class of each `nn.Linear` to `PackedLinear` (a subclass: state_dict, LoRA and quantization passes see a Linear);
-the packed copy is made on the first no-grad bf16 CPU forward, or eagerly by the loader, which then drops the file
-pages of the original weight so memory holds one copy. Training (grad enabled), other dtypes and other devices use
-`F.linear` on the original weight, and a changed weight is repacked.
+At batch 1 a decode step is almost all matrix-vector products bound by how fast weights stream from memory; a
+prefill is matrix-matrix products bound by arithmetic. Measured on the 2-core AVX-512 (no AMX) development host,
+one 8192x2048 bf16 weight, 2 threads:
+
+* decode (<= 8 rows): phikit's native kernel (`native_kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
+  `F.linear` ~12 GB/s.
+* prefill (512 rows): MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks ~300 GFLOP/s; oneDNN's
+  bf16 GEMM ~110-200 GFLOP/s (without AMX it has no fast bf16 path). With AMX, oneDNN's bf16 GEMM is used.
+
+Every path multiplies the same bf16 values exactly in fp32, accumulates in fp32 and rounds once to bf16, so results
+differ from `nn.Linear` only by summation order. The pass swaps the class of each `nn.Linear` to `FastLinear` (a
+subclass: state_dict, LoRA and quantization passes see a Linear). Training (grad enabled), other dtypes and other
+devices use `F.linear`. Without the native kernels, decode uses a oneDNN-prepacked copy of the weight (made on the
+first no-grad bf16 forward, or eagerly by the loader, which then drops the file pages of the original).
 """
 
 from __future__ import annotations
@@ -15,16 +22,54 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_kernels
+
+PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
+
 
 def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-class PackedLinear(nn.Linear):
-    """nn.Linear whose no-grad bf16 CPU forward uses a oneDNN-prepacked copy of the weight."""
+def _has_amx() -> bool:
+    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def gemm_via_fp32(x: torch.Tensor, weight_rows, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W^T (+ bias) computed in fp32, W produced `weight_rows(start, stop)` -> fp32 rows at a
+    time (so a converted chunk stays in cache); result in x's dtype."""
+    m, k = x.shape
+    xf = x.float()
+    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    rows = max(16, PREFILL_CHUNK_BYTES // (4 * k))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        torch.mm(xf, weight_rows(start, stop).t(), out=out[:, start:stop])
+    if bias is not None:
+        out += bias.float()
+    return out.to(x.dtype)
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """No-grad bf16 CPU linear on a plain [N, K] weight: x [M, K] -> [M, N]."""
+    if native_kernels.usable(x):
+        return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
+    if _has_amx() or x.shape[0] <= native_kernels.MAX_ROWS:
+        return F.linear(x, weight, bias)
+    return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
+
+
+class FastLinear(nn.Linear):
+    """nn.Linear whose no-grad bf16 CPU forward runs the fastest kernel for its number of rows (module docstring)."""
 
     _packed: torch.Tensor | None = None
     _packed_from: tuple[int, int] | None = None  # (data_ptr, version) of the weight the copy was made from
+
+    @staticmethod
+    def needs_packing() -> bool:
+        """Whether decode runs on a oneDNN-prepacked copy (only where the native kernels are unavailable)."""
+        return not native_kernels.available() and packing_available()
 
     def pack(self) -> None:
         weight = self.weight.detach()
@@ -36,25 +81,27 @@ class PackedLinear(nn.Linear):
         if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16
                 or x.device.type != "cpu" or weight.device.type != "cpu"):
             return F.linear(x, weight, self.bias)
-        if self._packed is None or self._packed_from != (weight.data_ptr(), weight._version):
-            self.pack()
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self._packed, self.bias, "none", [], "")
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.needs_packing() and x2.shape[0] <= native_kernels.MAX_ROWS:
+            if self._packed is None or self._packed_from != (weight.data_ptr(), weight._version):
+                self.pack()
+            y = torch.ops.mkldnn._linear_pointwise(x2, self._packed, self.bias, "none", [], "")
+        else:
+            y = bf16_linear(x2, weight.detach(), self.bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def is_plain_linear(module: nn.Module) -> bool:
-    """A dense Linear a pass may replace: nn.Linear itself or its packed variant."""
-    return type(module) in (nn.Linear, PackedLinear)
+    """A dense Linear a pass may replace: nn.Linear itself or its fast variant."""
+    return type(module) in (nn.Linear, FastLinear)
 
 
-def use_packed_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
-    """Swap every plain nn.Linear of `model` (but those named in `skip`) to PackedLinear in place; returns how many.
-    No-op without oneDNN. A head tied to the embedding belongs in `skip`: packing would copy the embedding."""
-    if not packing_available():
-        return 0
+def use_fast_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Swap every plain nn.Linear of `model` (but those named in `skip`) to FastLinear in place; returns how many.
+    A head tied to the embedding belongs in `skip` when `FastLinear.needs_packing()`: packing would copy it."""
     count = 0
     for name, module in model.named_modules():
         if type(module) is nn.Linear and name not in skip:
-            module.__class__ = PackedLinear
+            module.__class__ = FastLinear
             count += 1
     return count

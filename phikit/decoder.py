@@ -17,15 +17,14 @@ from .cache import DynamicCache, KVCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
 from .moe import SparseMoE
-from .rope import RopeSpec, apply_rotary, choose_long, cos_sin, rope_spec_from_config
+from .rope import RopeSpec, RotaryTables, choose_long, cos_sin, rope_spec_from_config
 
 
 @dataclass
 class StepContext:
     """What every layer of one forward shares: rope tables, mask, cache and the attention kernel."""
 
-    cos: torch.Tensor  # [B, T, R]
-    sin: torch.Tensor  # [B, T, R]
+    rotary: RotaryTables  # cos/sin of every position, applied to each layer's q and k
     bias: torch.Tensor  # [B or 1, 1, T, S] additive mask
     plain_causal: bool  # no padding and no active window: kernels may use their own causal mask
     cache: KVCache | None
@@ -76,7 +75,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
-        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        q, k = ctx.rotary.apply(q), ctx.rotary.apply(k)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, KV, S, D]
         kernel = "eager" if ctx.output_attentions else ctx.attn_implementation
@@ -119,16 +118,17 @@ class DecoderLayer(nn.Module):
         mlp = self._modules[self.mlp_name]
         h = self.input_layernorm(x)
         attn, weights = self.self_attn(h, ctx)
+        drop = self.resid_dropout if self.training and self.resid_dropout.p > 0 else _identity
         if self.parallel:
-            return x + self.resid_dropout(attn) + self.resid_dropout(mlp(h)), weights, None
-        x = x + self.resid_dropout(attn)
+            return x + drop(attn) + drop(mlp(h)), weights, None
+        x = x + drop(attn)
         h = self.post_attention_layernorm(x)
         router_logits = None
         if self.is_moe:
             h, router_logits = mlp(h)
         else:
             h = mlp(h)
-        return x + self.resid_dropout(h), weights, router_logits
+        return x + drop(h), weights, router_logits
 
 
 @dataclass
@@ -183,7 +183,8 @@ class Decoder(nn.Module):
         plain_causal = (attention_mask is None or bool(attention_mask.all())) and \
             (window is None or start + t <= window) and num_slots == start + t
         cos, sin = cos_sin(self.rope, position_ids, long, inputs_embeds.dtype)
-        ctx = StepContext(cos, sin, additive_bias(allowed, inputs_embeds.dtype), plain_causal, cache,
+        ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim),
+                          additive_bias(allowed, inputs_embeds.dtype), plain_causal, cache,
                           self.config._attn_implementation, output_attentions)
 
         x = self.embed_dropout(inputs_embeds)
@@ -224,6 +225,10 @@ class Decoder(nn.Module):
         self.run(cache.inputs[rows, :past], mask, cache.positions[rows, :past], fresh, 0,
                  False, False, False, long=long[rows])
         cache.replace_rows(rows, fresh)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _tuple(items: list | None) -> tuple | None:

@@ -14,7 +14,7 @@ import sys
 import time
 
 FORMATS = ("gguf",)
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # = gguf_export.OUTTYPES; repeated so `--help` never imports gguf
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # = gguf_export.OUTTYPES; repeated so `--help` never imports gguf
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,7 +27,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                                                         "hub id")
     p.add_argument("--format", default="gguf", choices=FORMATS, help="output format (default gguf)")
     p.add_argument("--outtype", default="f16", choices=OUTTYPES,
-                   help="type of the weight matrices: f32, f16 (default), bf16 or q8_0; norms and biases stay f32")
+                   help="type of the weight matrices: f32, f16 (default), bf16, q8_0 or q4_0; norms and biases stay "
+                        "f32")
     p.add_argument("--output", "-o", required=True, help="file to write, e.g. model-q8_0.gguf")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--no-tokenizer", action="store_true",

@@ -6,9 +6,13 @@ partial rotary, gpt2 BPE vocabulary) and `phi3` for Phi-3 / 3.5 / Phi-4-mini (fu
 vocabulary with scores and token types, or a BPE one for Phi-4-mini). Names come from the `gguf` package's own
 tensor name map; metadata follows llama.cpp's `convert_hf_to_gguf.py` (Phi2Model, Phi3MiniModel).
 
-Output types: f32, f16, bf16 and q8_0 (blocks of 32 values with one fp16 scale, `gguf.quants` - bit-exact with
-ggml). As llama.cpp does, 1-D tensors (norms, biases, rope factors) stay f32, and a q8_0 matrix whose rows are not a
-multiple of 32 is written f16. A phikit-quantized model is exported from its dequantized weights.
+Output types: f32, f16, bf16, q8_0 and q4_0, the last two in blocks of 32 values with one fp16 scale d: q8_0 keeps
+int8 round(x / d) with d = max|x| / 127, q4_0 keeps 4 bits min(15, round(x / d) + 8) with d = -max / 8, max being the
+block's signed value of largest magnitude (`gguf.quants`, bit-exact with ggml). As llama.cpp does, 1-D tensors (norms,
+biases, rope factors) stay f32, and a q8_0 or q4_0 matrix whose rows are not a multiple of 32 is written f16.
+llama.cpp's convert_hf_to_gguf.py has no q4_0 output type (q4_0 files come from its llama-quantize, which keeps
+`output`, or a tied `token_embd`, in q6_k, a type gguf cannot write), so phikit's q4_0 quantizes every eligible
+matrix, token embedding and output included. A phikit-quantized model is exported from its dequantized weights.
 
 Tensors are converted and written one at a time (tensor infos first, from shapes alone), so exporting needs about
 one tensor of memory beyond the model. Needs `pip install phikit[gguf]` (gguf==0.19.0).
@@ -25,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 Q8_BLOCK = 32  # values per q8_0 block; a block is 2 bytes of fp16 scale + 32 int8
+Q4_BLOCK = 32  # values per q4_0 block; a block is 2 bytes of fp16 scale + 16 bytes of 4-bit values
 _O200K_MARK = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
 
 
@@ -72,6 +77,8 @@ def _qtype_for(shape: tuple[int, ...], outtype: str, gguf) -> Any:
         return Q.F32
     if outtype == "q8_0":
         return Q.Q8_0 if shape[-1] % Q8_BLOCK == 0 else Q.F16
+    if outtype == "q4_0":
+        return Q.Q4_0 if shape[-1] % Q4_BLOCK == 0 else Q.F16
     return Q.BF16 if outtype == "bf16" else Q.F16
 
 
@@ -88,7 +95,7 @@ def _encode(tensor: torch.Tensor, qtype: Any, gguf) -> np.ndarray:
         return data
     if qtype == Q.F16:
         return data.astype(np.float16)
-    return gguf.quants.quantize(data, qtype)  # BF16 (round to nearest even) and Q8_0, as ggml does
+    return gguf.quants.quantize(data, qtype)  # BF16 (round to nearest even), Q8_0 and Q4_0, as ggml does
 
 
 def _check_supported(config) -> str:
@@ -154,7 +161,8 @@ def _write_hparams(writer, model: nn.Module, arch_name: str, outtype: str, gguf)
         if rp.get("rope_type") == "longrope":
             writer.add_rope_scaling_attn_factors(longrope_attention_factor(rp, config.max_position_embeddings))
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
     writer.add_file_type(int(ftype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -254,7 +262,7 @@ def _write_tokenizer(writer, tokenizer, model: nn.Module) -> None:
 # ----- entry point ----------------------------------------------------------------------------------------------
 def export_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str = "f16") -> str:
     """Write `model` (phi or phi3, float or phikit-quantized) and `tokenizer` (a `PhiTokenizer`, or None for a
-    weights-only file) to the GGUF file `path` with matrices in `dtype` ("f32", "f16", "bf16" or "q8_0").
+    weights-only file) to the GGUF file `path` with matrices in `dtype` ("f32", "f16", "bf16", "q8_0" or "q4_0").
     Returns the path written. The file is written under a temporary name and renamed when complete."""
     gguf = _gguf()
     if dtype not in OUTTYPES:

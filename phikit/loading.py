@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
 from .config import PhiKitConfig
-from .cpu_kernels import PackedLinear, use_packed_linears
+from .cpu_kernels import FastLinear, use_fast_linears
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
 from .name_maps import plan_sources
@@ -125,8 +125,9 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
             model = cls(config)
         quantizer = None
         if saved is None and quant is None and device.type == "cpu" and target_dtype == torch.bfloat16:
-            # bf16 on a CPU: oneDNN-prepacked linears stream weights much faster (see cpu_kernels.py)
-            use_packed_linears(model, skip=("lm_head",) if config.tie_word_embeddings else ())
+            # bf16 on a CPU: faster kernels per call shape (see cpu_kernels.py); a tied head is never copied
+            use_fast_linears(model, skip=("lm_head",) if config.tie_word_embeddings and FastLinear.needs_packing()
+                             else ())
         if saved is not None:
             prepare_quantized_model(model, saved, reader.refs.keys(), target_dtype)
         elif quant is not None:
@@ -228,9 +229,13 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
             for src in source.names:
                 reader.release(src)
             continue
-        _set_tensor(model, name, placed)
         owner = model.get_submodule(name.rpartition(".")[0]) if name.endswith(".weight") else None
-        packed = isinstance(owner, PackedLinear)
+        packed = isinstance(owner, FastLinear) and FastLinear.needs_packing()
+        if not packed and placed.device.type == "cpu" and placed.data_ptr() == tensor.data_ptr():
+            # Private memory (transparent huge pages) streams ~20% faster than the file's page cache at decode
+            # time; the file pages are released just below, so memory holds one copy.
+            placed = placed.clone()
+        _set_tensor(model, name, placed)
         if packed:
             owner.pack()  # the packed copy is what runs; the file-backed original stays for state_dict()
         if packed or placed.data_ptr() != tensor.data_ptr():  # the file pages are no longer needed now

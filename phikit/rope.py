@@ -112,3 +112,34 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
+
+@dataclass
+class RotaryTables:
+    """`apply_rotary` in four tensor ops per call, for the many calls of one forward (every layer's q and k):
+
+        x * cos_full + x[..., partner] * sin_signed
+
+    cos_full [B, 1, T, D] is cos on the rotary dims and 1 on the pass-through dims; sin_signed is -sin on the first
+    half of the rotary dims, +sin on the second and 0 on the pass-through dims; `partner` [D] maps dim i to the dim
+    rotate_half pairs it with. Each rotary dim sees the same two products and one sum as `apply_rotary` (a sign
+    flip is exact), and a pass-through dim is x * 1 + y * 0 = x, so the results are the same numbers."""
+
+    cos_full: torch.Tensor
+    sin_signed: torch.Tensor
+    partner: torch.Tensor
+
+    @classmethod
+    def build(cls, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> "RotaryTables":
+        """cos, sin [B, T, R] -> tables for heads of `head_dim` (R <= head_dim)."""
+        rotary, half = cos.shape[-1], cos.shape[-1] // 2
+        passing = head_dim - rotary
+        cos_full = torch.cat((cos, cos.new_ones(*cos.shape[:-1], passing)), dim=-1)[:, None]
+        sin_signed = torch.cat((-sin[..., :half], sin[..., half:], sin.new_zeros(*sin.shape[:-1], passing)),
+                               dim=-1)[:, None]
+        index = torch.arange(head_dim, device=cos.device)
+        partner = torch.where(index < rotary, (index + half) % max(rotary, 1), index)
+        return cls(cos_full, sin_signed, partner)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, heads, T, D] -> rotated x, equal to `apply_rotary(x, cos, sin)`."""
+        return x * self.cos_full + torch.index_select(x, -1, self.partner) * self.sin_signed

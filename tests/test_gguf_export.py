@@ -1,6 +1,6 @@
 """GGUF export: read the file back with gguf.GGUFReader and check names, shapes, types, metadata, rope factors,
 the tokenizer arrays (against llama.cpp's own Phi-3 vocabulary file) and every tensor's values within its format's
-precision; q8_0 is checked bit for bit against an independent implementation of the block format. If
+precision; q8_0 and q4_0 are checked bit for bit against independent implementations of the block formats. If
 llama-cpp-python is installed, llama.cpp itself runs an exported model and its logits are compared with phikit's."""
 
 from __future__ import annotations
@@ -51,6 +51,32 @@ def q8_0_reference(w: torch.Tensor) -> torch.Tensor:
     v = blocks * inv
     q = torch.sign(v) * torch.floor(v.abs() + 0.5)  # C roundf: halves away from zero
     return (d.half().float() * q).reshape(w.shape)
+
+
+def q4_0_reference(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ggml's q4_0 round trip: blocks of 32 along each row, d = max / -8 where max is the block's signed value of
+    largest magnitude (stored fp16), q = min(15, (int)(x / d + 8.5)) - 8. Returns it and d (fp32, one per block)."""
+    blocks = w.float().reshape(-1, 32)
+    peak = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))  # first of equal magnitudes, as ggml
+    d = peak / -8
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    q = torch.trunc(blocks * inv + 8.5).clamp(max=15) - 8
+    return (d.half().float() * q).reshape(w.shape), d
+
+
+def dequantized_copy(model, reader, arch: str) -> torch.nn.Module:
+    """`model` with every parameter replaced by what the GGUF file holds (dequantized): the weights llama.cpp runs."""
+    import copy
+
+    arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
+    names = gguf.get_tensor_name_map(arch_id, model.config.num_hidden_layers)
+    tensors = {t.name: t for t in reader.tensors}
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():  # a tied lm_head is the embedding: listed once
+            t = tensors[names.get_name(n, try_suffixes=(".weight", ".bias"))]
+            p.copy_(torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).reshape(p.shape))
+    return model
 
 
 # ----- layout and metadata ------------------------------------------------------------------------------------------
@@ -106,7 +132,7 @@ def test_phi4_mini_tied_head_gqa_and_partial_rotary(tmp_path) -> None:
 
 
 # ----- values -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0", "q4_0"])
 @pytest.mark.parametrize("name", ["phi-2", "phi-3-128k"])
 def test_tensors_round_trip_within_format_precision(name: str, outtype: str, tmp_path) -> None:
     model = build(name)
@@ -126,16 +152,59 @@ def test_tensors_round_trip_within_format_precision(name: str, outtype: str, tmp
             assert torch.equal(got, w.half().float()), t.name
         elif t.tensor_type == Q.BF16:
             assert torch.equal(got, w.bfloat16().float()), t.name  # round to nearest even, as torch
-        else:
-            assert t.tensor_type == Q.Q8_0 and w.dim() == 2 and w.shape[1] % 32 == 0
+        elif t.tensor_type == Q.Q8_0:
+            assert outtype == "q8_0" and w.dim() == 2 and w.shape[1] % 32 == 0
             assert torch.equal(got, q8_0_reference(w)), t.name
             step = w.reshape(-1, 32).abs().amax(1, keepdim=True) / 127
             # half a step, plus the fp16 rounding of the scale (2^-11 relative) times |q| <= 127
             assert bool(((got - w).reshape(-1, 32).abs() <= step * (0.5 + 127 * 2**-11)).all()), t.name
+        else:
+            assert t.tensor_type == Q.Q4_0 and outtype == "q4_0" and w.dim() == 2 and w.shape[1] % 32 == 0
+            ref, d = q4_0_reference(w)
+            assert torch.equal(got, ref), t.name
+            # |x / d| <= 8 in every block. Rounding to the nearest level costs at most half a step |d|, except for
+            # x / d >= 7.5 (values opposite in sign to `max`, nearly as large), clamped to q = 7: up to one step.
+            # Plus the fp16 rounding of d (2^-11 relative) times |q| <= 8, which also covers fp32 rounding of x / d.
+            blocks = w.reshape(-1, 32)
+            clamped = blocks * torch.where(d == 0, torch.zeros_like(d), 1 / d) >= 7.5
+            bound = d.abs() * (torch.where(clamped, 1.0, 0.5) + 8 * 2**-11)
+            err = (got - w).reshape(-1, 32).abs()
+            assert bool((err <= bound).all()), t.name
+            assert bool((err <= d.abs() * (1 + 8 * 2**-11)).all()), t.name  # never more than one step
         seen += 1
     assert seen == len(expected)
-    if outtype == "q8_0" and name == "phi-2":  # phi-2's 80-wide rows are not whole q8_0 blocks: f16 instead
+    if outtype in ("q8_0", "q4_0") and name == "phi-2":  # 80-wide rows are not whole 32-value blocks: f16 instead
         assert {t.tensor_type for t in reader.tensors if t.name == "blk.0.attn_q.weight"} == {Q.F16}
+
+
+@pytest.mark.parametrize("name", ["phi-2", "phi-3-128k", "phi-4-mini"])
+def test_q4_0_types_sizes_and_file_type(name: str, tmp_path) -> None:
+    model = build(name)
+    reader = gguf.GGUFReader(export_gguf(model, None, tmp_path / "m.gguf", "q4_0"))
+    arch = "phi2" if model.config.model_type == "phi" else "phi3"
+    expected = model_tensors_by_gguf_name(model, arch)
+    Q = gguf.GGMLQuantizationType
+    assert fields(reader)["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
+    quantized = set()
+    for t in reader.tensors:
+        shape = tuple(expected[t.name].shape) if t.name in expected else (int(t.n_elements),)
+        if len(shape) == 1:
+            want = Q.F32  # norms, biases, rope factors
+        else:
+            want = Q.Q4_0 if shape[1] % 32 == 0 else Q.F16
+        assert t.tensor_type == want, t.name
+        n = int(torch.tensor(shape).prod())
+        # q4_0: 18 bytes (fp16 scale + 32 nibbles) per 32 values
+        assert t.n_bytes == {Q.F32: 4 * n, Q.F16: 2 * n, Q.Q4_0: n // 32 * 18}[want], t.name
+        if want == Q.Q4_0:
+            quantized.add(t.name)
+    if name == "phi-2":  # 80 columns: f16; ffn_down's 160 columns are 5 blocks
+        assert "blk.0.ffn_down.weight" in quantized and "blk.0.attn_q.weight" not in quantized
+        assert "token_embd.weight" not in quantized
+    else:  # every matrix quantized, the token embedding (tied head for phi-4-mini) and the output included
+        written = {t.name for t in reader.tensors}  # a tied lm_head is not written (llama.cpp reuses token_embd)
+        assert {n for n, w in expected.items() if w.dim() == 2 and n in written} == quantized
+        assert "token_embd.weight" in quantized and ("output.weight" in quantized) == (name != "phi-4-mini")
 
 
 def test_quantized_model_exports_its_dequantized_weights(tmp_path) -> None:
@@ -151,8 +220,8 @@ def test_unsupported_models_and_types_raise(tmp_path) -> None:
         export_gguf(build("phi-3.5-moe"), None, tmp_path / "m.gguf")
     with pytest.raises(NotImplementedError, match="qk_layernorm"):
         export_gguf(build("phi-qk-layernorm"), None, tmp_path / "m.gguf")
-    with pytest.raises(ValueError, match="q4_0"):
-        export_gguf(build("phi-2"), None, tmp_path / "m.gguf", "q4_0")
+    with pytest.raises(ValueError, match="q4_k"):
+        export_gguf(build("phi-2"), None, tmp_path / "m.gguf", "q4_k")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
 
 
@@ -194,7 +263,8 @@ def test_phi2_gpt2_vocabulary_with_merges(tmp_path) -> None:
 
 # ----- command line -------------------------------------------------------------------------------------------------
 @needs_fixtures
-def test_export_command(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+def test_export_command(outtype: str, tmp_path, capsys) -> None:
     from phikit.export_cli import add_export_parser, run_export
 
     model = build("phi-3-mini-4k", vocab_size=32064)
@@ -203,12 +273,13 @@ def test_export_command(tmp_path, capsys) -> None:
     parser = argparse.ArgumentParser(prog="phikit")
     add_export_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "out.gguf"
-    args = parser.parse_args(["export", "--model", str(tmp_path / "ckpt"), "--format", "gguf", "--outtype", "q8_0",
+    args = parser.parse_args(["export", "--model", str(tmp_path / "ckpt"), "--format", "gguf", "--outtype", outtype,
                               "-o", str(out)])
     assert run_export(args) == 0
     assert "wrote" in capsys.readouterr().err
     meta = fields(gguf.GGUFReader(str(out)))
-    assert meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0 and meta["tokenizer.ggml.model"] == "llama"
+    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
+    assert meta["general.file_type"] == file_type and meta["tokenizer.ggml.model"] == "llama"
 
 
 # ----- llama.cpp itself (optional) ----------------------------------------------------------------------------------
@@ -241,3 +312,37 @@ def test_llama_cpp_runs_the_export_like_phikit(name: str, tmp_path) -> None:
     top2 = ours.topk(2, dim=-1).values
     clear = (top2[:, 0] - top2[:, 1]) > 2 * tol  # greedy choices that a difference below tol cannot flip
     assert torch.equal(theirs.argmax(-1)[clear], ours.argmax(-1)[clear]) and clear.sum() >= 20
+
+
+# llama.cpp multiplies q4_0 (and q8_0) weights with activations it first quantizes to q8_0 blocks, so its logits
+# differ from phikit's on the very same (dequantized) weights by up to ~0.35 on these |logit| <= 7 models, for q8_0
+# files as much as q4_0 ones (measured 0.11 phi-2, 0.32 phi-3-128k). q4_0 itself moves the logits by ~1.5-5 from the
+# float model, so llama.cpp must be far closer to the dequantized weights than to the float ones.
+Q4_0_TOL = 0.5
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["phi-2", "phi-3-128k"])
+def test_llama_cpp_runs_the_q4_0_export_like_phikit_on_its_weights(name: str, tmp_path) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional, test only)")
+    overrides, tok_dir, _ = LLAMA_CASES[name]
+    model = build(name, **overrides)
+    path = export_gguf(model, phikit.AutoTokenizer.from_pretrained(TOKENIZERS / tok_dir), tmp_path / "m.gguf", "q4_0")
+    reader = gguf.GGUFReader(path)
+    assert any(t.tensor_type == gguf.GGMLQuantizationType.Q4_0 for t in reader.tensors)
+    arch = "phi2" if model.config.model_type == "phi" else "phi3"
+    q4 = dequantized_copy(model, reader, arch)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                          type_k=0, type_v=0)
+    ids = [int(i) for i in torch.randint(3, 1000, (30,), generator=torch.Generator().manual_seed(0))]
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[: len(ids)])
+    with torch.no_grad():
+        ours = q4(torch.tensor([ids])).logits[0]
+        dense = model(torch.tensor([ids])).logits[0]
+    gap = (theirs - ours).abs().max().item()
+    assert gap < Q4_0_TOL
+    assert gap < 0.2 * (dense - ours).abs().max().item()  # it runs our q4_0 weights, not something near the float ones
+    top2 = ours.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * Q4_0_TOL  # greedy choices that a difference below the tolerance cannot flip
+    assert torch.equal(theirs.argmax(-1)[clear], ours.argmax(-1)[clear])

@@ -1,0 +1,119 @@
+/* phikit's CPU matrix-vector kernels for decoding: y[M, N] = x[M, K] @ W[N, K]^T (+ bias), small M.
+
+   At batch 1 a decode step streams every weight once; these loops read each weight row once for all M rows of x,
+   convert to fp32 in registers and accumulate in fp32 (4 or 8 output rows at a time, prefetching ahead). Weights:
+     bf16  W bf16 [N, K]                      (K % 16 == 0)
+     int8  W int8 [N, K], scales bf16 [N]     (K % 64 == 0), w = q * scale
+   (int4 stays on aten's _weight_int4pack_mm_for_cpu, which was faster than a loop like these on this host.)
+   x, bias and y are bf16; each output is rounded to bf16 once, after the bias is added.
+   Threads: OpenMP over output rows; the library links the libgomp torch has loaded, so torch.set_num_threads
+   applies. Built by phikit/native_kernels.py with the host compiler (-O3 -march=native); without AVX-512
+   `phk_available` returns 0 and phikit keeps its PyTorch paths. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float f32_of_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN stays NaN (as torch) */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define ROWS 4
+#define AHEAD 1024 /* bytes prefetched ahead of each row's read position */
+
+int phk_available(void) { return 1; }
+
+static inline __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline __m512 load_i8x16(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static float *x_to_f32(const uint16_t *x, int64_t n) {
+    float *xf = (float *)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    for (int64_t i = 0; i < n; i++) xf[i] = f32_of_bf16(x[i]);
+    return xf;
+}
+
+static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float v, const uint16_t *bias) {
+    y[m * N + n] = bf16_of_f32(v + (bias ? f32_of_bf16(bias[n]) : 0.f));
+}
+
+/* ---- bf16 ---- */
+void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K) {
+    float *xf = x_to_f32(x, M * K);
+    #pragma omp parallel for schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+        int64_t rows = N - n0 < ROWS ? N - n0 : ROWS;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = xf + m * K;
+            __m512 acc[ROWS];
+            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+            if (rows == ROWS) {
+                const uint16_t *w0 = w + n0 * K;
+                for (int64_t k = 0; k < K; k += 16) {
+                    __m512 xv = _mm512_loadu_ps(xm + k);
+                    for (int r = 0; r < ROWS; r++) {
+                        if (m == 0) _mm_prefetch((const char *)(w0 + r * K + k) + AHEAD, _MM_HINT_T0);
+                        acc[r] = _mm512_fmadd_ps(load_bf16x16(w0 + r * K + k), xv, acc[r]);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rows; r++)
+                    for (int64_t k = 0; k < K; k += 16)
+                        acc[r] = _mm512_fmadd_ps(load_bf16x16(w + (n0 + r) * K + k), _mm512_loadu_ps(xm + k), acc[r]);
+            }
+            for (int r = 0; r < rows; r++) store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]), bias);
+        }
+    }
+    free(xf);
+}
+
+/* ---- int8, per output channel: 8 rows at a time, one cache line of each row per step (K % 64 == 0) ---- */
+#define ROWS8 8
+void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K) {
+    float *xf = x_to_f32(x, M * K);
+    #pragma omp parallel for schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += ROWS8) {
+        int64_t rows = N - n0 < ROWS8 ? N - n0 : ROWS8;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = xf + m * K;
+            __m512 acc[ROWS8];
+            for (int r = 0; r < ROWS8; r++) acc[r] = _mm512_setzero_ps();
+            if (rows == ROWS8) {
+                const int8_t *w0 = w + n0 * K;
+                for (int64_t k = 0; k < K; k += 64) {
+                    __m512 x0 = _mm512_loadu_ps(xm + k), x1 = _mm512_loadu_ps(xm + k + 16);
+                    __m512 x2 = _mm512_loadu_ps(xm + k + 32), x3 = _mm512_loadu_ps(xm + k + 48);
+                    for (int r = 0; r < ROWS8; r++) {
+                        const int8_t *p = w0 + r * K + k;
+                        if (m == 0) _mm_prefetch((const char *)p + AHEAD, _MM_HINT_T0);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p), x0, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 16), x1, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 32), x2, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 48), x3, acc[r]);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rows; r++)
+                    for (int64_t k = 0; k < K; k += 16)
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(w + (n0 + r) * K + k), _mm512_loadu_ps(xm + k), acc[r]);
+            }
+            for (int r = 0; r < rows; r++)
+                store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
+        }
+    }
+    free(xf);
+}
+
+#else
+int phk_available(void) { return 0; }
+#endif

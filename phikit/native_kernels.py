@@ -1,0 +1,126 @@
+"""phikit's own CPU matrix-vector kernels (`native/kernels.c`), built once per machine with the host C compiler.
+
+Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains.
+The kernels in `native/kernels.c` (bf16, and int8 per channel; fp32 accumulation) read each weight row once
+for all rows of a small batch. They are compiled on first use with `cc -O3 -march=native -fopenmp` into
+`~/.cache/phikit/native/<source hash>/` and called through ctypes on tensors' memory; they share torch's OpenMP
+runtime (torch.set_num_threads applies). Where there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()`
+is False and callers keep their PyTorch kernels: results differ only in fp32 summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native") / "kernels.c"
+MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I],
+    "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I],
+}
+build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "phikit" / "native"
+
+
+def _build(source: bytes, target: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, obj, out = Path(tmp) / "kernels.c", Path(tmp) / "kernels.o", Path(tmp) / "kernels.so"
+        src.write_bytes(source)
+        compile_cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-c", str(src),
+                       "-o", str(obj)]
+        runtime = _torch_openmp_runtime()  # link torch's own libgomp: one OpenMP thread pool, not two
+        link_cmd = [compiler, "-shared", str(obj), "-o", str(out)] + (
+            [runtime, f"-Wl,-rpath,{os.path.dirname(runtime)}"] if runtime else ["-fopenmp"])
+        for cmd in (compile_cmd, link_cmd):
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+        os.replace(out, target)  # atomic: concurrent builders each write a complete file
+
+
+def _torch_openmp_runtime() -> str | None:
+    """The GNU OpenMP library torch has loaded (wheels bundle their own, in torch/lib or torch.libs), or None."""
+    torch_dir = os.path.dirname(torch.__file__)
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libgomp" in line}
+    except OSError:
+        return None
+    mine = sorted(p for p in paths if p.startswith(torch_dir + os.sep) or p.startswith(torch_dir + ".libs" + os.sep))
+    return mine[0] if mine else None
+
+
+@lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    global build_error
+    if os.environ.get("PHIKIT_NATIVE", "1") == "0":
+        build_error = "disabled by PHIKIT_NATIVE=0"
+        return None
+    try:
+        source = SOURCE.read_bytes()
+        key = hashlib.sha256(source + f"{torch.__version__} {_torch_openmp_runtime()}".encode()).hexdigest()[:16]
+        target = _cache_dir() / key / "kernels.so"
+        if not target.is_file():
+            _build(source, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        build_error = str(e)
+        return None
+    if not lib.phk_available():
+        build_error = "this CPU or compiler has no AVX-512; using PyTorch's kernels"
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernels run on this machine (built on first call)."""
+    return _library() is not None
+
+
+def usable(x: torch.Tensor, k_multiple: int = 16) -> bool:
+    """Whether a [M, K] activation qualifies: bf16 on the CPU, few rows, K a multiple of the kernel's step (16 for
+    bf16, 64 for int8), no autograd."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= MAX_ROWS
+            and x.shape[1] % k_multiple == 0 and not (torch.is_grad_enabled() and x.requires_grad) and available())
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x bf16 [M, K] contiguous, weight bf16 [N, K] contiguous, bias bf16 [N] | None -> y bf16 [M, N]."""
+    (m, k), n = x.shape, weight.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16)
+    _library().phk_linear_bf16(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), m, n, k)
+    return y
+
+
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x bf16 [M, K], qweight int8 [N, K], scales bf16 [N], bias bf16 [N] | None -> y bf16 [M, N]."""
+    (m, k), n = x.shape, qweight.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16)
+    _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k)
+    return y
