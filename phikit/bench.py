@@ -34,11 +34,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 CHILD = r"""
-import json, resource, statistics, sys, time, torch
+import json, statistics, sys, time, torch
 engine, folder, prompt_len, new_tokens, threads, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would carry over the parent's across exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 import importlib
 AutoModelForCausalLM = importlib.import_module(engine).AutoModelForCausalLM  # phikit or its peer
 kw = {} if engine == "phikit" else {"attn_implementation": "sdpa"}
@@ -61,7 +61,7 @@ print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len 
 
 
 LLAMA_CHILD = r"""
-import json, random, resource, sys, time
+import json, random, sys, time
 from llama_cpp import Llama
 path, prompt_len, new_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8,
@@ -81,7 +81,8 @@ ttft = run(1)
 total = run(new_tokens + 1)
 print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
                   "decode_tok_s": new_tokens / max(total - ttft, 1e-9),
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+                  "peak_rss_gb": next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                                      if l.startswith("VmHWM:")) / 1e9}))
 """
 
 

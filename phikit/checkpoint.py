@@ -148,12 +148,13 @@ class CheckpointReader:
                 ref.shape, dtype=ref.dtype)
         return torch.frombuffer(mm, dtype=ref.dtype, count=count, offset=ref.begin).reshape(ref.shape)
 
-    def release(self, name: str) -> None:
-        """Drop the file pages of `name` from memory once a converted copy exists (they are re-read if needed)."""
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the file pages of `name` (or of its bytes [start, stop)) from memory once a converted copy exists;
+        they are re-read if needed."""
         ref = self.refs[name]
         mm = self._maps.get(ref.file)
         if mm is not None:
-            _drop_pages(mm, ref.begin, ref.end)
+            _drop_pages(mm, ref.begin + start, ref.end if stop is None else min(ref.end, ref.begin + stop))
 
     def close(self) -> None:
         # Mappings stay alive as long as tensors view them; dropping our references is all closing means here.

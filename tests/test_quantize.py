@@ -250,3 +250,22 @@ def test_quantization_config_resolution() -> None:
         BitsAndBytesConfig(load_in_4bit=True, load_in_8bit=True)
     with pytest.raises(ValueError, match="quant_method='gptq'"):
         resolve_quantization_config({"quant_method": "gptq"})
+
+
+def test_quantizing_in_row_slices_changes_no_value() -> None:
+    """quantize_linear_weight and the int4 CPU packing work in slices of rows (bounded temporaries while loading);
+    the result equals the whole-matrix math."""
+    from phikit.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
+    from phikit.quantize_math import _cpu_pack, pack_nibbles, quantize_int4, quantize_int8
+
+    weight = (torch.randn(1100, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    q8 = quantize_linear_weight(weight, phikit.Int8WeightOnlyConfig())  # 512-row slices here
+    whole_q, whole_s = quantize_int8(weight)
+    assert torch.equal(q8["qweight"], whole_q) and torch.equal(q8["scales"], whole_s)
+    q4 = quantize_linear_weight(weight, phikit.Int4WeightOnlyConfig(group_size=128))
+    whole_q4, whole_sz = quantize_int4(weight, 128)
+    assert torch.equal(q4["qweight"], pack_nibbles(whole_q4)) and torch.equal(q4["scales_and_zeros"], whole_sz)
+    module = linear_from_quantized(q4, phikit.Int4WeightOnlyConfig(group_size=128))
+    assert isinstance(module, Int4Linear)
+    if module.cpu_packed:  # packed in 1024-row slices
+        assert torch.equal(module.qweight, _cpu_pack(whole_q4))
