@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import native_kernels
+
 AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -43,13 +45,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False
                    ) -> tuple[torch.Tensor, None]:
     dtype = q.dtype
+    if plain_causal and q.shape[2] == 1 and not (training and dropout):  # a decode step: every cached key is visible
+        out = native_kernels.attention_decode(q, k, v, scale)
+        if out is not None:
+            return out, None
     if dtype == torch.float16 and q.device.type == "cpu":
         q, k, v, bias = q.float(), k.float(), v.float(), bias.float()
     groups = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    # One query that may see every key (a decode step without padding): the all-zero bias changes nothing.
-    mask = None if plain_causal and q.shape[2] == 1 else bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0, scale=scale)
+    # Without padding or window the bias is plain causality: one query (a decode step) sees every key, and a
+    # whole-sequence forward may let the kernel skip the masked blocks instead of adding the bias to them.
+    causal = plain_causal and q.shape[2] == k.shape[2] and q.shape[2] > 1
+    mask = None if causal or (plain_causal and q.shape[2] == 1) else bias.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0, scale=scale,
+                                         is_causal=causal)
     return out.transpose(1, 2).contiguous().to(dtype), None
 
 

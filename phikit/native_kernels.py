@@ -27,6 +27,7 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I],
     "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I],
+    "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float],
 }
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
@@ -124,3 +125,19 @@ def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = torch.empty(m, n, dtype=torch.bfloat16)
     _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k)
     return y
+
+
+def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """Attention of one new token per row over every cached position: q [B, H, 1, D], k/v [B, KV, S, D] (views of
+    the cache are fine; last dim contiguous) -> out [B, 1, H, D], or None where the kernel does not apply."""
+    b, h, t, d = q.shape
+    kv, s = k.shape[1], k.shape[2]
+    if not (t == 1 and q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu"
+            and d % 16 == 0 and d <= 256 and h % kv == 0 and s > 0 and k.stride(-1) == 1 and v.stride(-1) == 1
+            and available()):
+        return None
+    q = q.reshape(b, h, d).contiguous()
+    out = torch.empty(b, 1, h, d, dtype=torch.bfloat16)
+    _library().phk_attention_decode(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, s, d, k.stride(0), k.stride(1),
+                                    k.stride(2), v.stride(0), v.stride(1), v.stride(2), scale)
+    return out

@@ -101,3 +101,41 @@ def test_int8_linear_uses_exact_dequantized_weights(rows: int) -> None:
     # kernel: fp32 product (+ bias) rounded once; the generic fallback rounds the weight to bf16 first
     close = (y.float() - (exact + b.float())).abs() <= (exact + b.float()).abs() * 2.0**-7 + 2.0**-7
     assert bool(close.all())
+
+
+@needs_native
+@pytest.mark.parametrize("heads,kv_heads,positions", [(4, 4, 37), (8, 2, 16), (6, 3, 1)])
+def test_decode_attention_equals_fp32_softmax_attention(heads: int, kv_heads: int, positions: int) -> None:
+    """One query per row over a cache slice (strided views, grouped kv heads, two rows), as a decode step runs it."""
+    gen = torch.Generator().manual_seed(heads * 100 + positions)
+    cache_k = torch.randn(2, kv_heads, positions + 9, 32, generator=gen).bfloat16()
+    cache_v = torch.randn(2, kv_heads, positions + 9, 32, generator=gen).bfloat16()
+    k, v = cache_k[:, :, :positions], cache_v[:, :, :positions]  # what StaticCache.update returns
+    q = torch.randn(2, 1, heads, 32, generator=gen).bfloat16().transpose(1, 2)  # [B, H, 1, D] view
+    out = native_kernels.attention_decode(q, k, v, 32**-0.5)
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=32**-0.5,
+                                                                 enable_gqa=True).transpose(1, 2)
+    assert out.shape == (2, 1, heads, 32)
+    within_bf16(out, reference)
+    assert native_kernels.attention_decode(q.float(), k.float(), v.float(), 0.1) is None  # fp32: not this kernel
+
+
+@needs_native
+def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
+    """A bf16 model's cached decode steps (native attention) give the logits of the same steps through SDPA."""
+    import phikit
+    from tests.oracle import make_config
+
+    torch.manual_seed(0)
+    model = phikit.PhiForCausalLM(make_config("phi-1.5")).bfloat16().eval()  # head_dim 16
+    ids = torch.randint(3, 90, (1, 12))
+    real, calls = native_kernels.attention_decode, []
+    monkeypatch.setattr(native_kernels, "attention_decode", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ours = model.generate(ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        assert len(calls) == 5 * model.config.num_hidden_layers  # every cached step, every layer
+        monkeypatch.setattr(native_kernels, "attention_decode", lambda *a: None)
+        sdpa = model.generate(ids, max_new_tokens=6, do_sample=False, output_scores=True,
+                              return_dict_in_generate=True)
+    for a, b in zip(ours.scores, sdpa.scores):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2**-6, atol=2**-5)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 static inline float f32_of_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN stays NaN (as torch) */
@@ -112,6 +113,74 @@ void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales,
         }
     }
     free(xf);
+}
+
+/* ---- attention of one new token over the cache (a decode step without padding) ---- */
+/* exp on 16 lanes: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, scaled by 2^n (about 1 ulp; inputs <= 0) */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* out[b, h, :] = softmax(scale * q[b, h] . k[b, h / G, s]) over s < S, weighted sum of v[b, h / G, s]; G = H / KV.
+   q [B, H, D] contiguous; k, v element strides (batch, head, position), last dim contiguous; D % 16 == 0.
+   fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
+void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                          int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale) {
+    int64_t G = H / KV;
+    #pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, h = bh % H;
+        const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
+        float *p = (float *)malloc(sizeof(float) * (size_t)(S + 16));
+        __m512 qv[16];  /* D <= 256 */
+        for (int64_t d = 0; d < D; d += 16) qv[d / 16] = load_bf16x16(q + bh * D + d);
+        float top = -INFINITY;
+        for (int64_t s = 0; s < S; s++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) acc = _mm512_fmadd_ps(qv[d / 16], load_bf16x16(kp + s * ks + d), acc);
+            p[s] = _mm512_reduce_add_ps(acc) * scale;
+            top = p[s] > top ? p[s] : top;
+        }
+        __m512 total = _mm512_setzero_ps();
+        int64_t s = 0;
+        for (; s + 16 <= S; s += 16) {
+            __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p + s), _mm512_set1_ps(top)));
+            _mm512_storeu_ps(p + s, e);
+            total = _mm512_add_ps(total, e);
+        }
+        if (s < S) {
+            __mmask16 m = (__mmask16)((1u << (S - s)) - 1);
+            __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top)));
+            e = _mm512_maskz_mov_ps(m, e);
+            _mm512_mask_storeu_ps(p + s, m, e);
+            total = _mm512_add_ps(total, e);
+        }
+        float inv = 1.0f / _mm512_reduce_add_ps(total);
+        __m512 acc[16];
+        for (int64_t d = 0; d < D; d += 16) acc[d / 16] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < S; t++) {
+            __m512 w = _mm512_set1_ps(p[t]);
+            for (int64_t d = 0; d < D; d += 16) acc[d / 16] = _mm512_fmadd_ps(w, load_bf16x16(vp + t * vs + d), acc[d / 16]);
+        }
+        for (int64_t d = 0; d < D; d += 16) {
+            float o[16];
+            _mm512_storeu_ps(o, _mm512_mul_ps(acc[d / 16], _mm512_set1_ps(inv)));
+            for (int j = 0; j < 16; j++) out[bh * D + d + j] = bf16_of_f32(o[j]);
+        }
+        free(p);
+    }
 }
 
 #else
