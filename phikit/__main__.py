@@ -38,6 +38,10 @@ def _models() -> dict[str, torch.nn.Module]:
 def main() -> int:
     torch.manual_seed(0)
     print(f"phikit {__version__} self-check on torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    from . import native_kernels
+
+    print("native CPU kernels: " + ("built and in use" if native_kernels.available() else
+                                    f"not in use ({native_kernels.build_error}); PyTorch kernels run instead"))
     prompt, steps = 48, 32  # 48 + 32 = 80 tokens: crosses the 64-token LongRoPE boundary while decoding
     worst_overall = 0.0
     for name, model in _models().items():

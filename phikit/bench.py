@@ -3,7 +3,8 @@
 Random weights of a real model shape are written once as a safetensors checkpoint; every engine loads the very same
 file in a fresh process. Engines run alternately, `--repeats` times each (this host's memory bandwidth drifts by
 15-25% between minutes), and the report gives medians and the ratio of each engine to phikit measured in the same
-run. Engines: phikit (bf16 and, with --weights, int8 / int4), transformers (if installed), and llama.cpp through
+run. Each measurement is one greedy generation of `--new-tokens` + 1 tokens after a warm-up: time to first token
+(prefill) and the rate of the tokens after it (decode), timed as each token arrives. Engines: phikit (bf16 and, with --weights, int8 / int4), transformers (if installed), and llama.cpp through
 llama-cpp-python (if installed; the same weights exported with phikit's GGUF writer as bf16 / q8_0 / q4_0). llama.cpp is
 driven from Python (`Llama.generate`, greedy), which adds a little per-token overhead to its column.
 """
@@ -47,16 +48,25 @@ if weights != "bf16":  # phikit only: weight-only quantization while loading
     kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
 ids = torch.randint(100, 30000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+class Clock:  # a streamer: generate() hands it the prompt, then each new token as it is chosen
+    def __init__(self):
+        self.times = []
+    def put(self, value):
+        self.times.append(time.perf_counter())
+    def end(self):
+        pass
 def run(n):
+    clock = Clock()
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return time.perf_counter() - start
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                       streamer=clock)
+    tokens = clock.times[1:]  # the first put is the prompt
+    return tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])
 run(2)  # warm-up: kernels, allocator, page cache
-ttft = run(1)
-total = run(new_tokens + 1)
-print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
-                  "decode_tok_s": new_tokens / max(total - ttft, 1e-9), "peak_rss_gb": peak() / 1e9}))
+ttft, decode = run(new_tokens + 1)
+print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft, "decode_tok_s": decode,
+                  "peak_rss_gb": peak() / 1e9}))
 """
 
 
@@ -70,17 +80,15 @@ random.seed(0)
 ids = [random.randint(100, 30000) for _ in range(prompt_len)]
 def run(n):
     llm.reset()
-    start, count = time.perf_counter(), 0
+    start, times = time.perf_counter(), []
     for _ in llm.generate(ids, temp=0.0, top_k=1):
-        count += 1
-        if count == n:
+        times.append(time.perf_counter())
+        if len(times) == n:
             break
-    return time.perf_counter() - start
+    return times[0] - start, (len(times) - 1) / (times[-1] - times[0])
 run(2)
-ttft = run(1)
-total = run(new_tokens + 1)
-print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft,
-                  "decode_tok_s": new_tokens / max(total - ttft, 1e-9),
+ttft, decode = run(new_tokens + 1)
+print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft, "decode_tok_s": decode,
                   "peak_rss_gb": next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
                                       if l.startswith("VmHWM:")) / 1e9}))
 """

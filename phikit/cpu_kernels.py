@@ -7,7 +7,8 @@ one 8192x2048 bf16 weight, 2 threads:
 * decode (<= 8 rows): phikit's native kernel (`native_kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
   `F.linear` ~12 GB/s.
 * prefill (512 rows): MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks ~300 GFLOP/s; oneDNN's
-  bf16 GEMM ~110-200 GFLOP/s (without AMX it has no fast bf16 path). With AMX, oneDNN's bf16 GEMM is used.
+  bf16 GEMM ~110-200 GFLOP/s (without AMX it has no fast bf16 path). With AMX, or under 96 rows (where converting
+  the weight costs more than the GEMM saves: 32 rows took 9.8 ms against 6.3), oneDNN's bf16 GEMM is used.
 
 Every path multiplies the same bf16 values exactly in fp32, accumulates in fp32 and rounds once to bf16, so results
 differ from `nn.Linear` only by summation order. The pass swaps the class of each `nn.Linear` to `FastLinear` (a
@@ -18,6 +19,9 @@ first no-grad bf16 forward, or eagerly by the loader, which then drops the file 
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,18 +29,21 @@ import torch.nn.functional as F
 from . import native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
+FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)
 
 
 def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+@functools.lru_cache(maxsize=None)
 def _has_amx() -> bool:
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
 
-def gemm_via_fp32(x: torch.Tensor, weight_rows, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,
+                  bias: torch.Tensor | None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T (+ bias) computed in fp32, W produced `weight_rows(start, stop)` -> fp32 rows at a
     time (so a converted chunk stays in cache); result in x's dtype."""
     m, k = x.shape
@@ -55,7 +62,7 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """No-grad bf16 CPU linear on a plain [N, K] weight: x [M, K] -> [M, N]."""
     if native_kernels.usable(x):
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
-    if _has_amx() or x.shape[0] <= native_kernels.MAX_ROWS:
+    if x.shape[0] < FP32_GEMM_MIN_ROWS or _has_amx():
         return F.linear(x, weight, bias)
     return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
 

@@ -272,13 +272,17 @@ def _private_copy(view: torch.Tensor, reader: CheckpointReader, name: str | None
     slice of rows as soon as it is copied."""
     if name is None or view.dim() == 0 or not view.is_contiguous():
         return view.clone()
+    ref = reader.refs[name]
+    offset = view.data_ptr() - reader.get(name).data_ptr()  # where the view starts inside the tensor's bytes
+    if not 0 <= offset < ref.end - ref.begin:  # not a view of the mapped file (a small private read)
+        return view.clone()
     out = torch.empty_like(view)
     row_bytes = max(1, view[0].numel() * view.element_size())
     rows = max(1, slice_bytes // row_bytes)
     for start in range(0, view.shape[0], rows):
         stop = min(view.shape[0], start + rows)
         out[start:stop].copy_(view[start:stop])
-        reader.release(name, start * row_bytes, stop * row_bytes)
+        reader.release(name, offset + start * row_bytes, offset + stop * row_bytes)
     return out
 
 

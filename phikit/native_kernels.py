@@ -1,11 +1,12 @@
 """phikit's own CPU matrix-vector kernels (`native/kernels.c`), built once per machine with the host C compiler.
 
 Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains.
-The kernels in `native/kernels.c` (bf16, and int8 per channel; fp32 accumulation) read each weight row once
-for all rows of a small batch. They are compiled on first use with `cc -O3 -march=native -fopenmp` into
-`~/.cache/phikit/native/<source hash>/` and called through ctypes on tensors' memory; they share torch's OpenMP
-runtime (torch.set_num_threads applies). Where there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()`
-is False and callers keep their PyTorch kernels: results differ only in fp32 summation order.
+The kernels in `native/kernels.c` (bf16 and int8-per-channel linears, and the attention of one new token over the
+cache; fp32 accumulation) read each weight row once for all rows of a small batch. They are compiled on first use
+with `cc -O3 -march=native -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked against the OpenMP runtime torch
+loaded (one thread pool), and called through ctypes on tensors' memory with torch.get_num_threads() threads. Where
+there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()` is False and callers keep PyTorch's kernels:
+results differ only in fp32 summation order.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ SOURCE = Path(__file__).with_name("native") / "kernels.c"
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
-    "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I],
-    "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I],
-    "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float],
+    "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
+    "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
+    "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
 }
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
@@ -114,7 +115,7 @@ def linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """x bf16 [M, K] contiguous, weight bf16 [N, K] contiguous, bias bf16 [N] | None -> y bf16 [M, N]."""
     (m, k), n = x.shape, weight.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)
-    _library().phk_linear_bf16(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), m, n, k)
+    _library().phk_linear_bf16(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), m, n, k, torch.get_num_threads())
     return y
 
 
@@ -123,7 +124,8 @@ def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """x bf16 [M, K], qweight int8 [N, K], scales bf16 [N], bias bf16 [N] | None -> y bf16 [M, N]."""
     (m, k), n = x.shape, qweight.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)
-    _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k)
+    _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k,
+                               torch.get_num_threads())
     return y
 
 
@@ -139,5 +141,6 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     q = q.reshape(b, h, d).contiguous()
     out = torch.empty(b, 1, h, d, dtype=torch.bfloat16)
     _library().phk_attention_decode(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, s, d, k.stride(0), k.stride(1),
-                                    k.stride(2), v.stride(0), v.stride(1), v.stride(2), scale)
+                                    k.stride(2), v.stride(0), v.stride(1), v.stride(2), scale,
+                                    torch.get_num_threads())
     return out

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native_kernels
-from .cpu_kernels import gemm_via_fp32, is_plain_linear
+from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_via_fp32, is_plain_linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4, quantize_int8,
                             unpack_nibbles)
@@ -151,7 +151,7 @@ class Int8Linear(_QuantLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
         if x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            if x.shape[0] > native_kernels.MAX_ROWS and native_kernels.available():  # prefill: fp32 GEMM
+            if x.shape[0] >= FP32_GEMM_MIN_ROWS and native_kernels.available():  # long prefill: fp32 GEMM
                 q, s = self.qweight, self.scales
                 return gemm_via_fp32(x.to(dtype), lambda a, b: q[a:b].float() * s[a:b, None].float(), q.shape[0],
                                      None)

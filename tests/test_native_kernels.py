@@ -69,7 +69,7 @@ def test_gemm_via_fp32_rounds_the_fp32_product_once() -> None:
     assert torch.equal(y, (x.float() @ w.float().t() + b.float()).bfloat16())
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64])  # decode-sized (native kernel) and prefill-sized (fp32 GEMM)
+@pytest.mark.parametrize("rows", [1, 5, 64, 128])  # decode (native), short prefill (oneDNN), long (fp32 GEMM)
 def test_fast_linear_matches_linear(rows: int) -> None:
     torch.manual_seed(0)
     plain = nn.Linear(128, 96).bfloat16()
@@ -87,7 +87,7 @@ def test_fast_linear_matches_linear(rows: int) -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 64])
+@pytest.mark.parametrize("rows", [1, 16, 128])
 def test_int8_linear_uses_exact_dequantized_weights(rows: int) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 72)).bfloat16()

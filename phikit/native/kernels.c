@@ -6,8 +6,8 @@
      int8  W int8 [N, K], scales bf16 [N]     (K % 64 == 0), w = q * scale
    (int4 stays on aten's _weight_int4pack_mm_for_cpu, which was faster than a loop like these on this host.)
    x, bias and y are bf16; each output is rounded to bf16 once, after the bias is added.
-   Threads: OpenMP over output rows; the library links the libgomp torch has loaded, so torch.set_num_threads
-   applies. Built by phikit/native_kernels.py with the host compiler (-O3 -march=native); without AVX-512
+   Threads: OpenMP over output rows, as many as torch.get_num_threads() (passed in); the library links the libgomp
+   torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler (-O3 -march=native); without AVX-512
    `phk_available` returns 0 and phikit keeps its PyTorch paths. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,9 +48,9 @@ static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float
 
 /* ---- bf16 ---- */
 void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K) {
+                     int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
         int64_t rows = N - n0 < ROWS ? N - n0 : ROWS;
         for (int64_t m = 0; m < M; m++) {
@@ -80,9 +80,9 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 /* ---- int8, per output channel: 8 rows at a time, one cache line of each row per step (K % 64 == 0) ---- */
 #define ROWS8 8
 void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K) {
+                     int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n0 = 0; n0 < N; n0 += ROWS8) {
         int64_t rows = N - n0 < ROWS8 ? N - n0 : ROWS8;
         for (int64_t m = 0; m < M; m++) {
@@ -137,9 +137,10 @@ static inline __m512 exp16(__m512 x) {
    fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
 void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
                           int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
-                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale) {
+                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
+                          int threads) {
     int64_t G = H / KV;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
