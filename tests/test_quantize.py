@@ -162,9 +162,11 @@ def test_int4_top1_agreement(name: str, floor: float) -> None:
     assert agreement >= floor, f"int4 next-token agreement {agreement:.3f} over {ids.numel()} positions"
 
 
-def test_default_skip_leaves_head_router_and_embeddings_float() -> None:
+def test_default_skip_leaves_router_and_embeddings_float_and_head_int8() -> None:
     model = quantize_model(build("phi-3.5-moe"), INT4)
-    assert type(model.lm_head) is nn.Linear and type(model.model.layers[0].block_sparse_moe.gate) is nn.Linear
+    assert type(model.model.layers[0].block_sparse_moe.gate) is nn.Linear
+    assert isinstance(model.lm_head, Int8Linear)  # the head keeps 8 bits under an int4 config
+    assert type(quantize_model(build("phi-2"), INT4, skip=("lm_head",)).lm_head) is nn.Linear
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4Linear)
     assert model.config.quantization_config["bits"] == 4
     tied = quantize_model(build("phi-4-mini"), INT4, skip=())  # a tied lm_head is never quantized
