@@ -42,6 +42,12 @@ def _has_amx() -> bool:
     return bool(probe and probe())
 
 
+def prefers_fp32_gemm(rows: int) -> bool:
+    """Whether a bf16 product with this many rows runs faster as fp32 GEMM on converted weight slices (module
+    docstring): long prefills on CPUs without AMX."""
+    return rows >= FP32_GEMM_MIN_ROWS and not _has_amx()
+
+
 def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,
                   bias: torch.Tensor | None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T (+ bias) computed in fp32, W produced `weight_rows(start, stop)` -> fp32 rows at a
@@ -62,9 +68,9 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """No-grad bf16 CPU linear on a plain [N, K] weight: x [M, K] -> [M, N]."""
     if native_kernels.usable(x):
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
-    if x.shape[0] < FP32_GEMM_MIN_ROWS or _has_amx():
-        return F.linear(x, weight, bias)
-    return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
+    if prefers_fp32_gemm(x.shape[0]):
+        return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
+    return F.linear(x, weight, bias)
 
 
 class FastLinear(nn.Linear):

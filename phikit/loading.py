@@ -14,7 +14,7 @@ import contextlib
 import ctypes
 import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -226,8 +226,9 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
             raise CheckpointError(f"tensor {name} built from {', '.join(source.names)} in {folder} has shape "
                                   f"{tuple(tensor.shape)}, the model expects {params[name]}")
         placed = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        release_rows = _file_rows(placed, tensor, reader, source.names) if placed.device.type == "cpu" else None
         if quantizer is not None and quantizer.wants(name):
-            quantizer.consume(model, name, placed)  # keeps the quantized weight; the float copy goes now
+            quantizer.consume(model, name, placed, release_rows)  # the float rows go as they are quantized
             for src in source.names:
                 reader.release(src)
             _return_freed_memory()
@@ -237,7 +238,7 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
         if not packed and placed.device.type == "cpu" and placed.data_ptr() == tensor.data_ptr():
             # Private memory (transparent huge pages) streams ~20% faster than the file's page cache at decode
             # time; copied in slices whose file pages go at once, so memory holds one copy plus a slice.
-            placed = _private_copy(placed, reader, source.names[0] if len(source.names) == 1 else None)
+            placed = _private_copy(placed, release_rows)
         _set_tensor(model, name, placed)
         if packed:
             owner.pack()  # the packed copy is what runs; the file-backed original stays for state_dict()
@@ -266,23 +267,31 @@ def _return_freed_memory() -> None:
         trim(0)
 
 
-def _private_copy(view: torch.Tensor, reader: CheckpointReader, name: str | None,
-                  slice_bytes: int = 16 << 20) -> torch.Tensor:
-    """A copy of `view` (a view of checkpoint tensor `name`) in private memory, dropping the file pages of each
-    slice of rows as soon as it is copied."""
-    if name is None or view.dim() == 0 or not view.is_contiguous():
-        return view.clone()
-    ref = reader.refs[name]
+def _file_rows(view: torch.Tensor, tensor: torch.Tensor, reader: CheckpointReader, names: list[str]
+               ) -> Callable[[int, int], None] | None:
+    """For `view`, still the mapped bytes of the one checkpoint tensor `names[0]`: a callback that drops the file pages
+    of its rows [a, b) once they have been copied or quantized. None where `view` is not such a view."""
+    if len(names) != 1 or view.data_ptr() != tensor.data_ptr() or view.dim() == 0 or not view.is_contiguous():
+        return None
+    name, ref = names[0], reader.refs[names[0]]
     offset = view.data_ptr() - reader.get(name).data_ptr()  # where the view starts inside the tensor's bytes
-    if not 0 <= offset < ref.end - ref.begin:  # not a view of the mapped file (a small private read)
+    if not 0 <= offset < ref.end - ref.begin:  # a small private read, not the mapped file
+        return None
+    row_bytes = view[0].numel() * view.element_size()
+    return lambda a, b: reader.release(name, offset + a * row_bytes, offset + b * row_bytes)
+
+
+def _private_copy(view: torch.Tensor, release_rows: Callable[[int, int], None] | None,
+                  slice_bytes: int = 16 << 20) -> torch.Tensor:
+    """A copy of `view` in private memory, in slices of rows whose file pages go as soon as they are copied."""
+    if release_rows is None:
         return view.clone()
     out = torch.empty_like(view)
-    row_bytes = max(1, view[0].numel() * view.element_size())
-    rows = max(1, slice_bytes // row_bytes)
+    rows = max(1, slice_bytes // max(1, view[0].numel() * view.element_size()))
     for start in range(0, view.shape[0], rows):
         stop = min(view.shape[0], start + rows)
         out[start:stop].copy_(view[start:stop])
-        reader.release(name, offset + start * row_bytes, offset + stop * row_bytes)
+        release_rows(start, stop)
     return out
 
 

@@ -35,14 +35,14 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native_kernels
-from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_via_fp32, is_plain_linear
+from .cpu_kernels import gemm_via_fp32, is_plain_linear, prefers_fp32_gemm
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4, quantize_int8,
                             unpack_nibbles)
@@ -157,7 +157,7 @@ class Int8Linear(_QuantLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
         if x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            if x.shape[0] >= FP32_GEMM_MIN_ROWS and native_kernels.available():  # long prefill: fp32 GEMM
+            if prefers_fp32_gemm(x.shape[0]):  # long prefill
                 q, s = self.qweight, self.scales
                 return gemm_via_fp32(x.to(dtype), lambda a, b: q[a:b].float() * s[a:b, None].float(), q.shape[0],
                                      None)
@@ -251,19 +251,23 @@ def _int4_loading_portable(module: Int4Linear, state: dict, prefix: str, *_: Any
 
 
 # ----- building modules from tensors (the streaming interface) ---------------------------------------------------
-def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig) -> dict[str, torch.Tensor]:
+def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig,
+                           rows_done: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """One Linear weight [N, K] -> its quantized tensors in portable form: int8 {"qweight" int8 [N, K], "scales" [N]};
-    int4 {"qweight" uint8 [N, K/2], "scales_and_zeros" [K/g, N, 2]}. Scales take the weight's dtype."""
+    int4 {"qweight" uint8 [N, K/2], "scales_and_zeros" [K/g, N, 2]}. Scales take the weight's dtype. Works in
+    slices of rows and calls `rows_done(a, b)` after each (a loader drops those rows' file pages)."""
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"quantize_linear_weight needs a float [out, in] weight, got {weight.dtype} "
                          f"{tuple(weight.shape)}")
     n, k = weight.shape
-    rows = max(64, (8 << 20) // (4 * k)) // 64 * 64  # slices of rows: ~8 MB of fp32 temporaries at a time
+    rows = max(64, (2 << 20) // (4 * k)) // 64 * 64  # slices of rows: ~2 MB of fp32 temporaries at a time
     if isinstance(config, Int8WeightOnlyConfig):
         q = torch.empty(n, k, dtype=torch.int8, device=weight.device)
         scales = torch.empty(n, dtype=weight.dtype, device=weight.device)
         for a in range(0, n, rows):  # per-row math: slicing changes no value
             q[a:a + rows], scales[a:a + rows] = quantize_int8(weight[a:a + rows])
+            if rows_done is not None:
+                rows_done(a, min(n, a + rows))
         return {"qweight": q, "scales": scales}
     if isinstance(config, Int4WeightOnlyConfig):
         if k % config.group_size:
@@ -273,6 +277,8 @@ def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig) -> dict[st
         for a in range(0, n, rows):
             qa, sz[:, a:a + rows] = quantize_int4(weight[a:a + rows], config.group_size)
             packed[a:a + rows] = pack_nibbles(qa)
+            if rows_done is not None:
+                rows_done(a, min(n, a + rows))
         return {"qweight": packed, "scales_and_zeros": sz}
     raise TypeError(f"unknown quantization config {config!r}; use Int8WeightOnlyConfig() or Int4WeightOnlyConfig()")
 
@@ -337,13 +343,15 @@ class StreamingQuantizer:
     def wants(self, param_name: str) -> bool:
         return param_name in self.pending
 
-    def consume(self, model: nn.Module, param_name: str, weight: torch.Tensor) -> None:
+    def consume(self, model: nn.Module, param_name: str, weight: torch.Tensor,
+                rows_done: Callable[[int, int], None] | None = None) -> None:
         """Quantize `weight` and put the quantized module in place of the Linear `param_name` belongs to. A bias
-        already loaded is kept; one set later lands on the new module under the same name."""
+        already loaded is kept; one set later lands on the new module under the same name. `rows_done(a, b)` is
+        called as rows [a, b) of `weight` are no longer needed."""
         module_name = self.pending.pop(param_name)
         linear = model.get_submodule(module_name)
         config = Int8WeightOnlyConfig() if _skipped(module_name, HEAD_INT8) else self.config
-        tensors = quantize_linear_weight(weight, config)
+        tensors = quantize_linear_weight(weight, config, rows_done)
         model.set_submodule(module_name, linear_from_quantized(tensors, config, linear.bias))
 
     def finish(self, model: nn.Module) -> nn.Module:

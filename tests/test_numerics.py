@@ -125,3 +125,18 @@ def test_bad_inputs_raise_clear_errors() -> None:
         ours()
     with pytest.raises(TypeError, match="unexpected arguments \\['past_key_value'\\]"):
         ours(torch.tensor([[1, 2]]), past_key_value=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim,rotary_dim", [(32, 32), (32, 16), (80, 32), (96, 72)])  # full, 0.5, 0.4, 0.75
+def test_rotary_tables_give_the_reference_rotation_bit_for_bit(dtype: torch.dtype, head_dim: int,
+                                                               rotary_dim: int) -> None:
+    """RotaryTables (four ops per call) against apply_rotary, the transformers formulation, in fp32 and bf16."""
+    from phikit.rope import RotaryTables, apply_rotary
+
+    gen = torch.Generator().manual_seed(head_dim + rotary_dim)
+    x = torch.randn(2, 3, 5, head_dim, generator=gen).to(dtype)  # [B, heads, T, D]
+    angles = torch.rand(2, 5, rotary_dim // 2, generator=gen) * 50
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # [B, T, R]
+    assert torch.equal(RotaryTables.build(cos, sin, head_dim).apply(x), apply_rotary(x, cos, sin))

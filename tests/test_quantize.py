@@ -261,7 +261,7 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
     from phikit.quantize_math import _cpu_pack, pack_nibbles, quantize_int4, quantize_int8
 
     weight = (torch.randn(1100, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
-    q8 = quantize_linear_weight(weight, phikit.Int8WeightOnlyConfig())  # 512-row slices here
+    q8 = quantize_linear_weight(weight, phikit.Int8WeightOnlyConfig())  # 128-row slices here
     whole_q, whole_s = quantize_int8(weight)
     assert torch.equal(q8["qweight"], whole_q) and torch.equal(q8["scales"], whole_s)
     q4 = quantize_linear_weight(weight, phikit.Int4WeightOnlyConfig(group_size=128))
