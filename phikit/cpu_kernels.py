@@ -66,7 +66,7 @@ def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tenso
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """No-grad bf16 CPU linear on a plain [N, K] weight: x [M, K] -> [M, N]."""
-    if native_kernels.usable(x):
+    if native_kernels.usable(x) and (bias is None or bias.dtype == torch.bfloat16):
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)

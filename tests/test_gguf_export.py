@@ -293,6 +293,15 @@ LLAMA_CASES = {  # name: (overrides, tokenizer, max |logit difference|)
 }
 
 
+def llama_cpp_logits(llama_cpp, path, ids: list[int]) -> torch.Tensor:
+    """llama.cpp's logits [T, V] for `ids` from the GGUF at `path`."""
+    # f32 KV cache (type 0): llama.cpp's default f16 cache alone moves these logits by ~1e-2
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                          type_k=0, type_v=0)
+    llm.eval(ids)
+    return torch.tensor(llm.scores[: len(ids)])
+
+
 @needs_fixtures
 @pytest.mark.parametrize("name", list(LLAMA_CASES))
 def test_llama_cpp_runs_the_export_like_phikit(name: str, tmp_path) -> None:
@@ -300,12 +309,8 @@ def test_llama_cpp_runs_the_export_like_phikit(name: str, tmp_path) -> None:
     overrides, tok_dir, tol = LLAMA_CASES[name]
     model = build(name, **overrides)
     path = export_gguf(model, phikit.AutoTokenizer.from_pretrained(TOKENIZERS / tok_dir), tmp_path / "m.gguf", "f32")
-    # f32 KV cache (type 0): llama.cpp's default f16 cache alone moves these logits by ~1e-2
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
-                          type_k=0, type_v=0)
     ids = [int(i) for i in torch.randint(3, 1000, (30,), generator=torch.Generator().manual_seed(0))]
-    llm.eval(ids)
-    theirs = torch.tensor(llm.scores[: len(ids)])
+    theirs = llama_cpp_logits(llama_cpp, path, ids)
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0]
     assert (theirs - ours).abs().max().item() < tol
@@ -332,11 +337,8 @@ def test_llama_cpp_runs_the_q4_0_export_like_phikit_on_its_weights(name: str, tm
     assert any(t.tensor_type == gguf.GGMLQuantizationType.Q4_0 for t in reader.tensors)
     arch = "phi2" if model.config.model_type == "phi" else "phi3"
     q4 = dequantized_copy(model, reader, arch)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
-                          type_k=0, type_v=0)
     ids = [int(i) for i in torch.randint(3, 1000, (30,), generator=torch.Generator().manual_seed(0))]
-    llm.eval(ids)
-    theirs = torch.tensor(llm.scores[: len(ids)])
+    theirs = llama_cpp_logits(llama_cpp, path, ids)
     with torch.no_grad():
         ours = q4(torch.tensor([ids])).logits[0]
         dense = model(torch.tensor([ids])).logits[0]

@@ -1,4 +1,5 @@
-/* phikit's CPU matrix-vector kernels for decoding: y[M, N] = x[M, K] @ W[N, K]^T (+ bias), small M.
+/* phikit's CPU kernels for decoding: matrix-vector products y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for small M,
+   and the attention of one new token over the KV cache (phk_attention_decode, below).
 
    At batch 1 a decode step streams every weight once; these loops read each weight row once for all M rows of x,
    convert to fp32 in registers and accumulate in fp32 (4 or 8 output rows at a time, prefetching ahead). Weights:
@@ -7,8 +8,8 @@
    (int4 stays on aten's _weight_int4pack_mm_for_cpu, which was faster than a loop like these on this host.)
    x, bias and y are bf16; each output is rounded to bf16 once, after the bias is added.
    Threads: OpenMP over output rows, as many as torch.get_num_threads() (passed in); the library links the libgomp
-   torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler (-O3 -march=native); without AVX-512
-   `phk_available` returns 0 and phikit keeps its PyTorch paths. */
+   torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler
+   (-O3 -march=native); without AVX-512 `phk_available` returns 0 and phikit keeps its PyTorch paths. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
