@@ -29,6 +29,8 @@ _SIGNATURES = {
     "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
     "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
     "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
+    "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
+    "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
 }
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
@@ -100,6 +102,12 @@ def available() -> bool:
     return _library() is not None
 
 
+def has_int4() -> bool:
+    """Whether the native int4 kernels run here (they need AVX512-BF16 dot products)."""
+    lib = _library()
+    return lib is not None and bool(lib.phk_has_int4())
+
+
 def usable(x: torch.Tensor, k_multiple: int = 16) -> bool:
     """Whether a [M, K] activation qualifies: bf16 on the CPU, few rows, K a multiple of the kernel's step (16 for
     bf16, 64 for int8), no autograd."""
@@ -127,6 +135,27 @@ def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k,
                                torch.get_num_threads())
     return y
+
+
+def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x bf16 [M, K], qweight uint8 [N, K/2] in phikit's layout (`quantize_math.pack_int4_native`),
+    scales_and_zeros bf16 [K/g, N, 2], bias bf16 [N] | None -> y bf16 [M, N]. Any M (cost grows with M)."""
+    (m, k), n = x.shape, qweight.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16)
+    _library().phk_linear_int4(_ptr(x), _ptr(qweight), _ptr(scales_and_zeros), _ptr(bias), _ptr(y), m, n, k,
+                               group_size, torch.get_num_threads())
+    return y
+
+
+def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, start: int,
+                         stop: int) -> torch.Tensor:
+    """Rows [start, stop) of an int4 weight in phikit's layout -> fp32 [stop - start, K] ((q - 8) * scale + zero)."""
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    out = torch.empty(stop - start, k, dtype=torch.float32)
+    _library().phk_dequant_int4_f32(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size,
+                                    torch.get_num_threads())
+    return out
 
 
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:

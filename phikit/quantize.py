@@ -11,14 +11,16 @@ Formats (W [N, K] = [out_features, in_features]):
 * int4: asymmetric per group of `group_size` input columns (gpt-fast / torchao "tinygemm" form). Per group
   scale = (max - min) / 15 and zero = min + 8 * scale, q = round((W - min) / scale) in [0, 15], and
   W ~ (q - 8) * scale + zero. `scales_and_zeros` is [K / group_size, N, 2] (scale, zero), the layout of
-  `aten._weight_int4pack_mm_for_cpu`. That kernel's packed weight layout depends on the CPU's ISA (AVX-512 packs
-  rows n and n+32 into one byte, AVX2 n and n+16), so checkpoints store a portable form, `qweight` uint8 [N, K / 2]
-  with column 2j in the low nibble and 2j+1 in the high one, and modules pack it for the kernel when they are placed
-  on the CPU.
+  `aten._weight_int4pack_mm_for_cpu`. Checkpoints store a portable form, `qweight` uint8 [N, K / 2] with column 2j
+  in the low nibble and 2j+1 in the high one, and modules repack it for the kernel that runs it when they are placed
+  on the CPU: phikit's native kernel (`native/kernels.c`: bf16 dot-product instructions, ~1.3x aten's speed on a
+  decode step here) for bf16 models on CPUs with AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512
+  packs rows n and n+32 into one byte, AVX2 n and n+16).
 
-Kernel constraints (torch 2.13, CPU): int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by
-it; int8 has none. A layer whose N the int4 kernel cannot take, and any layer off the CPU, runs the generic fallback:
-dequantize the weight, then `F.linear` (same numbers, more memory traffic).
+Kernel constraints (torch 2.13, CPU): native int4 needs N % 4 == 0, K % 128 == 0, group_size in {64, 128, 256};
+aten's int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by it; int8 has none. A layer no
+int4 kernel takes, and any layer off the CPU, runs the generic fallback: dequantize the weight, then `F.linear` (same
+numbers, more memory traffic).
 
 The head: `lm_head` is the most sensitive matrix and, with a 32k-51k vocabulary, 7-14% of a small model's bytes, read
 at every token. It is quantized to int8 per channel under either config (`HEAD_INT8`), as llama.cpp keeps its output
@@ -44,8 +46,8 @@ import torch.nn.functional as F
 from . import native_kernels
 from .cpu_kernels import gemm_via_fp32, is_plain_linear, prefers_fp32_gemm
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
-                            dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4, quantize_int8,
-                            unpack_nibbles)
+                            dequantize_int4, dequantize_int8, pack_int4_native, pack_nibbles, quantize_int4,
+                            quantize_int8, unpack_int4_native, unpack_nibbles)
 
 DEFAULT_SKIP = ("score", "block_sparse_moe.gate")
 HEAD_INT8 = ("lm_head",)  # quantized to int8 per channel whatever the config (module docstring)
@@ -169,8 +171,10 @@ class Int8Linear(_QuantLinear):
 class Int4Linear(_QuantLinear):
     """Linear layer with int4 weights `qweight` uint8 [N, K/2] and `scales_and_zeros` [K/g, N, 2].
 
-    On the CPU (N % 16 == 0) `qweight` holds the kernel's packed layout in memory; `state_dict()` always gives the
-    portable nibble form and `load_state_dict` accepts it, so checkpoints move between machines.
+    On the CPU `qweight` holds a kernel's layout in memory (`layout`): phikit's native one (bf16 models on CPUs with
+    AVX512-BF16; N % 4 == 0, K % 128 == 0, g in 64/128/256) or else aten's `_weight_int4pack_mm_for_cpu` one
+    (N % 16 == 0); `state_dict()` always gives the portable nibble form and `load_state_dict` accepts it, so
+    checkpoints move between machines. A layer neither kernel takes runs the dequantize fallback.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
@@ -184,36 +188,58 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2, dtype=dtype,
                                                              device=device))
         self._init_bias(bias, dtype, device)
-        self.cpu_packed = False  # True: qweight is in the CPU kernel's layout
+        self.layout = "portable"  # or "phikit" / "aten": qweight is in that CPU kernel's layout
         self.register_state_dict_post_hook(_int4_portable_state)
         self.register_load_state_dict_pre_hook(_int4_loading_portable)
         self.register_load_state_dict_post_hook(_int4_pack_after_load)
 
     @property
+    def cpu_packed(self) -> bool:
+        """Whether `qweight` is in a CPU kernel's layout rather than the portable one."""
+        return self.layout != "portable"
+
+    @property
+    def native_ok(self) -> bool:
+        """Whether phikit's native int4 kernel can run this layer (`native_kernels.has_int4`)."""
+        return (self.qweight.device.type == "cpu" and self.scales_and_zeros.dtype == torch.bfloat16
+                and self.out_features % 4 == 0 and self.in_features % 128 == 0 and self.group_size in (64, 128, 256)
+                and native_kernels.has_int4())
+
+    @property
     def kernel_ok(self) -> bool:
-        """Whether the CPU int4 kernel can run this layer (else the dequantize fallback does)."""
+        """Whether aten's CPU int4 kernel can run this layer."""
         return (_HAS_INT4_CPU and self.qweight.device.type == "cpu" and self.out_features % 16 == 0
                 and self.scales_and_zeros.dtype in _KERNEL_DTYPES)
 
+    def unpacked(self) -> torch.Tensor:
+        """q uint8 [N, K] in 0..15, whatever the layout held."""
+        unpack = {"portable": unpack_nibbles, "phikit": unpack_int4_native, "aten": _cpu_unpack}[self.layout]
+        return unpack(self.qweight)
+
     def portable_qweight(self) -> torch.Tensor:
-        """uint8 [N, K/2] in the portable nibble layout (a copy when the kernel layout is held)."""
-        return pack_nibbles(_cpu_unpack(self.qweight)) if self.cpu_packed else self.qweight
+        """uint8 [N, K/2] in the portable nibble layout (a copy when a kernel layout is held)."""
+        return self.qweight if self.layout == "portable" else pack_nibbles(self.unpacked())
 
     def pack_for_device(self) -> None:
-        """Convert `qweight` from the portable form to the kernel's layout when the kernel can run here."""
-        if not self.cpu_packed and self.kernel_ok and self.qweight.device.type != "meta":
-            portable, packed = self.qweight, torch.empty_like(self.qweight)
-            rows = 1024  # slices of whole 64-row kernel blocks pack independently: bounded int32 temporaries
-            for a in range(0, portable.shape[0], rows):
-                packed[a:a + rows] = _cpu_pack(unpack_nibbles(portable[a:a + rows]))
-            self.qweight, self.cpu_packed = packed, True
+        """Convert `qweight` from the portable form to the layout of the kernel that runs it here, if one does."""
+        if self.layout != "portable" or self.qweight.device.type == "meta":
+            return
+        layout, pack = ("phikit", pack_int4_native) if self.native_ok else ("aten", _cpu_pack) if self.kernel_ok \
+            else (None, None)
+        if pack is None:
+            return
+        portable, packed = self.qweight, torch.empty_like(self.qweight)
+        rows = 1024  # whole 64-row (aten) / 4-row (phikit) blocks pack independently: bounded temporaries
+        for a in range(0, portable.shape[0], rows):
+            packed[a:a + rows] = pack(unpack_nibbles(portable[a:a + rows]))
+        self.qweight, self.layout = packed, layout
 
     def _apply(self, fn, recurse: bool = True):
-        # The packed layout is only meaningful to the CPU kernel: go portable before a move, repack after.
+        # A packed layout is only meaningful to its CPU kernel: go portable before a move, repack after.
         moving = self.cpu_packed and fn(torch.empty(0, dtype=torch.uint8, device=self.qweight.device)).device \
             != self.qweight.device
         if moving:
-            self.qweight, self.cpu_packed = self.portable_qweight(), False
+            self.qweight, self.layout = self.portable_qweight(), "portable"
         out = super()._apply(fn, recurse)
         if moving:
             self.pack_for_device()
@@ -221,23 +247,40 @@ class Int4Linear(_QuantLinear):
 
     def dequantize(self) -> torch.Tensor:
         """The weight [N, K] these int4 values stand for, in the scales' dtype."""
-        q = _cpu_unpack(self.qweight) if self.cpu_packed else unpack_nibbles(self.qweight)
-        return dequantize_int4(q, self.scales_and_zeros, self.group_size)
+        return dequantize_int4(self.unpacked(), self.scales_and_zeros, self.group_size)
+
+    def _native(self, x: torch.Tensor) -> bool:
+        return (self.layout == "phikit" and x.device.type == "cpu" and x.dim() == 2
+                and not (torch.is_grad_enabled() and x.requires_grad))
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        if self._native(x) and not prefers_fp32_gemm(x.shape[0]) and (bias is None or bias.dtype == torch.bfloat16):
+            return native_kernels.linear_int4(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales_and_zeros,
+                                              self.group_size, bias)  # decode: the bias is added in the kernel
+        return super()._linear(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales_and_zeros.dtype
-        if self.cpu_packed and x.device.type == "cpu":
+        if self._native(x):
+            x = x.to(dtype).contiguous()
+            if prefers_fp32_gemm(x.shape[0]):  # long prefill: MKL's fp32 GEMM on dequantized row slices
+                q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
+                return gemm_via_fp32(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
+                                     self.out_features, None)
+            return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
+        if self.layout == "aten" and x.device.type == "cpu":
             return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,
                                                     self.scales_and_zeros)
         return F.linear(x.to(dtype), self.dequantize())
 
     def extra_repr(self) -> str:
-        kernel = "cpu" if self.cpu_packed else "dequant"
+        kernel = {"portable": "dequant", "phikit": "native", "aten": "aten"}[self.layout]
         return super().extra_repr() + f", group_size={self.group_size}, kernel={kernel}"
 
 
 def _int4_portable_state(module: Int4Linear, state: dict, prefix: str, _meta: Any) -> None:
-    if module.cpu_packed:
+    if module.layout != "portable":
         state[prefix + "qweight"] = module.portable_qweight()
 
 
@@ -247,7 +290,7 @@ def _int4_pack_after_load(module: Int4Linear, _incompatible: Any) -> None:
 
 def _int4_loading_portable(module: Int4Linear, state: dict, prefix: str, *_: Any) -> None:
     if prefix + "qweight" in state:  # incoming tensors are portable; pack_for_device runs after the copy
-        module.cpu_packed = False
+        module.layout = "portable"
 
 
 # ----- building modules from tensors (the streaming interface) ---------------------------------------------------

@@ -58,6 +58,25 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
 
 
+def pack_int4_native(q: torch.Tensor) -> torch.Tensor:
+    """q [N, K] values 0..15 (N % 4 == 0, K % 128 == 0) -> phikit's native kernel layout, uint8 [N, K/2]: in each
+    128-column chunk, little-endian 16-bit word j holds columns j, 32 + j, 64 + j, 96 + j in nibbles 0, 1, 2, 3, and
+    blocks of 4 rows are interleaved chunk by chunk, [N/4, K/128, 4, 64 bytes] (`native/kernels.c`)."""
+    n, k = q.shape
+    q = q.to(torch.uint8).reshape(n, k // 128, 4, 32)
+    low, high = q[:, :, 0] | (q[:, :, 1] << 4), q[:, :, 2] | (q[:, :, 3] << 4)  # [N, K/128, 32] bytes of each word
+    chunks = torch.stack((low, high), dim=-1).reshape(n // 4, 4, k // 128, 64)
+    return chunks.transpose(1, 2).reshape(n, k // 2)
+
+
+def unpack_int4_native(packed: torch.Tensor) -> torch.Tensor:
+    """Invert `pack_int4_native`: uint8 [N, K/2] -> q uint8 [N, K]."""
+    n, kb = packed.shape
+    words = packed.reshape(n // 4, kb // 64, 4, 64).transpose(1, 2).reshape(n, kb // 64, 32, 2)
+    low, high = words[..., 0], words[..., 1]
+    return torch.stack((low & 15, low >> 4, high & 15, high >> 4), dim=2).reshape(n, kb * 2)
+
+
 def _cpu_pack(q: torch.Tensor) -> torch.Tensor:
     """q [N, K] (0..15) -> the CPU kernel's ISA-specific layout, uint8 [N, K/2]."""
     return _OPS._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)

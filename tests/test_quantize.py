@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 import phikit
+from phikit import native_kernels
 from phikit.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
                              StreamingQuantizer, _cpu_pack, _cpu_unpack, dequantize_int4, linear_from_quantized,
                              load_quantized_model, pack_nibbles, quantize_int4, quantize_linear_weight,
@@ -67,18 +68,28 @@ def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 # ----- modules against their own dequantized weights -------------------------------------------------------------
+def expected_int4_layout(out_features: int, in_features: int, group: int, dtype: torch.dtype) -> str:
+    """Which kernel's layout an Int4Linear holds on this machine (quantize.Int4Linear's rules)."""
+    if (dtype == torch.bfloat16 and native_kernels.has_int4() and out_features % 4 == 0 and in_features % 128 == 0
+            and group in (64, 128, 256)):
+        return "phikit"
+    return "aten" if out_features % 16 == 0 else "portable"
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("config", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(32), Int4WeightOnlyConfig(128)])
-@pytest.mark.parametrize("out_features", [256, 72])  # 72: not a multiple of 16, the int4 dequantize fallback
-def test_quantized_linear_equals_dequantized_matmul(config, dtype, tol, out_features) -> None:
+@pytest.mark.parametrize("config", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(32), Int4WeightOnlyConfig(64),
+                                    Int4WeightOnlyConfig(128)])
+@pytest.mark.parametrize("out_features", [256, 72, 30])  # 72: aten's int4 kernel cannot (N % 16), 30: no kernel can
+@pytest.mark.parametrize("rows", [1, 15, 128])  # decode, a short batch, a prefill (fp32 GEMM on dequantized slices)
+def test_quantized_linear_equals_dequantized_matmul(config, dtype, tol, out_features, rows) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(256, out_features).to(dtype)
     module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), config), config, linear.bias)
     if isinstance(module, Int4Linear):
-        assert module.cpu_packed == (out_features % 16 == 0)  # kernel where its shape rule holds
-    x = torch.randn(3, 5, 256).to(dtype)
+        assert module.layout == expected_int4_layout(out_features, 256, config.group_size, dtype)
+    x = torch.randn(rows, 1, 256).to(dtype)
     y = module(x)
-    assert y.shape == (3, 5, out_features) and y.dtype == dtype
+    assert y.shape == (rows, 1, out_features) and y.dtype == dtype
     ref = x.float() @ module.dequantize().float().T + linear.bias.float()
     scale = ref.abs().max().item()
     assert (y.float() - ref).abs().max().item() <= tol * scale
@@ -86,6 +97,52 @@ def test_quantized_linear_equals_dequantized_matmul(config, dtype, tol, out_feat
     step = (linear.weight.float().abs().amax() / 127) if isinstance(config, Int8WeightOnlyConfig) else None
     if step is not None:
         assert (module.dequantize().float() - linear.weight.float()).abs().max() <= step / 2 + 1e-2 * step
+
+
+@pytest.mark.skipif(not native_kernels.has_int4(), reason="phikit's native int4 kernel needs AVX512-BF16")
+@pytest.mark.parametrize("group", [64, 128, 256])
+@pytest.mark.parametrize("rows", [1, 3, 8, 40, 128])
+def test_native_int4_kernel_against_the_closed_form(group: int, rows: int) -> None:
+    """The native kernel computes sum_k ((q - 8) * scale + zero) * x exactly up to fp32 summation order (its bf16
+    weights 128 + q carry an offset the group sums of x take back), then one bf16 rounding; aten's int4 kernel,
+    which the same module runs where the native one cannot, agrees as closely."""
+    from phikit.quantize_math import _cpu_pack, pack_int4_native, unpack_int4_native
+
+    gen = torch.Generator().manual_seed(group + rows)
+    n, k = 96, 512
+    q = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
+                      torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, generator=gen).to(torch.bfloat16)
+    packed = pack_int4_native(q)
+    assert torch.equal(unpack_int4_native(packed), q)
+    w = dequantize_int4(q, sz.float(), group)  # fp32 [N, K]
+    exact = x.double() @ w.double().T + bias.double()
+    y = native_kernels.linear_int4(x, packed, sz, group, bias)
+    tol = exact.abs().max().item() * 2 ** -8  # one bf16 rounding of the largest output
+    assert (y.double() - exact).abs().max().item() <= tol
+    rows_f32 = native_kernels.dequantize_int4_rows(packed, sz, group, 5, 77)
+    assert torch.equal(rows_f32, w[5:77])  # the prefill path's weights: bit for bit torch's fp32 dequantization
+    aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, _cpu_pack(q), group, sz) + bias
+    assert (aten.double() - exact).abs().max().item() <= 2 * tol
+
+
+def test_int4_uses_aten_where_the_native_kernel_cannot(monkeypatch) -> None:
+    """Without AVX512-BF16 (simulated) bf16 int4 layers pack for aten's kernel, save the same portable tensors and
+    give the same outputs up to rounding."""
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64).to(torch.bfloat16)
+    tensors = quantize_linear_weight(linear.weight.detach(), INT4)
+    native = linear_from_quantized(dict(tensors), INT4, linear.bias)
+    monkeypatch.setattr(native_kernels, "has_int4", lambda: False)
+    aten = linear_from_quantized(dict(tensors), INT4, linear.bias)
+    assert aten.layout == "aten"
+    assert torch.equal(aten.state_dict()["qweight"], native.state_dict()["qweight"])
+    x = torch.randn(4, 256).to(torch.bfloat16)
+    ref = x.float() @ aten.dequantize().float().T + linear.bias.float()
+    for module in (native, aten):
+        assert (module(x).float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
 
 
 def test_int4_rounding_stays_within_half_a_step() -> None:
@@ -258,7 +315,7 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
     """quantize_linear_weight and the int4 CPU packing work in slices of rows (bounded temporaries while loading);
     the result equals the whole-matrix math."""
     from phikit.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
-    from phikit.quantize_math import _cpu_pack, pack_nibbles, quantize_int4, quantize_int8
+    from phikit.quantize_math import _cpu_pack, pack_int4_native, pack_nibbles, quantize_int4, quantize_int8
 
     weight = (torch.randn(1100, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
     q8 = quantize_linear_weight(weight, phikit.Int8WeightOnlyConfig())  # 128-row slices here
@@ -269,5 +326,7 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
     assert torch.equal(q4["qweight"], pack_nibbles(whole_q4)) and torch.equal(q4["scales_and_zeros"], whole_sz)
     module = linear_from_quantized(q4, phikit.Int4WeightOnlyConfig(group_size=128))
     assert isinstance(module, Int4Linear)
-    if module.cpu_packed:  # packed in 1024-row slices
+    if module.layout == "aten":  # packed in 1024-row slices
         assert torch.equal(module.qweight, _cpu_pack(whole_q4))
+    if module.layout == "phikit":
+        assert torch.equal(module.qweight, pack_int4_native(whole_q4))
