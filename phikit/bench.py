@@ -65,8 +65,15 @@ def run(n):
     return tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])
 run(2)  # warm-up: kernels, allocator, page cache
 ttft, decode = run(new_tokens + 1)
+def streamed(module):  # bytes a decode step reads: every weight but the embedding table (one row of it per token)
+    embed = module.get_input_embeddings().weight
+    head = dict(module.named_parameters()).get("lm_head.weight")
+    tied = head is not None and head.data_ptr() == embed.data_ptr()  # a tied head is read whole
+    tensors = {t.data_ptr(): t for t in (*module.parameters(), *module.buffers())
+               if tied or t.data_ptr() != embed.data_ptr()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft, "decode_tok_s": decode,
-                  "peak_rss_gb": peak() / 1e9}))
+                  "peak_rss_gb": peak() / 1e9, "bytes_per_token": streamed(model)}))
 """
 
 
@@ -88,9 +95,23 @@ def run(n):
     return times[0] - start, (len(times) - 1) / (times[-1] - times[0])
 run(2)
 ttft, decode = run(new_tokens + 1)
+from gguf import GGUFReader
+streamed = sum(int(t.n_bytes) for t in GGUFReader(path).tensors if t.name != "token_embd.weight")  # as phikit's
 print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt_len / ttft, "decode_tok_s": decode,
                   "peak_rss_gb": next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
-                                      if l.startswith("VmHWM:")) / 1e9}))
+                                      if l.startswith("VmHWM:")) / 1e9, "bytes_per_token": streamed}))
+"""
+
+ROOFLINE_CHILD = r"""
+import json, statistics, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+data = torch.ones(400_000_000 // 4 * 4, dtype=torch.float32)  # 1.6 GB: far beyond every cache
+times = []
+for _ in range(7):
+    start = time.perf_counter()
+    data.sum()
+    times.append(time.perf_counter() - start)
+print(json.dumps({"read_gb_s": data.numel() * 4 / statistics.median(times[1:]) / 1e9}))
 """
 
 
@@ -182,6 +203,13 @@ def measure(engine: str, folder: str, prompt_len: int, new_tokens: int, threads:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure_roofline(threads: int) -> float:
+    """GB/s that reading one 1.6 GB tensor sustains with `threads` threads: what a decode step can stream at most."""
+    out = subprocess.run([sys.executable, "-c", ROOFLINE_CHILD, str(threads)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(threads)}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["read_gb_s"]
+
+
 def available_engines() -> list[str]:
     engines = ["phikit"]
     import importlib.util
@@ -206,7 +234,10 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
         gguf_types = tuple({"bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}[w] for w in weights)
         columns += [(f"llama.cpp-{t}", "llama.cpp", path) for t, path in export_for_llama_cpp(folder, gguf_types).items()]
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c, _, _ in columns}
+    roofline: list[float] = []
     for r in range(repeats):
+        roofline.append(measure_roofline(threads))  # once per round: it drifts with the engines
+        print(f"  run {r + 1}: memory read {roofline[-1]:.1f} GB/s", file=sys.stderr)
         for column, engine, w in columns if r % 2 == 0 else reversed(columns):  # alternate: bandwidth drifts
             if engine == "llama.cpp":
                 result = measure_llama_cpp(w, prompt_len, new_tokens, threads)
@@ -218,20 +249,36 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
                       f"{result['prefill_tok_s']:7.1f} tok/s  ttft {result['ttft_s']:.2f}s", file=sys.stderr)
     medians = {e: {k: statistics.median(s[k] for s in runs) for k in runs[0] if k != "engine"}
                for e, runs in samples.items() if runs}
+    for m in medians.values():  # fraction of the roofline: bytes a decoded token streams, at the decode rate
+        m["roofline_fraction"] = m["decode_tok_s"] * m["bytes_per_token"] / (statistics.median(roofline) * 1e9)
+    if medians:
+        medians["memory read"] = {"read_gb_s": statistics.median(roofline)}
     return medians
 
 
 def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: int, new_tokens: int,
                   threads: int, repeats: int) -> str:
     base = medians.get("phikit")
+    roofline = medians.get("memory read", {}).get("read_gb_s")
     lines = [f"{shape}, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens, "
-             f"median of {repeats}", "",
-             "| engine | decode tok/s | prefill tok/s | time to first token | peak RSS | decode vs phikit |",
-             "|---|---|---|---|---|---|"]
+             f"median of {repeats}; memory read roofline {roofline or 0:.1f} GB/s (median, measured between rounds)",
+             "", "| engine | decode tok/s | weights read per token | of the roofline | prefill tok/s | "
+             "time to first token | peak RSS | decode vs phikit |", "|---|---|---|---|---|---|---|---|"]
     for engine, m in medians.items():
+        if engine == "memory read":
+            continue
         ratio = f"{m['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"
-        lines.append(f"| {engine} | {m['decode_tok_s']:.2f} | {m['prefill_tok_s']:.1f} | {m['ttft_s']:.2f} s | "
+        lines.append(f"| {engine} | {m['decode_tok_s']:.2f} | {m['bytes_per_token'] / 1e9:.2f} GB | "
+                     f"{m['roofline_fraction']:.0%} | {m['prefill_tok_s']:.1f} | {m['ttft_s']:.2f} s | "
                      f"{m['peak_rss_gb']:.2f} GB | {ratio} |")
+    same = [(f"phikit{'' if w == 'bf16' else '-' + w}", f"llama.cpp-{t}")
+            for w, t in (("bf16", "bf16"), ("int8", "q8_0"), ("int4", "q4_0"))]
+    pairs = [f"{a} / {b} {medians[a]['decode_tok_s'] / medians[b]['decode_tok_s']:.2f}x" for a, b in same
+             if a in medians and b in medians]
+    if "transformers" in medians and base:
+        pairs.append(f"phikit / transformers (bf16) {base['decode_tok_s'] / medians['transformers']['decode_tok_s']:.2f}x")
+    if pairs:
+        lines += ["", "decode ratios, same weight format: " + "; ".join(pairs)]
     return "\n".join(lines)
 
 

@@ -6,9 +6,11 @@ one 8192x2048 bf16 weight, 2 threads:
 
 * decode (<= 8 rows): phikit's native kernel (`native_kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
   `F.linear` ~12 GB/s.
-* prefill (512 rows): MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks ~300 GFLOP/s; oneDNN's
-  bf16 GEMM ~110-200 GFLOP/s (without AMX it has no fast bf16 path). With AMX, or under 96 rows (where converting
-  the weight costs more than the GEMM saves: 32 rows took 9.8 ms against 6.3), oneDNN's bf16 GEMM is used.
+* prefill (512 rows): on the Xeon host, MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks
+  ~300 GFLOP/s against oneDNN's bf16 GEMM ~110-200 GFLOP/s; on the Zen 4 host the reverse, oneDNN's bf16 GEMM
+  350-430 GFLOP/s (AVX512-BF16 dot products) against fp32 100-160. So the choice is timed once per process
+  (`_fp32_gemm_wins`); with AMX, or under 96 rows (where converting the weight costs more than the GEMM saves),
+  oneDNN's bf16 GEMM is used.
 
 Every path multiplies the same bf16 values exactly in fp32, accumulates in fp32 and rounds once to bf16, so results
 differ from `nn.Linear` only by summation order. The pass swaps the class of each `nn.Linear` to `FastLinear` (a
@@ -42,10 +44,48 @@ def _has_amx() -> bool:
     return bool(probe and probe())
 
 
+@functools.lru_cache(maxsize=None)
+def _fp32_gemm_wins() -> bool:
+    """Whether MKL's fp32 GEMM on converted weight slices beats oneDNN's bf16 GEMM on this CPU, timed once per
+    process (~0.1 s): 1.5-2.7x faster on an AVX-512 Xeon without AMX, 3x slower on a Zen 4 whose AVX512-BF16 dot
+    products oneDNN uses. Measure, don't guess from CPU flags: both of those CPUs report avx512_bf16."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(FP32_GEMM_MIN_ROWS * 2, 2048, generator=gen).to(torch.bfloat16)
+    w = torch.randn(4096, 2048, generator=gen).to(torch.bfloat16)
+
+    def best(run: Callable[[], torch.Tensor]) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad():
+        bf16 = best(lambda: F.linear(x, w))
+        fp32 = best(lambda: gemm_via_fp32(x, lambda a, b: w[a:b].float(), w.shape[0], None))
+    return fp32 < bf16
+
+
 def prefers_fp32_gemm(rows: int) -> bool:
     """Whether a bf16 product with this many rows runs faster as fp32 GEMM on converted weight slices (module
-    docstring): long prefills on CPUs without AMX."""
-    return rows >= FP32_GEMM_MIN_ROWS and not _has_amx()
+    docstring): long prefills on CPUs without AMX where the fp32 GEMM measured faster."""
+    return rows >= FP32_GEMM_MIN_ROWS and not _has_amx() and _fp32_gemm_wins()
+
+
+def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
+    """A long prefill through a quantized weight: y [M, N] = x [M, K] @ W^T with W given as fp32 row slices
+    `weight_rows(start, stop)` (dequantized, cache-sized), multiplied by the faster GEMM here (fp32, or bf16 slices)."""
+    if x.dtype != torch.bfloat16 or prefers_fp32_gemm(x.shape[0]):
+        return gemm_via_fp32(x, weight_rows, n, None)
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    rows = max(16, PREFILL_CHUNK_BYTES // (4 * x.shape[1]))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        torch.mm(x, weight_rows(start, stop).to(x.dtype).t(), out=out[:, start:stop])
+    return out
 
 
 def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,

@@ -13,8 +13,8 @@ Formats (W [N, K] = [out_features, in_features]):
   W ~ (q - 8) * scale + zero. `scales_and_zeros` is [K / group_size, N, 2] (scale, zero), the layout of
   `aten._weight_int4pack_mm_for_cpu`. Checkpoints store a portable form, `qweight` uint8 [N, K / 2] with column 2j
   in the low nibble and 2j+1 in the high one, and modules repack it for the kernel that runs it when they are placed
-  on the CPU: phikit's native kernel (`native/kernels.c`: bf16 dot-product instructions, ~1.3x aten's speed on a
-  decode step here) for bf16 models on CPUs with AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512
+  on the CPU: phikit's native kernel (`native/kernels.c`: bf16 dot-product instructions; on the 2-core Zen 4 host one
+  weight streams at 23-25 GB/s against aten's ~19, and a phi-1.5 decode step went from 75 to 42 ms) for bf16 models on CPUs with AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512
   packs rows n and n+32 into one byte, AVX2 n and n+16).
 
 Kernel constraints (torch 2.13, CPU): native int4 needs N % 4 == 0, K % 128 == 0, group_size in {64, 128, 256};
@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native_kernels
-from .cpu_kernels import gemm_via_fp32, is_plain_linear, prefers_fp32_gemm
+from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_int4_native, pack_nibbles, quantize_int4,
                             quantize_int8, unpack_int4_native, unpack_nibbles)
@@ -159,10 +159,9 @@ class Int8Linear(_QuantLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
         if x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            if prefers_fp32_gemm(x.shape[0]):  # long prefill
+            if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
                 q, s = self.qweight, self.scales
-                return gemm_via_fp32(x.to(dtype), lambda a, b: q[a:b].float() * s[a:b, None].float(), q.shape[0],
-                                     None)
+                return gemm_dequantized(x.to(dtype), lambda a, b: q[a:b].float() * s[a:b, None].float(), q.shape[0])
         if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
             return _OPS._weight_int8pack_mm(x.to(dtype), self.qweight, self.scales)
         return F.linear(x.to(dtype), self.dequantize())
@@ -255,7 +254,7 @@ class Int4Linear(_QuantLinear):
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if self._native(x) and not prefers_fp32_gemm(x.shape[0]) and (bias is None or bias.dtype == torch.bfloat16):
+        if self._native(x) and x.shape[0] < FP32_GEMM_MIN_ROWS and (bias is None or bias.dtype == torch.bfloat16):
             return native_kernels.linear_int4(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales_and_zeros,
                                               self.group_size, bias)  # decode: the bias is added in the kernel
         return super()._linear(x)
@@ -264,10 +263,10 @@ class Int4Linear(_QuantLinear):
         dtype = self.scales_and_zeros.dtype
         if self._native(x):
             x = x.to(dtype).contiguous()
-            if prefers_fp32_gemm(x.shape[0]):  # long prefill: MKL's fp32 GEMM on dequantized row slices
+            if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
                 q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
-                return gemm_via_fp32(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
-                                     self.out_features, None)
+                return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
+                                        self.out_features)
             return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
         if self.layout == "aten" and x.device.type == "cpu":
             return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,
