@@ -14,8 +14,9 @@ Formats (W [N, K] = [out_features, in_features]):
   `aten._weight_int4pack_mm_for_cpu`. Checkpoints store a portable form, `qweight` uint8 [N, K / 2] with column 2j
   in the low nibble and 2j+1 in the high one, and modules repack it for the kernel that runs it when they are placed
   on the CPU: phikit's native kernel (`native/kernels.c`: bf16 dot-product instructions; on the 2-core Zen 4 host one
-  weight streams at 23-25 GB/s against aten's ~19; `benchmarks/RESULTS.md`) for bf16 models on CPUs with AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512
-  packs rows n and n+32 into one byte, AVX2 n and n+16).
+  weight streams at 23-25 GB/s against aten's ~19; `benchmarks/RESULTS.md`) for bf16 models on CPUs with
+  AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512 packs rows n and n+32 into one byte, AVX2 n and
+  n+16).
 
 Kernel constraints (torch 2.13, CPU): native int4 needs N % 4 == 0, K % 128 == 0, group_size in {64, 128, 256};
 aten's int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by it; int8 has none. A layer no
