@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import native_decode
 from .arch import Architecture
 from .attention import ATTENTION_FUNCTIONS
 from .cache import DynamicCache, KVCache
@@ -27,12 +28,14 @@ class StepContext:
     rotary: RotaryTables  # cos/sin of every position, applied to each layer's q and k
     bias: torch.Tensor  # [B or 1, 1, T, S] additive mask
     plain_causal: bool  # no padding and no active window: kernels may use their own causal mask
+    first_key: int  # keys before this slot are outside an active sliding window: attention skips them
     cache: KVCache | None
     attn_implementation: str
     output_attentions: bool
 
 
 class Attention(nn.Module):
+    owns_dropout = True  # training mode changes its numbers (native_decode.py checks this)
     def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -78,6 +81,8 @@ class Attention(nn.Module):
         q, k = ctx.rotary.apply(q), ctx.rotary.apply(k)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, KV, S, D]
+        if ctx.first_key:
+            k, v = k[:, :, ctx.first_key:], v[:, :, ctx.first_key:]
         kernel = "eager" if ctx.output_attentions else ctx.attn_implementation
         out, weights = ATTENTION_FUNCTIONS[kernel](q, k, v, ctx.bias, self.scale, self.dropout, self.training,
                                                    plain_causal=ctx.plain_causal)
@@ -92,6 +97,8 @@ class DecoderLayer(nn.Module):
                         │        └── mlp ───(+)── out                     └───────────────────┘  └──────────────┘
                         └────────────────────┘
     """
+
+    owns_dropout = True
 
     def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
         super().__init__()
@@ -176,15 +183,25 @@ class Decoder(nn.Module):
             per_sequence = self.rope.original_max_positions is not None and self.rope.static_long is None
             cache.prepare(position_ids, start, b, inputs_embeds if per_sequence else None)
             cache.rope_long = long
+            if t == 1 and b == 1 and not (output_attentions or output_hidden_states or output_router_logits):
+                x = native_decode.step(self, inputs_embeds, attention_mask, position_ids, long, cache, start)
+                if x is not None:  # every layer ran in one native call (native_decode.py)
+                    return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)
         num_slots = cache.num_slots if cache is not None else t
         query_slots = torch.arange(start, start + t, device=device)
         window = self.config.sliding_window
         allowed = allowed_keys(query_slots, num_slots, attention_mask, window)
-        plain_causal = (attention_mask is None or bool(attention_mask.all())) and \
-            (window is None or start + t <= window) and num_slots == start + t
+        unpadded = attention_mask is None or bool(attention_mask.all())
+        plain_causal = unpadded and (window is None or start + t <= window) and num_slots == start + t
+        bias = additive_bias(allowed, inputs_embeds.dtype)
+        first_key = 0
+        if unpadded and t == 1 and num_slots == start + 1 and not plain_causal and not output_attentions:
+            # one new token past the sliding window: the keys it sees are the last `window` slots, so attention
+            # reads just those, as a plain causal step (the same numbers as masking the others out)
+            first_key, plain_causal = start + 1 - window, True
+            bias = bias[..., first_key:]
         cos, sin = cos_sin(self.rope, position_ids, long, inputs_embeds.dtype)
-        ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim),
-                          additive_bias(allowed, inputs_embeds.dtype), plain_causal, cache,
+        ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim), bias, plain_causal, first_key, cache,
                           self.config._attn_implementation, output_attentions)
 
         x = self.embed_dropout(inputs_embeds)

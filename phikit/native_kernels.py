@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native") / "kernels.c"
+SOURCE_DIR = Path(__file__).with_name("native")
+SOURCES = ("phk.h", "kernels.c", "decode_step.c")  # compiled together into one library
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -31,6 +32,7 @@ _SIGNATURES = {
     "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
     "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
     "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
+    "phk_decode_step": [_P, _P, _P, _P, _P, _P, _I, ctypes.c_int],
 }
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
@@ -40,20 +42,22 @@ def _cache_dir() -> Path:
     return Path(base) / "phikit" / "native"
 
 
-def _build(source: bytes, target: Path) -> None:
+def _build(sources: dict[str, bytes], target: Path) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, obj, out = Path(tmp) / "kernels.c", Path(tmp) / "kernels.o", Path(tmp) / "kernels.so"
-        src.write_bytes(source)
-        compile_cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-c", str(src),
-                       "-o", str(obj)]
+        for name, text in sources.items():
+            (Path(tmp) / name).write_bytes(text)
+        objects = [str(Path(tmp) / (name[:-2] + ".o")) for name in sources if name.endswith(".c")]
+        out = Path(tmp) / "kernels.so"
+        compile_cmds = [[compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-c",
+                         obj[:-2] + ".c", "-o", obj] for obj in objects]
         runtime = _torch_openmp_runtime()  # link torch's own libgomp: one OpenMP thread pool, not two
-        link_cmd = [compiler, "-shared", str(obj), "-o", str(out)] + (
+        link_cmd = [compiler, "-shared", *objects, "-o", str(out)] + (
             [runtime, f"-Wl,-rpath,{os.path.dirname(runtime)}"] if runtime else ["-fopenmp"])
-        for cmd in (compile_cmd, link_cmd):
+        for cmd in (*compile_cmds, link_cmd):
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
@@ -79,11 +83,11 @@ def _library() -> ctypes.CDLL | None:
         build_error = "disabled by PHIKIT_NATIVE=0"
         return None
     try:
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(source + f"{torch.__version__} {_torch_openmp_runtime()}".encode()).hexdigest()[:16]
-        target = _cache_dir() / key / "kernels.so"
+        sources = {name: (SOURCE_DIR / name).read_bytes() for name in SOURCES}
+        key = hashlib.sha256(b"".join(sources.values()) + f"{torch.__version__} {_torch_openmp_runtime()}".encode())
+        target = _cache_dir() / key.hexdigest()[:16] / "kernels.so"
         if not target.is_file():
-            _build(source, target)
+            _build(sources, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         build_error = str(e)
@@ -106,6 +110,17 @@ def has_int4() -> bool:
     """Whether the native int4 kernels run here (they need AVX512-BF16 dot products)."""
     lib = _library()
     return lib is not None and bool(lib.phk_has_int4())
+
+
+def has_decode_step() -> bool:
+    """Whether the native batch-1 decode step (`native/decode_step.c`, driven by `native_decode.py`) runs here."""
+    lib = _library()
+    return lib is not None and bool(lib.phk_has_decode_step())
+
+
+def library() -> ctypes.CDLL:
+    """The loaded kernels (call only after `available()` returned True)."""
+    return _library()
 
 
 def usable(x: torch.Tensor, k_multiple: int = 16) -> bool:

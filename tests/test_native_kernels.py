@@ -130,6 +130,7 @@ def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
     model = phikit.PhiForCausalLM(make_config("phi-1.5")).bfloat16().eval()  # head_dim 16
     ids = torch.randint(3, 90, (1, 12))
     real, calls = native_kernels.attention_decode, []
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")  # the per-module path (the native step is tested on its own)
     monkeypatch.setattr(native_kernels, "attention_decode", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         ours = model.generate(ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)

@@ -11,21 +11,9 @@
    Threads: OpenMP over output rows, as many as torch.get_num_threads() (passed in); the library links the libgomp
    torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler
    (-O3 -march=native); without AVX-512 `phk_available` returns 0 and phikit keeps its PyTorch paths. */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <math.h>
-
-static inline float f32_of_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN stays NaN (as torch) */
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "phk.h"
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 #define ROWS 4
 #define AHEAD 1024 /* bytes prefetched ahead of each row's read position, into L2 (T1): +30% over L1 (T0) on a Zen 4 host */
 #ifndef INT4_AHEAD
@@ -34,9 +22,6 @@ static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN sta
 
 int phk_available(void) { return 1; }
 
-static inline __m512 load_bf16x16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 static inline __m512 load_i8x16(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
@@ -121,8 +106,8 @@ void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales,
 }
 
 /* ---- attention of one new token over the cache (a decode step without padding) ---- */
-/* exp on 16 lanes: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, scaled by 2^n (about 1 ulp; inputs <= 0) */
-static inline __m512 exp16(__m512 x) {
+/* exp on 16 lanes: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, scaled by 2^n (about 1 ulp; x <= 88) */
+__m512 phk_exp16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -162,13 +147,13 @@ void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *
         __m512 total = _mm512_setzero_ps();
         int64_t s = 0;
         for (; s + 16 <= S; s += 16) {
-            __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p + s), _mm512_set1_ps(top)));
+            __m512 e = phk_exp16(_mm512_sub_ps(_mm512_loadu_ps(p + s), _mm512_set1_ps(top)));
             _mm512_storeu_ps(p + s, e);
             total = _mm512_add_ps(total, e);
         }
         if (s < S) {
             __mmask16 m = (__mmask16)((1u << (S - s)) - 1);
-            __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top)));
+            __m512 e = phk_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top)));
             e = _mm512_maskz_mov_ps(m, e);
             _mm512_mask_storeu_ps(p + s, m, e);
             total = _mm512_add_ps(total, e);

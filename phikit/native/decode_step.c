@@ -1,0 +1,217 @@
+/* One decode step of every layer of a phi / phi3 model for one token (batch 1), in a single call from Python.
+
+   At batch 1 the matrix-vector products are most of a step, but the rest -- norms, rotary, the activation, residual
+   adds, cache writes and the Python module calls around them -- cost a quarter of an int4 token on a 2-core host.
+   Here the layer loop runs in C: the linears and the attention are the same kernels as the per-module path
+   (kernels.c), and every elementwise op is computed as PyTorch computes it for bf16 tensors: in fp32, rounded to
+   bf16 after each op, in the order the modules apply them (phikit/layers.py, decoder.py, rope.py). Results equal
+   the module path up to fp32 rounding inside the norms' reductions and the transcendental functions (tanh, exp),
+   which the bf16 rounding after them almost always absorbs.
+
+   Layout (phikit/native_decode.py fills these): x bf16 [hidden] in/out; cos_full / sin_signed bf16 [D] and
+   partner int64 [D] are RotaryTables of this token; each layer's k_cache / v_cache point at batch row 0 of its
+   static cache [KV, slots, D]. Elementwise work runs on the calling thread (it is microseconds); the linears and
+   the attention use `threads` OpenMP threads, as the per-module path does. */
+#include "phk.h"
+
+typedef struct {
+    int64_t kind;  /* 0 none, 1 bf16, 2 int8 per channel, 3 int4 (phikit layout) */
+    int64_t n, k, group;
+    const void *w, *scales;
+    const uint16_t *bias;
+} phk_lin;
+
+typedef struct {
+    phk_lin qkv[3];  /* fused: qkv[0] holds q, k and v rows; else q, k, v */
+    phk_lin o, up, down;  /* up: fc1 [I, hidden] (phi) or gate_up [2I, hidden] (phi3) */
+    const uint16_t *norm1_w, *norm1_b, *norm2_w, *norm2_b;  /* *_b NULL for RMSNorm; norm2 unused when parallel */
+    const uint16_t *qnorm_w, *qnorm_b, *knorm_w, *knorm_b;  /* qk_layernorm (phi), else NULL */
+    uint16_t *k_cache, *v_cache;
+} phk_layer;
+
+typedef struct {
+    int64_t n_layers, hidden, heads, kv_heads, head_dim, inter;
+    int64_t rmsnorm;  /* 1: RMSNorm (phi3), 0: LayerNorm (phi) */
+    int64_t parallel;  /* 1: x + attn(ln(x)) + mlp(ln(x)) (phi); 0: sequential residuals (phi3) */
+    int64_t act;  /* 0: fc1 -> gelu_new -> fc2; 1: gate_up -> up * silu(gate) -> down */
+    int64_t fused_qkv, cache_head_stride, window;  /* window 0: none */
+    float eps, qk_eps, scale;
+} phk_model;
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+int phk_has_decode_step(void) { return 1; }
+
+static inline __mmask16 tail(int64_t n, int64_t i) {  /* lanes of [i, i + 16) below n */
+    return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+}
+static inline __m512 ld(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+/* fp32 -> nearest bf16 (ties to even, NaN kept quiet), as fp32 again: torch's rounding after each bf16 op */
+static inline __m512 rnd(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    r = _mm512_and_si512(r, hi);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_and_si512(u, hi), _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_ps(r);
+}
+static inline void st(uint16_t *p, __mmask16 m, __m512 rounded) {
+    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(rounded), 16)));
+}
+#define V1(c) _mm512_set1_ps(c)
+
+/* tanh: |x| < 0.625 odd polynomial (Cephes tanhf), else 1 - 2 / (exp(2|x|) + 1) with x's sign; ~1 ulp fp32 */
+static inline __m512 tanh16(__m512 x) {
+    __m512 ax = _mm512_abs_ps(x);
+    __m512 e = phk_exp16(_mm512_min_ps(_mm512_add_ps(ax, ax), V1(88.0f)));
+    __m512 big = _mm512_sub_ps(V1(1.0f), _mm512_div_ps(V1(2.0f), _mm512_add_ps(e, V1(1.0f))));
+    big = _mm512_or_ps(big, _mm512_and_ps(x, V1(-0.0f)));
+    __m512 z = _mm512_mul_ps(x, x), p = V1(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, V1(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, V1(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, V1(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, V1(-3.33332819422e-1f));
+    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, V1(0.625f), _CMP_LT_OQ), big, small);
+}
+
+/* layers.gelu_new, op by op: 0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * pow(x, 3.0)))) */
+static void gelu_new(const uint16_t *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail(n, i);
+        __m512 v = ld(x + i, m);
+        __m512 t = rnd(_mm512_mul_ps(rnd(_mm512_mul_ps(v, v)), v));  /* torch.pow(bf16, 3.0) rounds x * x first */
+        t = rnd(_mm512_mul_ps(t, V1(0.044715f)));
+        t = rnd(_mm512_add_ps(v, t));
+        t = rnd(_mm512_mul_ps(t, V1(0.7978845608028654f)));
+        t = rnd(tanh16(t));
+        t = rnd(_mm512_add_ps(t, V1(1.0f)));
+        st(y + i, m, rnd(_mm512_mul_ps(rnd(_mm512_mul_ps(v, V1(0.5f))), t)));
+    }
+}
+
+/* GatedMLP: up * silu(gate), silu(g) = g / (1 + exp(-g)); gate_up = [gate (n), up (n)] */
+static void silu_gated(const uint16_t *gate_up, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail(n, i);
+        __m512 g = ld(gate_up + i, m), u = ld(gate_up + n + i, m);
+        __m512 s = rnd(_mm512_div_ps(g, _mm512_add_ps(V1(1.0f), phk_exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+        st(y + i, m, rnd(_mm512_mul_ps(u, s)));
+    }
+}
+
+/* nn.LayerNorm on bf16 (torch's CPU kernel): mean and variance in fp32, y = (x * rstd + (-rstd * mean)) * w + b */
+static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *y, int64_t n, float eps) {
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; i++) sum += f32_of_bf16(x[i]);
+    float mean = (float)(sum / (double)n);
+    for (int64_t i = 0; i < n; i++) { double d = (double)f32_of_bf16(x[i]) - mean; sq += d * d; }
+    float var = (float)(sq / (double)n);
+    float rstd = 1.0f / sqrtf((var > 0.f ? var : 0.f) + eps), shift = -rstd * mean;
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail(n, i);
+        __m512 v = _mm512_add_ps(_mm512_mul_ps(ld(x + i, m), V1(rstd)), V1(shift));
+        st(y + i, m, rnd(_mm512_add_ps(_mm512_mul_ps(v, ld(w + i, m)), ld(b + i, m))));
+    }
+}
+
+/* layers.RMSNorm: h = x * rsqrt(mean(x^2) + eps) in fp32, rounded to bf16, then weight * h rounded */
+static void rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {
+    double sq = 0;
+    for (int64_t i = 0; i < n; i++) { double v = f32_of_bf16(x[i]); sq += v * v; }
+    float r = 1.0f / sqrtf((float)(sq / (double)n) + eps);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail(n, i);
+        st(y + i, m, rnd(_mm512_mul_ps(ld(w + i, m), rnd(_mm512_mul_ps(ld(x + i, m), V1(r))))));
+    }
+}
+
+/* y = a + b rounded to bf16 (in place on a allowed) */
+static void add(const uint16_t *a, const uint16_t *b, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail(n, i);
+        st(y + i, m, rnd(_mm512_add_ps(ld(a + i, m), ld(b + i, m))));
+    }
+}
+
+/* RotaryTables.apply on `heads` heads of D in place: x * cos_full + x[partner] * sin_signed, each op rounded */
+static void rotate(uint16_t *x, int64_t heads, int64_t D, const uint16_t *cosf, const uint16_t *sins,
+                   const int64_t *partner, uint16_t *tmp) {
+    for (int64_t h = 0; h < heads; h++) {
+        uint16_t *xh = x + h * D;
+        for (int64_t i = 0; i < D; i++) {
+            float a = f32_of_bf16(bf16_of_f32(f32_of_bf16(xh[i]) * f32_of_bf16(cosf[i])));
+            float b = f32_of_bf16(bf16_of_f32(f32_of_bf16(xh[partner[i]]) * f32_of_bf16(sins[i])));
+            tmp[i] = bf16_of_f32(a + b);
+        }
+        memcpy(xh, tmp, (size_t)D * 2);
+    }
+}
+
+static void norm(const phk_model *md, const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *y) {
+    if (md->rmsnorm) rms_norm(x, w, y, md->hidden, md->eps);
+    else layer_norm(x, w, b, y, md->hidden, md->eps);
+}
+
+static void linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads) {
+    const uint16_t *s = (const uint16_t *)l->scales;
+    if (l->kind == 1) phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
+    else if (l->kind == 2) phk_linear_int8(x, (const int8_t *)l->w, s, l->bias, y, 1, l->n, l->k, threads);
+    else if (l->kind == 3) phk_linear_int4(x, (const uint8_t *)l->w, s, l->bias, y, 1, l->n, l->k, l->group, threads);
+}
+
+void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,
+                     const uint16_t *sins, const int64_t *partner, int64_t slot, int threads) {
+    int64_t E = md->hidden, D = md->head_dim, H = md->heads, KV = md->kv_heads, I = md->inter;
+    int64_t qs = H * D, kvs = KV * D, stride = md->cache_head_stride;
+    int64_t up_n = md->act == 1 ? 2 * I : I;
+    size_t total = (size_t)(E + qs + 2 * kvs + qs + E + up_n + I + E + D + 64);
+    uint16_t *buf = (uint16_t *)malloc(total * 2), *h = buf, *qkv = h + E, *att = qkv + qs + 2 * kvs;
+    uint16_t *a = att + qs, *up = a + E, *act = up + up_n, *mo = act + I, *tmp = mo + E;
+    int64_t first = md->window > 0 && slot + 1 > md->window ? slot + 1 - md->window : 0;  /* oldest visible slot */
+    for (int64_t li = 0; li < md->n_layers; li++) {
+        const phk_layer *L = layers + li;
+        norm(md, x, L->norm1_w, L->norm1_b, h);
+        if (md->fused_qkv) linear(&L->qkv[0], h, qkv, threads);
+        else for (int j = 0; j < 3; j++) linear(&L->qkv[j], h, qkv + (j ? qs + (j - 1) * kvs : 0), threads);
+        uint16_t *q = qkv, *k = qkv + qs, *v = qkv + qs + kvs;
+        if (L->qnorm_w) {
+            for (int64_t i = 0; i < H + KV; i++) {  /* q heads, then k heads (contiguous in qkv) */
+                const uint16_t *w = i < H ? L->qnorm_w : L->knorm_w, *b = i < H ? L->qnorm_b : L->knorm_b;
+                layer_norm(q + i * D, w, b, tmp, D, md->qk_eps);
+                memcpy(q + i * D, tmp, (size_t)D * 2);
+            }
+        }
+        rotate(q, H, D, cosf, sins, partner, tmp);
+        rotate(k, KV, D, cosf, sins, partner, tmp);
+        for (int64_t i = 0; i < KV; i++) {
+            memcpy(L->k_cache + i * stride + slot * D, k + i * D, (size_t)D * 2);
+            memcpy(L->v_cache + i * stride + slot * D, v + i * D, (size_t)D * 2);
+        }
+        phk_attention_decode(q, L->k_cache + first * D, L->v_cache + first * D, att, 1, H, KV, slot + 1 - first, D,
+                             0, stride, D, 0, stride, D, md->scale, threads);
+        linear(&L->o, att, a, threads);
+        if (md->parallel) {
+            linear(&L->up, h, up, threads);
+            gelu_new(up, act, I);
+            linear(&L->down, act, mo, threads);
+            add(x, a, x, E);
+            add(x, mo, x, E);
+        } else {
+            add(x, a, x, E);
+            norm(md, x, L->norm2_w, L->norm2_b, h);
+            linear(&L->up, h, up, threads);
+            if (md->act == 1) silu_gated(up, act, I); else gelu_new(up, act, I);
+            linear(&L->down, act, mo, threads);
+            add(x, mo, x, E);
+        }
+    }
+    free(buf);
+}
+#else
+int phk_has_decode_step(void) { return 0; }
+void phk_decode_step(void) {}
+#endif

@@ -1,0 +1,36 @@
+/* Shared by phikit's native sources (kernels.c, decode_step.c): bf16 conversions and the kernels' prototypes. */
+#ifndef PHK_H
+#define PHK_H
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+static inline float f32_of_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN stays NaN (as torch) */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+__m512 phk_exp16(__m512 x);
+void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K, int threads);
+void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K, int threads);
+void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                          int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
+                          int threads);
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K, int64_t GS, int threads);
+#endif
+#endif
+#endif

@@ -1,0 +1,247 @@
+"""A batch-1 decode step of every layer in one native call (`native/decode_step.c`), for phi and phi3 models.
+
+Decoding one token at batch 1 is a chain of ~10 small ops per layer around the matrix-vector products; in Python
+they cost ~10 ms of a 42 ms int4 token on the 2-core development host. `Decoder.run` hands such a step here: the
+layer loop runs in C with the very kernels the modules call (bf16, int8, int4 linears; one-query attention), and
+every elementwise op computed as PyTorch computes it on bf16 tensors, so results equal the module path up to
+fp32 rounding inside norms and tanh/exp (see the C file). The embedding, rope tables, final norm and head stay in
+Python.
+
+When it applies (else `step` returns None and the modules run): bf16 on the CPU, no autograd, eval mode, one row
+and one new token, a `StaticCache` (what `generate()` uses by default), no padding in the attention mask, the
+`sdpa` attention implementation, no hooks, and every layer of a supported kind: phi (parallel block, LayerNorm,
+gelu_new, optional qk_layernorm) or phi3 (sequential, RMSNorm, silu-gated MLP), with linears that are plain bf16
+(`nn.Linear` / `FastLinear`), `Int8Linear`, or `Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns
+it off. The plan (pointers to every weight) is built once per model and checked on each call: replaced modules
+or tensors, hooks, or a layout change rebuild it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+
+import torch
+import torch.nn as nn
+
+from . import native_kernels
+from .cache import StaticCache
+from .cpu_kernels import FastLinear
+from .layers import FcMLP, GatedMLP, RMSNorm, gelu_new
+from .quantize import Int4Linear, Int8Linear
+from .rope import RotaryTables, cos_sin
+
+_I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+_BF16 = torch.bfloat16
+
+
+class _Lin(ctypes.Structure):
+    _fields_ = [("kind", _I64), ("n", _I64), ("k", _I64), ("group", _I64), ("w", _P), ("scales", _P), ("bias", _P)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("qkv", _Lin * 3), ("o", _Lin), ("up", _Lin), ("down", _Lin)] + [
+        (name, _P) for name in ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "qnorm_w", "qnorm_b", "knorm_w",
+                                "knorm_b", "k_cache", "v_cache")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, _I64) for name in ("n_layers", "hidden", "heads", "kv_heads", "head_dim", "inter", "rmsnorm",
+                                          "parallel", "act", "fused_qkv", "cache_head_stride", "window")] + [
+        ("eps", _F), ("qk_eps", _F), ("scale", _F)]
+
+
+class Unsupported(Exception):
+    """A layer this step cannot run; the message says which (for `explain`)."""
+
+
+class _Plan:
+    """Pointers to every weight of a decoder plus what must stay unchanged for them to remain valid."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        self.modules: list[tuple[dict, str, nn.Module, type, bool]] = []  # (parent._modules, name, module, class,
+        #                                                                    `_special`)
+        self.tensors: list[tuple[dict, str, torch.Tensor | None, int]] = []  # (module._parameters/_buffers, name,
+        #                                                                         tensor, its data_ptr)
+        self.reason: str | None = None
+        self.layers = (_Layer * len(decoder.layers))()
+        self.model = _Model()
+        self.cache_tensors: tuple[torch.Tensor, ...] = ()
+        try:
+            self._fill(decoder)
+        except Unsupported as e:
+            self.reason = str(e)
+
+    # ---- validity --------------------------------------------------------------------------------------------
+    def valid(self) -> bool:
+        for parent, name, module, cls, special in self.modules:
+            if parent.get(name) is not module or type(module) is not cls or _special(module, cls) != special:
+                return False
+        for store, name, tensor, ptr in self.tensors:
+            if store.get(name) is not tensor or (tensor is not None and tensor.data_ptr() != ptr):
+                return False
+        return True
+
+    def _module(self, parent: nn.Module, name: str) -> nn.Module:
+        module = parent._modules.get(name)
+        if module is None:
+            raise Unsupported(f"no module {name!r} in {type(parent).__name__}")
+        self.modules.append((parent._modules, name, module, type(module), _special(module, type(module))))
+        if module.training and getattr(type(module), "owns_dropout", False):
+            raise Unsupported(f"{name} is in training mode")
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise Unsupported(f"{name} has forward hooks")
+        return module
+
+    def _tensor(self, module: nn.Module, name: str, optional: bool = False) -> int | None:
+        store = module._buffers if name in module._buffers else module._parameters
+        tensor = store.get(name)
+        self.tensors.append((store, name, tensor, 0 if tensor is None else tensor.data_ptr()))
+        if tensor is None:
+            if optional:
+                return None
+            raise Unsupported(f"{type(module).__name__} has no {name!r}")
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            raise Unsupported(f"{type(module).__name__}.{name} is not a contiguous CPU tensor")
+        if tensor.dtype not in (_BF16, torch.int8, torch.uint8):
+            raise Unsupported(f"{type(module).__name__}.{name} is {tensor.dtype}, the native step needs bf16")
+        return tensor.data_ptr()
+
+    # ---- building --------------------------------------------------------------------------------------------
+    def _linear(self, parent: nn.Module, name: str, into: _Lin) -> None:
+        module = self._module(parent, name)
+        cls = type(module)
+        into.n, into.k = module.out_features, module.in_features
+        into.bias = self._tensor(module, "bias", optional=True)
+        if cls in (nn.Linear, FastLinear):
+            into.kind, into.w, multiple = 1, self._tensor(module, "weight"), 16
+        elif cls is Int8Linear:
+            into.kind, into.w, multiple = 2, self._tensor(module, "qweight"), 64
+            into.scales = self._tensor(module, "scales")
+        elif cls is Int4Linear and module.layout == "phikit" and native_kernels.has_int4():
+            into.kind, into.w, multiple = 3, self._tensor(module, "qweight"), 128
+            into.scales, into.group = self._tensor(module, "scales_and_zeros"), module.group_size
+        else:
+            raise Unsupported(f"{name} is a {cls.__name__}" + (f" in the {module.layout!r} layout"
+                                                                 if cls is Int4Linear else ""))
+        if into.k % multiple:
+            raise Unsupported(f"{name} has in_features={into.k}, not a multiple of {multiple}")
+
+    def _norm(self, parent: nn.Module, name: str, rms: bool) -> tuple[int, int | None, float]:
+        norm = self._module(parent, name)
+        if rms and type(norm) is RMSNorm:
+            return self._tensor(norm, "weight"), None, norm.variance_epsilon
+        if not rms and type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None:
+            return self._tensor(norm, "weight"), self._tensor(norm, "bias"), norm.eps
+        raise Unsupported(f"{name} is a {type(norm).__name__}")
+
+    def _fill(self, decoder: nn.Module) -> None:
+        config, model = decoder.config, self.model
+        arch = config.architecture()
+        if arch.mlp == "moe":
+            raise Unsupported("mixture-of-experts layers")
+        rms = arch.norm == "rmsnorm"
+        model.n_layers, model.hidden = len(decoder.layers), config.hidden_size
+        model.heads, model.kv_heads, model.head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                                       config.head_dim)
+        model.rmsnorm, model.parallel, model.fused_qkv = int(rms), int(arch.parallel_residual), int(arch.fused_qkv)
+        model.window = config.sliding_window or 0
+        if model.head_dim % 16 or model.head_dim > 256:
+            raise Unsupported(f"head_dim={model.head_dim} (the attention kernel takes multiples of 16 up to 256)")
+        for i, layer in enumerate(decoder.layers):
+            self._module(decoder.layers, str(i))
+            attn, out = self._module(layer, "self_attn"), self.layers[i]
+            if arch.fused_qkv:
+                self._linear(attn, "qkv_proj", out.qkv[0])
+            else:
+                for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                    self._linear(attn, name, out.qkv[j])
+            self._linear(attn, attn.out_name, out.o)
+            if attn.qk_layernorm:
+                out.qnorm_w, out.qnorm_b, model.qk_eps = self._norm(attn, "q_layernorm", False)
+                out.knorm_w, out.knorm_b, _ = self._norm(attn, "k_layernorm", False)
+            model.scale = attn.scale
+            out.norm1_w, out.norm1_b, model.eps = self._norm(layer, "input_layernorm", rms)
+            if not arch.parallel_residual:
+                out.norm2_w, out.norm2_b, _ = self._norm(layer, "post_attention_layernorm", rms)
+            mlp = self._module(layer, layer.mlp_name)
+            if type(mlp) is FcMLP and mlp.act is gelu_new and arch.parallel_residual:
+                model.act, model.inter = 0, mlp.fc1.out_features
+                self._linear(mlp, "fc1", out.up)
+                self._linear(mlp, "fc2", out.down)
+            elif type(mlp) is GatedMLP and mlp.act is torch.nn.functional.silu and not arch.parallel_residual:
+                model.act, model.inter = 1, mlp.down_proj.in_features
+                self._linear(mlp, "gate_up_proj", out.up)
+                self._linear(mlp, "down_proj", out.down)
+            else:
+                raise Unsupported(f"layer {i}'s MLP ({type(mlp).__name__}, {getattr(mlp.act, '__name__', mlp.act)})")
+
+    def bind_cache(self, cache: StaticCache) -> bool:
+        """Point every layer at its slots in `cache` (batch row 0); False where the cache's tensors do not fit."""
+        tensors = (*cache.keys, *cache.values)
+        if len(tensors) == len(self.cache_tensors) and all(a is b for a, b in zip(tensors, self.cache_tensors)):
+            return True
+        model = self.model
+        shape = (1, model.kv_heads, cache.max_cache_len, model.head_dim)
+        if len(cache.keys) != model.n_layers or any(t.dtype != _BF16 or tuple(t.shape) != shape
+                                                     or not t.is_contiguous() for t in tensors):
+            return False
+        for layer, k, v in zip(self.layers, cache.keys, cache.values):
+            layer.k_cache, layer.v_cache = k.data_ptr(), v.data_ptr()
+        model.cache_head_stride = cache.max_cache_len * model.head_dim
+        self.cache_tensors = tensors
+        return True
+
+
+def _special(module: nn.Module, cls: type) -> bool:
+    """What makes a module need the module path: hooks, or training mode where it applies dropout (decoder.py's
+    `owns_dropout`; other layers' mode changes nothing)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or (module.training and getattr(cls, "owns_dropout", False)))
+
+
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()  # outside the module: a
+# model stays deep-copyable and picklable (ctypes pointers are neither), and a copy builds its own plan
+
+
+def _plan(decoder: nn.Module) -> _Plan:
+    plan = _PLANS.get(decoder)
+    if plan is None or not plan.valid():
+        plan = _PLANS[decoder] = _Plan(decoder)
+    return plan
+
+
+def enabled() -> bool:
+    return os.environ.get("PHIKIT_NATIVE_STEP", "1") != "0" and native_kernels.has_decode_step()
+
+
+def explain(decoder: nn.Module) -> str | None:
+    """Why this decoder's layers cannot take the native step, or None when they can."""
+    if not enabled():
+        return "disabled (PHIKIT_NATIVE_STEP=0) or the native kernels are unavailable: " + str(
+            native_kernels.build_error or "this CPU lacks AVX512-BF16")
+    return _plan(decoder).reason
+
+
+def step(decoder: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+         long: torch.Tensor, cache, start: int) -> torch.Tensor | None:
+    """x [1, 1, hidden] (the new token's embedding), already `cache.prepare`d into slot `start` -> the last layer's
+    output [1, 1, hidden] (before the final norm), or None where the module path must run (module docstring)."""
+    if (type(cache) is not StaticCache or x.dtype != _BF16 or x.device.type != "cpu" or decoder.training
+            or torch.is_grad_enabled() or decoder.config._attn_implementation != "sdpa" or not enabled()
+            or torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks):
+        return None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        return None
+    plan = _plan(decoder)
+    if plan.reason is not None or not plan.bind_cache(cache):
+        return None
+    cos, sin = cos_sin(decoder.rope, position_ids, long, x.dtype)  # [1, 1, R]
+    rotary = RotaryTables.build(cos, sin, decoder.config.head_dim)
+    out = x.reshape(-1).clone()  # [hidden], updated in place layer by layer
+    cos_full, sin_signed = rotary.cos_full.contiguous(), rotary.sin_signed.contiguous()
+    native_kernels.library().phk_decode_step(ctypes.addressof(plan.model), ctypes.addressof(plan.layers),
+                                             out.data_ptr(), cos_full.data_ptr(), sin_signed.data_ptr(),
+                                             rotary.partner.data_ptr(), start, torch.get_num_threads())
+    return out.view(1, 1, -1)

@@ -1,0 +1,177 @@
+"""The native batch-1 decode step (phikit/native_decode.py, native/decode_step.c) against the per-module path.
+
+The step computes every elementwise op as PyTorch does on bf16 tensors (fp32, rounded after each op) and calls the
+same linear and attention kernels, so its logits must equal the module path's except where fp32 rounding inside a
+norm's reduction or tanh/exp lands on the other side of a bf16 rounding boundary: almost every logit is identical
+(on the development host, all of them are).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import phikit
+from phikit import native_decode, native_kernels
+from phikit.cache import DynamicCache, StaticCache
+from phikit.cpu_kernels import use_fast_linears
+from phikit.lora import apply_lora
+
+pytestmark = pytest.mark.skipif(not native_kernels.has_decode_step(),
+                                reason="the native decode step needs AVX512-BF16 and a C compiler: "
+                                       f"{native_kernels.build_error or 'this CPU lacks AVX512-BF16'}")
+
+VOCAB = 512
+
+
+def _longrope(n: int) -> dict:
+    return {"type": "longrope", "short_factor": [1.0 + 0.02 * i for i in range(n)],
+            "long_factor": [1.5 + 0.3 * i for i in range(n)], "original_max_position_embeddings": 24}
+
+
+CASES = {
+    "phi-1.5": (phikit.PhiConfig, dict(partial_rotary_factor=0.5)),
+    "phi-qk-layernorm": (phikit.PhiConfig, dict(partial_rotary_factor=0.5, qk_layernorm=True)),
+    "phi-3-window": (phikit.Phi3Config, dict(sliding_window=20, pad_token_id=0)),
+    # partial rotary, GQA, tied embeddings, LongRoPE crossing its original length (24) while decoding
+    "phi-4-mini": (phikit.Phi3Config, dict(num_key_value_heads=2, partial_rotary_factor=0.75,
+                                           tie_word_embeddings=True, max_position_embeddings=256,
+                                           original_max_position_embeddings=24, rope_scaling=_longrope(24),
+                                           pad_token_id=0)),
+}
+QUANT = {"bf16": None, "int8": phikit.Int8WeightOnlyConfig(), "int4": phikit.Int4WeightOnlyConfig(group_size=64)}
+
+
+def build(case: str, weights: str = "bf16") -> nn.Module:
+    cls, extra = CASES[case]
+    config = cls(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=3,
+                 num_attention_heads=4, **extra)
+    torch.manual_seed(0)
+    model = (phikit.PhiForCausalLM if cls is phikit.PhiConfig else phikit.Phi3ForCausalLM)(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
+                    else 0.08 * torch.randn_like(p))
+    model = model.to(torch.bfloat16).eval()
+    use_fast_linears(model)  # as from_pretrained does: the module path then runs the same linear kernels
+    if QUANT[weights] is not None:
+        phikit.quantize_model(model, QUANT[weights])
+    return model
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records, per decode step, whether the native step ran (True) or handed back to the modules (False)."""
+    ran: list[bool] = []
+    step = native_decode.step
+
+    def recording(*args, **kwargs):
+        out = step(*args, **kwargs)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(native_decode, "step", recording)
+    return ran
+
+
+def decode(model: nn.Module, steps: int = 10, prompt: int = 17, cache=None, mask_zero: bool = False) -> torch.Tensor:
+    """fp32 logits [steps, V] of a prefill then `steps` cached one-token forwards (fixed random next tokens)."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (1, prompt), generator=gen)
+    cache = cache if cache is not None else StaticCache(max_cache_len=64, max_batch_size=1)
+    mask = torch.ones(1, prompt, dtype=torch.long)
+    if mask_zero:
+        mask[0, 3] = 0
+    out = []
+    with torch.no_grad():
+        model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        for i in range(steps):
+            tok = torch.randint(0, VOCAB, (1, 1), generator=gen)
+            mask = torch.cat((mask, torch.ones(1, 1, dtype=torch.long)), dim=1)
+            out.append(model(tok, attention_mask=mask, past_key_values=cache, use_cache=True).logits[0, -1].float())
+    return torch.stack(out)
+
+
+def assert_same_numbers(native: torch.Tensor, modules: torch.Tensor) -> None:
+    equal = (native == modules).float().mean().item()
+    worst = (native - modules).abs().max().item()
+    assert equal >= 0.99, f"only {equal:.1%} of logits identical (max |diff| {worst})"
+    assert worst <= 0.02 * modules.abs().max().item(), worst
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_native_step_equals_the_module_path(case: str, weights: str, spy, monkeypatch) -> None:
+    model = build(case, weights)
+    assert native_decode.explain(model.model) is None
+    native = decode(model)
+    assert spy == [True] * 10  # every one-token step ran natively
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")
+    spy.clear()
+    modules = decode(model)
+    assert spy == [False] * 10
+    assert_same_numbers(native, modules)
+
+
+def test_generate_takes_the_native_step_by_default_and_gives_the_same_tokens(spy, monkeypatch) -> None:
+    model = build("phi-1.5", "int4")
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(3))
+    native = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert spy and all(spy)
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")
+    assert torch.equal(model.generate(ids, max_new_tokens=12, do_sample=False), native)
+
+
+def test_what_the_step_does_not_take_runs_the_modules(spy) -> None:
+    model = build("phi-1.5")
+    reference = decode(model)
+    spy.clear()
+    decode(model, cache=DynamicCache())  # the dynamic cache grows by concatenation: modules
+    decode(model, mask_zero=True)  # padding needs the full mask: modules
+    assert spy and not any(spy)
+
+    seen = []
+    handle = model.model.layers[1].mlp.register_forward_hook(lambda *args: seen.append(1))
+    spy.clear()
+    decode(model)
+    assert not any(spy) and len(seen) == 11  # the hook saw the prefill and every step
+    handle.remove()
+    spy.clear()
+    assert torch.equal(decode(model), reference) and all(spy)  # the plan is valid again without the hook
+
+
+def test_replaced_weights_and_wrapped_layers_are_seen(spy, monkeypatch) -> None:
+    model = build("phi-3-window")
+    decode(model)
+    layer = model.model.layers[0].mlp
+    with torch.no_grad():
+        layer.down_proj.weight = nn.Parameter(torch.randn_like(layer.down_proj.weight) * 0.08)
+    spy.clear()
+    native = decode(model)
+    assert all(spy)
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")
+    assert_same_numbers(native, decode(model))  # the new weight, not the freed old one
+    monkeypatch.delenv("PHIKIT_NATIVE_STEP")
+
+    apply_lora(model, r=4)
+    model.eval()
+    assert "LoRALinear" in native_decode.explain(model.model)
+    spy.clear()
+    decode(model)
+    assert spy and not any(spy)
+
+
+def test_models_stay_copyable_and_unsupported_layers_are_explained(spy) -> None:
+    model = build("phi-1.5")
+    first = decode(model)
+    twin = copy.deepcopy(model)  # ctypes pointers live outside the module: deepcopy and pickle still work
+    spy.clear()
+    assert torch.equal(decode(twin), first) and all(spy)
+
+    moe = phikit.PhimoeForCausalLM(phikit.PhimoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=64,
+                                                       num_hidden_layers=1, num_attention_heads=4,
+                                                       num_key_value_heads=2, num_local_experts=4))
+    assert native_decode.explain(moe.model) == "mixture-of-experts layers"
