@@ -140,3 +140,20 @@ def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
                               return_dict_in_generate=True)
     for a, b in zip(ours.scores, sdpa.scores):
         torch.testing.assert_close(a.float(), b.float(), rtol=2**-6, atol=2**-5)
+
+
+def test_kernels_build_wherever_the_cpu_and_a_compiler_allow() -> None:
+    """A compile error must fail here, not quietly skip every native test and fall back to PyTorch's kernels."""
+    import shutil
+
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's features from")
+    if os.environ.get("PHIKIT_NATIVE", "1") == "0" or not (os.environ.get("CC") or shutil.which("cc")):
+        pytest.skip("native kernels disabled or no C compiler")
+    if "avx512f" not in flags:
+        pytest.skip("this CPU has no AVX-512")
+    assert native_kernels.available(), native_kernels.build_error
+    if "avx512_bf16" in flags:
+        assert native_kernels.has_int4() and native_kernels.has_decode_step()
