@@ -75,16 +75,19 @@ def prefers_fp32_gemm(rows: int) -> bool:
     return rows >= FP32_GEMM_MIN_ROWS and not _has_amx() and _fp32_gemm_wins()
 
 
-def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
+def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,
+                     bf16_rows: Callable[[int, int], torch.Tensor] | None = None) -> torch.Tensor:
     """A long prefill through a quantized weight: y [M, N] = x [M, K] @ W^T with W given as fp32 row slices
-    `weight_rows(start, stop)` (dequantized, cache-sized), multiplied by the faster GEMM here (fp32, or bf16 slices)."""
+    `weight_rows(start, stop)` (dequantized, cache-sized), multiplied by the faster GEMM here (fp32, or bf16 slices).
+    `bf16_rows`, where given, yields the same slices already rounded to bf16 more cheaply (for the bf16 GEMM)."""
     if x.dtype != torch.bfloat16 or prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, weight_rows, n, None)
     out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     rows = max(16, PREFILL_CHUNK_BYTES // (4 * x.shape[1]))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        torch.mm(x, weight_rows(start, stop).to(x.dtype).t(), out=out[:, start:stop])
+        w = bf16_rows(start, stop) if bf16_rows is not None else weight_rows(start, stop).to(x.dtype)
+        torch.mm(x, w.t(), out=out[:, start:stop])
     return out
 
 

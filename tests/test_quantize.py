@@ -330,3 +330,19 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
         assert torch.equal(module.qweight, _cpu_pack(whole_q4))
     if module.layout == "phikit":
         assert torch.equal(module.qweight, pack_int4_native(whole_q4))
+
+
+def test_int8_prefill_slices_in_bf16_equal_the_fp32_ones_rounded(monkeypatch) -> None:
+    """A long int8 prefill on the bf16 GEMM dequantizes straight to bf16: the same numbers as fp32 then rounding."""
+    from phikit import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "prefers_fp32_gemm", lambda rows: False)  # the bf16 GEMM branch, on any CPU
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randint(-127, 128, (300, 256), generator=gen, dtype=torch.int8)
+    s = (torch.rand(300, generator=gen) * 0.05 + 1e-3).bfloat16()
+    x = torch.randn(128, 256, generator=gen).bfloat16()
+    fp32_rows = lambda a, b: q[a:b].float() * s[a:b, None].float()  # noqa: E731
+    bf16_rows = lambda a, b: q[a:b].to(torch.bfloat16) * s[a:b, None]  # noqa: E731
+    assert torch.equal(bf16_rows(0, 300), fp32_rows(0, 300).bfloat16())
+    assert torch.equal(cpu_kernels.gemm_dequantized(x, fp32_rows, 300, bf16_rows),
+                       cpu_kernels.gemm_dequantized(x, fp32_rows, 300))
