@@ -67,7 +67,7 @@ class _Plan:
         self.reason: str | None = None
         self.layers = (_Layer * len(decoder.layers))()
         self.model = _Model()
-        self.cache_tensors: tuple[torch.Tensor, ...] = ()
+        self.cache_tensors: tuple[weakref.ref, ...] = ()  # the cache tensors the layers point at
         try:
             self._fill(decoder)
         except Unsupported as e:
@@ -180,7 +180,7 @@ class _Plan:
     def bind_cache(self, cache: StaticCache) -> bool:
         """Point every layer at its slots in `cache` (batch row 0); False where the cache's tensors do not fit."""
         tensors = (*cache.keys, *cache.values)
-        if len(tensors) == len(self.cache_tensors) and all(a is b for a, b in zip(tensors, self.cache_tensors)):
+        if len(tensors) == len(self.cache_tensors) and all(a is b() for a, b in zip(tensors, self.cache_tensors)):
             return True
         model = self.model
         shape = (1, model.kv_heads, cache.max_cache_len, model.head_dim)
@@ -190,7 +190,7 @@ class _Plan:
         for layer, k, v in zip(self.layers, cache.keys, cache.values):
             layer.k_cache, layer.v_cache = k.data_ptr(), v.data_ptr()
         model.cache_head_stride = cache.max_cache_len * model.head_dim
-        self.cache_tensors = tensors
+        self.cache_tensors = tuple(weakref.ref(t) for t in tensors)  # weak: a dropped cache is freed
         return True
 
 

@@ -9,6 +9,8 @@ norm's reduction or tanh/exp lands on the other side of a bf16 rounding boundary
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -166,7 +168,12 @@ def test_replaced_weights_and_wrapped_layers_are_seen(spy, monkeypatch) -> None:
 
 def test_models_stay_copyable_and_unsupported_layers_are_explained(spy) -> None:
     model = build("phi-1.5")
-    first = decode(model)
+    cache = StaticCache(max_cache_len=64, max_batch_size=1)
+    first = decode(model, cache=cache)
+    kept = weakref.ref(cache.keys[0])
+    del cache
+    gc.collect()
+    assert kept() is None  # the step's plan does not keep a finished cache alive
     twin = copy.deepcopy(model)  # ctypes pointers live outside the module: deepcopy and pickle still work
     spy.clear()
     assert torch.equal(decode(twin), first) and all(spy)
