@@ -42,6 +42,12 @@ def main() -> int:
 
     print("native CPU kernels: " + ("built and in use" if native_kernels.available() else
                                     f"not in use ({native_kernels.build_error}); PyTorch kernels run instead"))
+    if native_kernels.available():
+        from . import native_decode
+
+        print("native batch-1 decode step (all layers in one call): " + (
+            "in use" if native_decode.enabled() else
+            "not in use (PHIKIT_NATIVE_STEP=0, or no AVX512-BF16); per-layer modules run"))
     prompt, steps = 48, 32  # 48 + 32 = 80 tokens: crosses the 64-token LongRoPE boundary while decoding
     worst_overall = 0.0
     for name, model in _models().items():
