@@ -33,6 +33,10 @@ _SIGNATURES = {
     "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
     "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
     "phk_decode_step": [_P, _P, _P, _P, _P, _P, _I, ctypes.c_int],
+    "phk_gelu_new": [_P, _P, _I],  # the decode step's elementwise pieces, exported for tests
+    "phk_silu_gated": [_P, _P, _I],
+    "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
+    "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
 }
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 

@@ -1,9 +1,10 @@
 """The native batch-1 decode step (phikit/native_decode.py, native/decode_step.c) against the per-module path.
 
 The step computes every elementwise op as PyTorch does on bf16 tensors (fp32, rounded after each op) and calls the
-same linear and attention kernels, so its logits must equal the module path's except where fp32 rounding inside a
-norm's reduction or tanh/exp lands on the other side of a bf16 rounding boundary: almost every logit is identical
-(on the development host, all of them are).
+same linear and attention kernels, so its numbers equal the module path's except where fp32 rounding inside a
+norm's reduction or tanh/exp lands on the other side of a bf16 rounding boundary. The pieces are checked one by
+one against PyTorch (exact in >= 99.9% / 99% of elements); whole models within a few bf16 steps, because one
+flipped rounding spreads through the layers and steps after it.
 """
 
 from __future__ import annotations
@@ -98,10 +99,47 @@ def decode(model: nn.Module, steps: int = 10, prompt: int = 17, cache=None, mask
 
 
 def assert_same_numbers(native: torch.Tensor, modules: torch.Tensor) -> None:
-    equal = (native == modules).float().mean().item()
+    """Equal up to a bf16 rounding flipped by the norms' fp32 reductions (summed in another order than PyTorch's),
+    which then spreads through later layers and steps: logits within a few bf16 steps, the same next tokens."""
     worst = (native - modules).abs().max().item()
-    assert equal >= 0.99, f"only {equal:.1%} of logits identical (max |diff| {worst})"
-    assert worst <= 0.02 * modules.abs().max().item(), worst
+    assert worst <= 0.03 * modules.abs().max().item(), worst
+    assert (native.argmax(-1) == modules.argmax(-1)).float().mean().item() >= 0.9
+
+
+def _bf16_close(y: torch.Tensor, ref: torch.Tensor, identical: float) -> None:
+    """y equals ref (both bf16) in at least `identical` of the elements and everywhere within one bf16 step."""
+    assert (y == ref).float().mean().item() >= identical, (y == ref).float().mean().item()
+    assert bool(((y.float() - ref.float()).abs() <= ref.float().abs() * 2.0**-7 + 1e-30).all())
+
+
+def test_elementwise_pieces_round_as_pytorch_does() -> None:
+    """gelu_new (8 ops, each rounded to bf16), up * silu(gate), LayerNorm and RMSNorm against PyTorch on bf16
+    tensors: the elementwise chains are exact but where tanh / exp differ in the last fp32 bit; the norms but where
+    their reductions do."""
+    from phikit.layers import RMSNorm, gelu_new
+
+    lib, gen, ptr = native_kernels.library(), torch.Generator().manual_seed(5), lambda t: t.data_ptr()
+    x = (torch.randn(100_003, generator=gen) * 3).bfloat16()  # an odd length: the tail masks
+    y = torch.empty_like(x)
+    lib.phk_gelu_new(ptr(x), ptr(y), x.numel())
+    _bf16_close(y, gelu_new(x), 0.999)
+    gate_up = (torch.randn(2 * 4099, generator=gen) * 3).bfloat16()
+    y = torch.empty(4099, dtype=torch.bfloat16)
+    lib.phk_silu_gated(ptr(gate_up), ptr(y), 4099)
+    gate, up = gate_up.chunk(2)
+    _bf16_close(y, up * torch.nn.functional.silu(gate), 0.999)
+    for n in (64, 80, 2048, 3072):
+        rows = (torch.randn(64, n, generator=gen) * 2 + 0.3).bfloat16()
+        w, b = (1 + 0.1 * torch.randn(n, generator=gen)).bfloat16(), (0.1 * torch.randn(n, generator=gen)).bfloat16()
+        ln, rms = torch.empty_like(rows), torch.empty_like(rows)
+        for i in range(64):
+            lib.phk_layer_norm(ptr(rows[i]), ptr(w), ptr(b), ptr(ln[i]), n, 1e-5)
+            lib.phk_rms_norm(ptr(rows[i]), ptr(w), ptr(rms[i]), n, 1e-5)
+        _bf16_close(ln, torch.nn.functional.layer_norm(rows, (n,), w, b, 1e-5), 0.99)
+        norm = RMSNorm(n, 1e-5).bfloat16()
+        norm.weight.data.copy_(w)
+        with torch.no_grad():
+            _bf16_close(rms, norm(rows), 0.99)
 
 
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])

@@ -156,6 +156,16 @@ static void norm(const phk_model *md, const uint16_t *x, const uint16_t *w, cons
     else layer_norm(x, w, b, y, md->hidden, md->eps);
 }
 
+/* The elementwise pieces on their own, for tests against PyTorch's ops (tests/test_native_decode.py). */
+void phk_gelu_new(const uint16_t *x, uint16_t *y, int64_t n) { gelu_new(x, y, n); }
+void phk_silu_gated(const uint16_t *gate_up, uint16_t *y, int64_t n) { silu_gated(gate_up, y, n); }
+void phk_layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *y, int64_t n, float eps) {
+    layer_norm(x, w, b, y, n, eps);
+}
+void phk_rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {
+    rms_norm(x, w, y, n, eps);
+}
+
 static void linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads) {
     const uint16_t *s = (const uint16_t *)l->scales;
     if (l->kind == 1) phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
@@ -214,4 +224,8 @@ void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, 
 #else
 int phk_has_decode_step(void) { return 0; }
 void phk_decode_step(void) {}
+void phk_gelu_new(void) {}
+void phk_silu_gated(void) {}
+void phk_layer_norm(void) {}
+void phk_rms_norm(void) {}
 #endif

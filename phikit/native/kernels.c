@@ -198,9 +198,18 @@ int phk_has_int4(void) { return 1; }
    The kernel is bound by vector arithmetic here (as fast in L2 as from memory on the Zen 4 host), so the fewer
    vector ops per 128 weights the better: 4 shifts, 4 ternary-logic ops, 4 dot products and 1 fmadd per group. */
 #define INT4_NIBBLES(v, shift) ((__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, shift), low4, magic, 0xEA))
+/* A group ending in this chunk: its 4 rows' (scale, zero) pairs in fp32 into sc[8] (read back as broadcasts from
+   memory, no shuffles), and their zero terms (-136 scale, zero) * sum_x accumulated for all 4 rows in one fmadd. */
+#define INT4_GROUP(sp, g, sc) do {                                                                                    \
+    __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sp))), 16)); \
+    _mm256_storeu_ps(sc, sv);                                                                                          \
+    zacc = _mm256_fmadd_ps(sv, _mm256_mul_ps(_mm256_broadcast_ss(xsm + (g)), pattern), zacc);                          \
+} while (0)
 #define INT4_CHUNK(HALF) do {                                                                                        \
     __m512bh xv0 = (__m512bh)_mm512_loadu_si512(xm + k), xv1 = (__m512bh)_mm512_loadu_si512(xm + k + 32);            \
     __m512bh xv2 = (__m512bh)_mm512_loadu_si512(xm + k + 64), xv3 = (__m512bh)_mm512_loadu_si512(xm + k + 96);       \
+    if (HALF) INT4_GROUP(s, k / GS, sc_a);                                                                             \
+    if (HALF || flush) INT4_GROUP(s_end, (k + 127) / GS, sc_b);                                                        \
     for (int r = 0; r < ROWS; r++) {                                                                                   \
         const uint8_t *p = wn + k * 2 + r * 64;                                                                        \
         if (m == 0) _mm_prefetch((const char *)p + INT4_AHEAD, _MM_HINT_T1);                                             \
@@ -208,13 +217,13 @@ int phk_has_int4(void) { return 1; }
         __m512 a = _mm512_dpbf16_ps(pa[r], INT4_NIBBLES(v, 0), xv0);                                                   \
         a = _mm512_dpbf16_ps(a, INT4_NIBBLES(v, 4), xv1);                                                              \
         if (HALF) {                                                                                                    \
-            total[r] = _mm512_fmadd_ps(a, _mm512_set1_ps(f32_of_bf16(s[2 * r])), total[r]);                           \
+            total[r] = _mm512_fmadd_ps(a, _mm512_set1_ps(sc_a[2 * r]), total[r]);                                     \
             a = _mm512_setzero_ps();                                                                                   \
         }                                                                                                              \
         a = _mm512_dpbf16_ps(a, INT4_NIBBLES(v, 8), xv2);                                                              \
         a = _mm512_dpbf16_ps(a, INT4_NIBBLES(v, 12), xv3);                                                             \
         if (HALF || flush) {                                                                                           \
-            total[r] = _mm512_fmadd_ps(a, _mm512_set1_ps(f32_of_bf16(s_end[2 * r])), total[r]);                       \
+            total[r] = _mm512_fmadd_ps(a, _mm512_set1_ps(sc_b[2 * r]), total[r]);                                     \
             a = _mm512_setzero_ps();                                                                                   \
         }                                                                                                              \
         pa[r] = a;                                                                                                     \
@@ -232,12 +241,16 @@ void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, co
     }
     /* ternary logic 0xEA = (A & B) | C: A the shifted words, B = 0x000f, C = 0x4300 (bf16 128.0) */
     const __m512i low4 = _mm512_set1_epi16(0x000f), magic = _mm512_set1_epi16(0x4300);
+    const __m256 pattern = _mm256_setr_ps(-136.f, 1.f, -136.f, 1.f, -136.f, 1.f, -136.f, 1.f);
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n0 = 0; n0 < N; n0 += ROWS) {  /* ROWS == 4, the layout's block */
         const uint8_t *wn = w + n0 * KB;
         for (int64_t m = 0; m < M; m++) {
             const uint16_t *xm = x + m * K;
+            const float *xsm = xsum + m * NG;
+            float sc_a[8], sc_b[8];
             __m512 total[ROWS], pa[ROWS];
+            __m256 zacc = _mm256_setzero_ps();  /* lanes 2r, 2r + 1: row r's -136 scale and zero terms */
             for (int r = 0; r < ROWS; r++) total[r] = pa[r] = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k += 128) {
                 const uint16_t *s = sz + ((k / GS) * N + n0) * 2;  /* the chunk's first group */
@@ -245,14 +258,11 @@ void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, co
                 int flush = (k + 128) % GS == 0;
                 if (GS == 64) INT4_CHUNK(1); else INT4_CHUNK(0);
             }
-            for (int r = 0; r < ROWS; r++) {
-                float zero_part = 0.f;
-                for (int64_t g = 0; g < NG; g++) {
-                    const uint16_t *e = sz + (g * N + n0 + r) * 2;
-                    zero_part += (f32_of_bf16(e[1]) - 136.0f * f32_of_bf16(e[0])) * xsum[m * NG + g];
-                }
-                store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(total[r]) + zero_part, bias);
-            }
+            float zero_terms[8];
+            _mm256_storeu_ps(zero_terms, zacc);
+            for (int r = 0; r < ROWS; r++)
+                store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(total[r]) + (zero_terms[2 * r] + zero_terms[2 * r + 1]),
+                          bias);
         }
     }
     free(xsum);
