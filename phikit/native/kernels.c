@@ -195,13 +195,15 @@ int phk_has_int4(void) { return 1; }
 /* One 128-column chunk k of the 4-row block at wn: pa[r] (+)= (128 + q) . x over its four 32-column slots. HALF
    (group size 64): each half chunk is a group of its own, flushed into total[r] with its scale; else the chunk's
    group is flushed when it ends (`flush`). One dependency chain per row (4 rows interleave): a flush is one fmadd.
-   The kernel is bound by vector arithmetic here (as fast in L2 as from memory on the Zen 4 host), so the fewer
-   vector ops per 128 weights the better: 4 shifts, 4 ternary-logic ops, 4 dot products and 1 fmadd per group. */
+   The loop is bound by vector arithmetic on the 2-core Zen 4 host, so the fewer ops per 128 weights the better:
+   4 shifts, 4 ternary-logic ops, 4 dot products, 1 fmadd per group and row, and a group's scale / zero bookkeeping
+   once per 4-row block (INT4_GROUP). Doing that bookkeeping per row in scalar code cost 40% of the time in L2. */
 #define INT4_NIBBLES(v, shift) ((__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, shift), low4, magic, 0xEA))
 /* A group ending in this chunk: its 4 rows' (scale, zero) pairs in fp32 into sc[8] (read back as broadcasts from
    memory, no shuffles), and their zero terms (-136 scale, zero) * sum_x accumulated for all 4 rows in one fmadd. */
 #define INT4_GROUP(sp, g, sc) do {                                                                                    \
-    __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sp))), 16)); \
+    __m256i sw = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sp)));                                       \
+    __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(sw, 16));                                                        \
     _mm256_storeu_ps(sc, sv);                                                                                          \
     zacc = _mm256_fmadd_ps(sv, _mm256_mul_ps(_mm256_broadcast_ss(xsm + (g)), pattern), zacc);                          \
 } while (0)
