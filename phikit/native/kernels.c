@@ -73,7 +73,9 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 }
 
 /* ---- int8, per output channel: 8 rows at a time, one cache line of each row per step (K % 64 == 0) ---- */
+#ifndef ROWS8
 #define ROWS8 8
+#endif
 void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
                      int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
