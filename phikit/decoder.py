@@ -36,6 +36,7 @@ class StepContext:
 
 class Attention(nn.Module):
     owns_dropout = True  # training mode changes its numbers (native_decode.py checks this)
+
     def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx

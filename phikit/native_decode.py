@@ -94,7 +94,10 @@ class _Plan:
             raise Unsupported(f"{name} has forward hooks")
         return module
 
-    def _tensor(self, module: nn.Module, name: str, optional: bool = False) -> int | None:
+    def _tensor(self, module: nn.Module, name: str, optional: bool = False, shape: tuple[int, ...] | None = None
+                ) -> int | None:
+        """The data pointer of module.`name` after checking what the C loop will read: a contiguous CPU tensor of
+        `shape` (the loop trusts it: a mismatch would read out of bounds)."""
         store = module._buffers if name in module._buffers else module._parameters
         tensor = store.get(name)
         self.tensors.append((store, name, tensor, 0 if tensor is None else tensor.data_ptr()))
@@ -106,34 +109,38 @@ class _Plan:
             raise Unsupported(f"{type(module).__name__}.{name} is not a contiguous CPU tensor")
         if tensor.dtype not in (_BF16, torch.int8, torch.uint8):
             raise Unsupported(f"{type(module).__name__}.{name} is {tensor.dtype}, the native step needs bf16")
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise Unsupported(f"{type(module).__name__}.{name} has shape {tuple(tensor.shape)}, expected {shape}")
         return tensor.data_ptr()
 
     # ---- building --------------------------------------------------------------------------------------------
-    def _linear(self, parent: nn.Module, name: str, into: _Lin) -> None:
+    def _linear(self, parent: nn.Module, name: str, into: _Lin, n: int, k: int) -> None:
+        """Fill `into` from parent.`name`, a linear expected to map k features to n."""
         module = self._module(parent, name)
         cls = type(module)
-        into.n, into.k = module.out_features, module.in_features
-        into.bias = self._tensor(module, "bias", optional=True)
+        into.n, into.k = n, k
+        into.bias = self._tensor(module, "bias", optional=True, shape=(n,))
         if cls in (nn.Linear, FastLinear):
-            into.kind, into.w, multiple = 1, self._tensor(module, "weight"), 16
+            into.kind, into.w, multiple = 1, self._tensor(module, "weight", shape=(n, k)), 16
         elif cls is Int8Linear:
-            into.kind, into.w, multiple = 2, self._tensor(module, "qweight"), 64
-            into.scales = self._tensor(module, "scales")
+            into.kind, into.w, multiple = 2, self._tensor(module, "qweight", shape=(n, k)), 64
+            into.scales = self._tensor(module, "scales", shape=(n,))
         elif cls is Int4Linear and module.layout == "phikit" and native_kernels.has_int4():
-            into.kind, into.w, multiple = 3, self._tensor(module, "qweight"), 128
-            into.scales, into.group = self._tensor(module, "scales_and_zeros"), module.group_size
+            into.kind, into.w, multiple = 3, self._tensor(module, "qweight", shape=(n, k // 2)), 128
+            g = module.group_size
+            into.scales, into.group = self._tensor(module, "scales_and_zeros", shape=(k // g, n, 2)), g
         else:
             raise Unsupported(f"{name} is a {cls.__name__}" + (f" in the {module.layout!r} layout"
                                                                  if cls is Int4Linear else ""))
         if into.k % multiple:
             raise Unsupported(f"{name} has in_features={into.k}, not a multiple of {multiple}")
 
-    def _norm(self, parent: nn.Module, name: str, rms: bool) -> tuple[int, int | None, float]:
+    def _norm(self, parent: nn.Module, name: str, rms: bool, size: int) -> tuple[int, int | None, float]:
         norm = self._module(parent, name)
         if rms and type(norm) is RMSNorm:
-            return self._tensor(norm, "weight"), None, norm.variance_epsilon
+            return self._tensor(norm, "weight", shape=(size,)), None, norm.variance_epsilon
         if not rms and type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None:
-            return self._tensor(norm, "weight"), self._tensor(norm, "bias"), norm.eps
+            return self._tensor(norm, "weight", shape=(size,)), self._tensor(norm, "bias", shape=(size,)), norm.eps
         raise Unsupported(f"{name} is a {type(norm).__name__}")
 
     def _fill(self, decoder: nn.Module) -> None:
@@ -149,31 +156,34 @@ class _Plan:
         model.window = config.sliding_window or 0
         if model.head_dim % 16 or model.head_dim > 256:
             raise Unsupported(f"head_dim={model.head_dim} (the attention kernel takes multiples of 16 up to 256)")
+        e, d, inter = config.hidden_size, model.head_dim, config.intermediate_size
+        qs, kvs = model.heads * d, model.kv_heads * d
+        model.inter = inter
         for i, layer in enumerate(decoder.layers):
             self._module(decoder.layers, str(i))
             attn, out = self._module(layer, "self_attn"), self.layers[i]
             if arch.fused_qkv:
-                self._linear(attn, "qkv_proj", out.qkv[0])
+                self._linear(attn, "qkv_proj", out.qkv[0], qs + 2 * kvs, e)
             else:
-                for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                    self._linear(attn, name, out.qkv[j])
-            self._linear(attn, attn.out_name, out.o)
+                for j, (name, n) in enumerate((("q_proj", qs), ("k_proj", kvs), ("v_proj", kvs))):
+                    self._linear(attn, name, out.qkv[j], n, e)
+            self._linear(attn, attn.out_name, out.o, e, qs)
             if attn.qk_layernorm:
-                out.qnorm_w, out.qnorm_b, model.qk_eps = self._norm(attn, "q_layernorm", False)
-                out.knorm_w, out.knorm_b, _ = self._norm(attn, "k_layernorm", False)
+                out.qnorm_w, out.qnorm_b, model.qk_eps = self._norm(attn, "q_layernorm", False, d)
+                out.knorm_w, out.knorm_b, _ = self._norm(attn, "k_layernorm", False, d)
             model.scale = attn.scale
-            out.norm1_w, out.norm1_b, model.eps = self._norm(layer, "input_layernorm", rms)
+            out.norm1_w, out.norm1_b, model.eps = self._norm(layer, "input_layernorm", rms, e)
             if not arch.parallel_residual:
-                out.norm2_w, out.norm2_b, _ = self._norm(layer, "post_attention_layernorm", rms)
+                out.norm2_w, out.norm2_b, _ = self._norm(layer, "post_attention_layernorm", rms, e)
             mlp = self._module(layer, layer.mlp_name)
             if type(mlp) is FcMLP and mlp.act is gelu_new and arch.parallel_residual:
-                model.act, model.inter = 0, mlp.fc1.out_features
-                self._linear(mlp, "fc1", out.up)
-                self._linear(mlp, "fc2", out.down)
+                model.act = 0
+                self._linear(mlp, "fc1", out.up, inter, e)
+                self._linear(mlp, "fc2", out.down, e, inter)
             elif type(mlp) is GatedMLP and mlp.act is torch.nn.functional.silu and not arch.parallel_residual:
-                model.act, model.inter = 1, mlp.down_proj.in_features
-                self._linear(mlp, "gate_up_proj", out.up)
-                self._linear(mlp, "down_proj", out.down)
+                model.act = 1
+                self._linear(mlp, "gate_up_proj", out.up, 2 * inter, e)
+                self._linear(mlp, "down_proj", out.down, e, inter)
             else:
                 raise Unsupported(f"layer {i}'s MLP ({type(mlp).__name__}, {getattr(mlp.act, '__name__', mlp.act)})")
 

@@ -220,3 +220,10 @@ def test_models_stay_copyable_and_unsupported_layers_are_explained(spy) -> None:
                                                        num_hidden_layers=1, num_attention_heads=4,
                                                        num_key_value_heads=2, num_local_experts=4))
     assert native_decode.explain(moe.model) == "mixture-of-experts layers"
+
+
+def test_a_weight_of_another_shape_is_refused_not_read_out_of_bounds() -> None:
+    model = build("phi-1.5")
+    fc1 = model.model.layers[2].mlp.fc1
+    fc1.weight = nn.Parameter(fc1.weight.detach()[:512].clone(), requires_grad=False)  # 512 rows, config says 768
+    assert native_decode.explain(model.model) == "FastLinear.weight has shape (512, 256), expected (768, 256)"
