@@ -94,10 +94,10 @@ class _Plan:
             raise Unsupported(f"{name} has forward hooks")
         return module
 
-    def _tensor(self, module: nn.Module, name: str, optional: bool = False, shape: tuple[int, ...] | None = None
-                ) -> int | None:
+    def _tensor(self, module: nn.Module, name: str, optional: bool = False, shape: tuple[int, ...] | None = None,
+                dtype: torch.dtype = _BF16) -> int | None:
         """The data pointer of module.`name` after checking what the C loop will read: a contiguous CPU tensor of
-        `shape` (the loop trusts it: a mismatch would read out of bounds)."""
+        `shape` and `dtype` (the loop trusts both: a mismatch would read out of bounds or misread the values)."""
         store = module._buffers if name in module._buffers else module._parameters
         tensor = store.get(name)
         self.tensors.append((store, name, tensor, 0 if tensor is None else tensor.data_ptr()))
@@ -107,8 +107,8 @@ class _Plan:
             raise Unsupported(f"{type(module).__name__} has no {name!r}")
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise Unsupported(f"{type(module).__name__}.{name} is not a contiguous CPU tensor")
-        if tensor.dtype not in (_BF16, torch.int8, torch.uint8):
-            raise Unsupported(f"{type(module).__name__}.{name} is {tensor.dtype}, the native step needs bf16")
+        if tensor.dtype != dtype:
+            raise Unsupported(f"{type(module).__name__}.{name} is {tensor.dtype}, the native step needs {dtype}")
         if shape is not None and tuple(tensor.shape) != shape:
             raise Unsupported(f"{type(module).__name__}.{name} has shape {tuple(tensor.shape)}, expected {shape}")
         return tensor.data_ptr()
@@ -123,10 +123,11 @@ class _Plan:
         if cls in (nn.Linear, FastLinear):
             into.kind, into.w, multiple = 1, self._tensor(module, "weight", shape=(n, k)), 16
         elif cls is Int8Linear:
-            into.kind, into.w, multiple = 2, self._tensor(module, "qweight", shape=(n, k)), 64
+            into.kind, into.w, multiple = 2, self._tensor(module, "qweight", shape=(n, k), dtype=torch.int8), 64
             into.scales = self._tensor(module, "scales", shape=(n,))
         elif cls is Int4Linear and module.layout == "phikit" and native_kernels.has_int4():
-            into.kind, into.w, multiple = 3, self._tensor(module, "qweight", shape=(n, k // 2)), 128
+            into.kind, into.w, multiple = 3, self._tensor(module, "qweight", shape=(n, k // 2),
+                                                         dtype=torch.uint8), 128
             g = module.group_size
             into.scales, into.group = self._tensor(module, "scales_and_zeros", shape=(k // g, n, 2)), g
         else:

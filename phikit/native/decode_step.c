@@ -204,20 +204,12 @@ void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, 
         phk_attention_decode(q, L->k_cache + first * D, L->v_cache + first * D, att, 1, H, KV, slot + 1 - first, D,
                              0, stride, D, 0, stride, D, md->scale, threads);
         linear(&L->o, att, a, threads);
-        if (md->parallel) {
-            linear(&L->up, h, up, threads);
-            gelu_new(up, act, I);
-            linear(&L->down, act, mo, threads);
-            add(x, a, x, E);
-            add(x, mo, x, E);
-        } else {
-            add(x, a, x, E);
-            norm(md, x, L->norm2_w, L->norm2_b, h);
-            linear(&L->up, h, up, threads);
-            if (md->act == 1) silu_gated(up, act, I); else gelu_new(up, act, I);
-            linear(&L->down, act, mo, threads);
-            add(x, mo, x, E);
-        }
+        add(x, a, x, E);  /* parallel: (x + attn) + mlp, the MLP reading the same h; sequential: norm x + attn again */
+        if (!md->parallel) norm(md, x, L->norm2_w, L->norm2_b, h);
+        linear(&L->up, h, up, threads);
+        if (md->act == 1) silu_gated(up, act, I); else gelu_new(up, act, I);
+        linear(&L->down, act, mo, threads);
+        add(x, mo, x, E);
     }
     free(buf);
 }
