@@ -42,6 +42,44 @@ static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float
 }
 
 /* ---- bf16 ---- */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* vdpbf16ps: 32 bf16 products per instruction, each exact in fp32 and accumulated in fp32 (pairs added in turn), so
+   only the summation order differs from the fp32 loop below; no conversions, so the loop keeps up with memory.
+   8 rows at a time, one cache line of each per step: 47 GB/s from memory on the Zen 4 host against 40 for the
+   fp32 loop with 4 rows (read-only roofline 51, same run). */
+#define ROWS16 8
+#define BF16_DOT(R) do {                                                                                             \
+    for (; k + 32 <= K; k += 32) {                                                                                    \
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(xm + k);                                                          \
+        for (int r = 0; r < (R); r++) {                                                                               \
+            if (m == 0) _mm_prefetch((const char *)(w0 + r * K + k) + BF16_AHEAD, _MM_HINT_T1);                       \
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(w0 + r * K + k), xv);                     \
+        }                                                                                                             \
+    }                                                                                                                 \
+    if (k < K) {  /* K % 32 == 16: the last 16 columns, the upper half zeroed */                                      \
+        __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(0xffff, xm + k);                                            \
+        for (int r = 0; r < (R); r++)                                                                                 \
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_maskz_loadu_epi16(0xffff, w0 + r * K + k), xv);       \
+    }                                                                                                                 \
+} while (0)
+void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                     int64_t M, int64_t N, int64_t K, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n0 = 0; n0 < N; n0 += ROWS16) {
+        int64_t rows = N - n0 < ROWS16 ? N - n0 : ROWS16;
+        const uint16_t *w0 = w + n0 * K;
+        for (int64_t m = 0; m < M; m++) {
+            const uint16_t *xm = x + m * K;
+            __m512 acc[ROWS16];
+            for (int r = 0; r < ROWS16; r++) acc[r] = _mm512_setzero_ps();
+            int64_t k = 0;
+            if (rows == ROWS16) BF16_DOT(ROWS16); else BF16_DOT(rows);
+            for (int r = 0; r < rows; r++) store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]), bias);
+        }
+    }
+}
+#else
+/* Without AVX512-BF16: widen each bf16 to fp32 (a shift) and fmadd, 4 rows at a time. */
 void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                      int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
@@ -71,6 +109,7 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
     }
     free(xf);
 }
+#endif
 
 /* ---- int8, per output channel: 8 rows at a time, one cache line of each row per step (K % 64 == 0) ---- */
 #ifndef ROWS8
