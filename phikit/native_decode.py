@@ -11,7 +11,7 @@ When it applies (else `step` returns None and the modules run): bf16 on the CPU,
 and one new token, a `StaticCache` (what `generate()` uses by default), no padding in the attention mask, the
 `sdpa` attention implementation, no hooks, and every layer of a supported kind: phi (parallel block, LayerNorm,
 gelu_new, optional qk_layernorm) or phi3 (sequential, RMSNorm, silu-gated MLP), with linears that are plain bf16
-(`nn.Linear` / `FastLinear`), `Int8Linear`, or `Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns
+(`nn.Linear` / `FastLinear`), or `Int8Linear` / `Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns
 it off. The plan (pointers to every weight) is built once per model and checked on each call: replaced modules
 or tensors, hooks, or a layout change rebuild it.
 """
@@ -122,7 +122,7 @@ class _Plan:
         into.bias = self._tensor(module, "bias", optional=True, shape=(n,))
         if cls in (nn.Linear, FastLinear):
             into.kind, into.w, multiple = 1, self._tensor(module, "weight", shape=(n, k)), 16
-        elif cls is Int8Linear:
+        elif cls is Int8Linear and module.layout == "phikit":
             into.kind, into.w, multiple = 2, self._tensor(module, "qweight", shape=(n, k), dtype=torch.int8), 64
             into.scales = self._tensor(module, "scales", shape=(n,))
         elif cls is Int4Linear and module.layout == "phikit" and native_kernels.has_int4():
@@ -132,7 +132,7 @@ class _Plan:
             into.scales, into.group = self._tensor(module, "scales_and_zeros", shape=(k // g, n, 2)), g
         else:
             raise Unsupported(f"{name} is a {cls.__name__}" + (f" in the {module.layout!r} layout"
-                                                                 if cls is Int4Linear else ""))
+                                                                 if cls in (Int8Linear, Int4Linear) else ""))
         if into.k % multiple:
             raise Unsupported(f"{name} has in_features={into.k}, not a multiple of {multiple}")
 

@@ -148,7 +148,8 @@ def linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
-    """x bf16 [M, K], qweight int8 [N, K], scales bf16 [N], bias bf16 [N] | None -> y bf16 [M, N]."""
+    """x bf16 [M, K], qweight int8 [N, K] in phikit's layout (`quantize_math.pack_int8_native`; N % 4 == 0,
+    K % 64 == 0), scales bf16 [N], bias bf16 [N] | None -> y bf16 [M, N]."""
     (m, k), n = x.shape, qweight.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)
     _library().phk_linear_int8(_ptr(x), _ptr(qweight), _ptr(scales), _ptr(bias), _ptr(y), m, n, k,

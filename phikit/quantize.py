@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from . import native_kernels
 from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
-                            dequantize_int4, dequantize_int8, pack_int4_native, pack_nibbles, quantize_int4,
-                            quantize_int8, unpack_int4_native, unpack_nibbles)
+                            dequantize_int4, dequantize_int8, pack_int4_native, pack_int8_native, pack_nibbles,
+                            quantize_int4, quantize_int8, unpack_int4_native, unpack_int8_native, unpack_nibbles)
 
 DEFAULT_SKIP = ("score", "block_sparse_moe.gate")
 HEAD_INT8 = ("lm_head",)  # quantized to int8 per channel whatever the config (module docstring)
@@ -99,10 +99,21 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
 
 # ----- modules --------------------------------------------------------------------------------------------------
 class _QuantLinear(nn.Module):
-    """Shared parts: shapes, bias, the 2D view the kernels need and the fallback."""
+    """Shared parts: shapes, bias, the 2D view the kernels need, the fallback, and the weight's memory layout.
+
+    On the CPU `qweight` may hold a kernel's layout (`layout` names it; "portable" is the checkpoint form).
+    `state_dict()` always gives the portable form and `load_state_dict` takes it, so checkpoints move between
+    machines; a move to another device or a change of the scales' dtype goes through the portable form."""
 
     in_features: int
     out_features: int
+    layout: str = "portable"
+
+    def _init_layout(self) -> None:
+        self.layout = "portable"
+        self.register_state_dict_post_hook(_portable_state)
+        self.register_load_state_dict_pre_hook(_loading_portable)
+        self.register_load_state_dict_post_hook(_pack_after_load)
 
     def _init_bias(self, bias: bool | torch.Tensor | None, dtype: torch.dtype, device: Any) -> None:
         if isinstance(bias, torch.Tensor):
@@ -111,6 +122,50 @@ class _QuantLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+
+    @property
+    def cpu_packed(self) -> bool:
+        """Whether `qweight` is in a CPU kernel's layout rather than the portable one."""
+        return self.layout != "portable"
+
+    @property
+    def _scales(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _kernel_layout(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """(layout, pack rows of the portable qweight) of the CPU kernel that runs this layer here, or None."""
+        return None
+
+    def portable_qweight(self) -> torch.Tensor:
+        """`qweight` in the portable form (a copy when a kernel layout is held)."""
+        raise NotImplementedError
+
+    def pack_for_device(self) -> None:
+        """Convert `qweight` from the portable form to the layout of the kernel that runs it here, if one does."""
+        if self.layout != "portable" or self.qweight.device.type == "meta":
+            return
+        kernel = self._kernel_layout()
+        if kernel is None:
+            return
+        layout, pack = kernel
+        portable, packed = self.qweight, torch.empty_like(self.qweight)
+        rows = 1024  # whole 64-row (aten) / 4-row (phikit) blocks pack independently: bounded temporaries
+        for a in range(0, portable.shape[0], rows):
+            packed[a:a + rows] = pack(portable[a:a + rows])
+        self.qweight, self.layout = packed, layout
+
+    def _apply(self, fn, recurse: bool = True):
+        # A packed layout is only meaningful to its CPU kernel: go portable before a move or a change of the scales'
+        # dtype (the kernels read bf16 scales), pack for the new place after.
+        scales = self._scales
+        probe = fn(torch.empty(0, dtype=scales.dtype, device=self.qweight.device))
+        changing = probe.device != self.qweight.device or probe.dtype != scales.dtype
+        if changing and self.cpu_packed:
+            self.qweight, self.layout = self.portable_qweight(), "portable"
+        out = super()._apply(fn, recurse)
+        if changing:
+            self.pack_for_device()
+        return out
 
     def dequantize(self) -> torch.Tensor:
         raise NotImplementedError
@@ -131,12 +186,37 @@ class _QuantLinear(nn.Module):
         y = self._matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
+    def _native(self, x: torch.Tensor) -> bool:
+        """Whether this call may run phikit's native kernel: its layout is held, bf16 scales, a CPU [M, K] input
+        and no autograd through it."""
+        return (self.layout == "phikit" and self._scales.dtype == torch.bfloat16 and x.device.type == "cpu"
+                and x.dim() == 2 and not (torch.is_grad_enabled() and x.requires_grad))
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _portable_state(module: _QuantLinear, state: dict, prefix: str, _meta: Any) -> None:
+    if module.layout != "portable":
+        state[prefix + "qweight"] = module.portable_qweight()
+
+
+def _pack_after_load(module: _QuantLinear, _incompatible: Any) -> None:
+    module.pack_for_device()
+
+
+def _loading_portable(module: _QuantLinear, state: dict, prefix: str, *_: Any) -> None:
+    if prefix + "qweight" in state:  # incoming tensors are portable; pack_for_device runs after the copy
+        module.layout = "portable"
+
+
 class Int8Linear(_QuantLinear):
-    """Linear layer with int8 weights `qweight` [N, K] and per-channel `scales` [N]; `bias` [N] kept in float."""
+    """Linear layer with int8 weights `qweight` [N, K] and per-channel `scales` [N]; `bias` [N] kept in float.
+
+    On the CPU, where phikit's native kernels run (bf16 scales, N % 4 == 0, K % 64 == 0), `qweight` holds their
+    layout (`layout == "phikit"`, `quantize_math.pack_int8_native`: 4-row blocks interleaved 64 columns at a time,
+    one contiguous stream per thread: 31 against 24 GB/s from memory for row-major rows on the Zen 4 host, read
+    roofline 32, same run); otherwise the portable row-major form, run by `aten._weight_int8pack_mm`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
                  dtype: torch.dtype = torch.bfloat16, device: Any = None) -> None:
@@ -145,30 +225,58 @@ class Int8Linear(_QuantLinear):
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
         self._init_bias(bias, dtype, device)
+        self._init_layout()
+
+    @property
+    def _scales(self) -> torch.Tensor:
+        return self.scales
+
+    @property
+    def native_ok(self) -> bool:
+        """Whether phikit's native int8 kernel can run this layer."""
+        return (self.qweight.device.type == "cpu" and self.scales.dtype == torch.bfloat16
+                and self.out_features % 4 == 0 and self.in_features % 64 == 0 and native_kernels.available())
+
+    def _kernel_layout(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        return ("phikit", pack_int8_native) if self.native_ok else None
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """q int8 [stop - start, K]: rows [start, stop) in the portable form, whatever the layout held."""
+        if self.layout == "portable":
+            return self.qweight[start:stop]
+        a, b = start // 4 * 4, -(-stop // 4) * 4  # whole 4-row blocks
+        return unpack_int8_native(self.qweight[a:b])[start - a:stop - a]
+
+    def portable_qweight(self) -> torch.Tensor:
+        return self.rows(0, self.out_features)
 
     def dequantize(self) -> torch.Tensor:
         """The weight [N, K] these int8 values stand for, in the scales' dtype."""
-        return dequantize_int8(self.qweight, self.scales)
+        return dequantize_int8(self.portable_qweight(), self.scales)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if (native_kernels.usable(x, 64) and self.scales.dtype == torch.bfloat16 and not torch.is_grad_enabled()
-                and (bias is None or bias.dtype == torch.bfloat16)):  # decode: ~1.4x aten's kernel here
+        if (self._native(x) and native_kernels.usable(x, 64)
+                and (bias is None or bias.dtype == torch.bfloat16)):  # decode: the bias is added in the kernel
             return native_kernels.linear_int8(x, self.qweight, self.scales, bias)
         return super()._linear(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
-        if x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
-                q, s = self.qweight, self.scales
-                # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
-                # slices equal the fp32 ones rounded, at a third of the memory traffic
-                return gemm_dequantized(x.to(dtype), lambda a, b: q[a:b].float() * s[a:b, None].float(), q.shape[0],
-                                        lambda a, b: q[a:b].to(dtype) * s[a:b, None])
+        long_prefill = x.shape[0] >= FP32_GEMM_MIN_ROWS
+        if (x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
+                and (long_prefill or self.layout == "phikit")):  # a GEMM on dequantized row slices
+            s = self.scales
+            # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
+            # slices equal the fp32 ones rounded, at a third of the memory traffic
+            return gemm_dequantized(x.to(dtype), lambda a, b: self.rows(a, b).float() * s[a:b, None].float(),
+                                    self.out_features, lambda a, b: self.rows(a, b).to(dtype) * s[a:b, None])
         if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
-            return _OPS._weight_int8pack_mm(x.to(dtype), self.qweight, self.scales)
+            return _OPS._weight_int8pack_mm(x.to(dtype), self.portable_qweight(), self.scales)
         return F.linear(x.to(dtype), self.dequantize())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel={'native' if self.layout == 'phikit' else 'aten'}"
 
 
 class Int4Linear(_QuantLinear):
@@ -176,8 +284,8 @@ class Int4Linear(_QuantLinear):
 
     On the CPU `qweight` holds a kernel's layout in memory (`layout`): phikit's native one (bf16 models on CPUs with
     AVX512-BF16; N % 4 == 0, K % 128 == 0, g in 64/128/256) or else aten's `_weight_int4pack_mm_for_cpu` one
-    (N % 16 == 0); `state_dict()` always gives the portable nibble form and `load_state_dict` accepts it, so
-    checkpoints move between machines. A layer neither kernel takes runs the dequantize fallback.
+    (N % 16 == 0); checkpoints hold the portable nibble form (`_QuantLinear`). A layer neither kernel takes runs
+    the dequantize fallback.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
@@ -191,15 +299,11 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2, dtype=dtype,
                                                              device=device))
         self._init_bias(bias, dtype, device)
-        self.layout = "portable"  # or "phikit" / "aten": qweight is in that CPU kernel's layout
-        self.register_state_dict_post_hook(_int4_portable_state)
-        self.register_load_state_dict_pre_hook(_int4_loading_portable)
-        self.register_load_state_dict_post_hook(_int4_pack_after_load)
+        self._init_layout()
 
     @property
-    def cpu_packed(self) -> bool:
-        """Whether `qweight` is in a CPU kernel's layout rather than the portable one."""
-        return self.layout != "portable"
+    def _scales(self) -> torch.Tensor:
+        return self.scales_and_zeros
 
     @property
     def native_ok(self) -> bool:
@@ -214,6 +318,11 @@ class Int4Linear(_QuantLinear):
         return (_HAS_INT4_CPU and self.qweight.device.type == "cpu" and self.out_features % 16 == 0
                 and self.scales_and_zeros.dtype in _KERNEL_DTYPES)
 
+    def _kernel_layout(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        if self.native_ok:
+            return "phikit", lambda rows: pack_int4_native(unpack_nibbles(rows))
+        return ("aten", lambda rows: _cpu_pack(unpack_nibbles(rows))) if self.kernel_ok else None
+
     def unpacked(self) -> torch.Tensor:
         """q uint8 [N, K] in 0..15, whatever the layout held."""
         unpack = {"portable": unpack_nibbles, "phikit": unpack_int4_native, "aten": _cpu_unpack}[self.layout]
@@ -223,38 +332,9 @@ class Int4Linear(_QuantLinear):
         """uint8 [N, K/2] in the portable nibble layout (a copy when a kernel layout is held)."""
         return self.qweight if self.layout == "portable" else pack_nibbles(self.unpacked())
 
-    def pack_for_device(self) -> None:
-        """Convert `qweight` from the portable form to the layout of the kernel that runs it here, if one does."""
-        if self.layout != "portable" or self.qweight.device.type == "meta":
-            return
-        layout, pack = ("phikit", pack_int4_native) if self.native_ok else ("aten", _cpu_pack) if self.kernel_ok \
-            else (None, None)
-        if pack is None:
-            return
-        portable, packed = self.qweight, torch.empty_like(self.qweight)
-        rows = 1024  # whole 64-row (aten) / 4-row (phikit) blocks pack independently: bounded temporaries
-        for a in range(0, portable.shape[0], rows):
-            packed[a:a + rows] = pack(unpack_nibbles(portable[a:a + rows]))
-        self.qweight, self.layout = packed, layout
-
-    def _apply(self, fn, recurse: bool = True):
-        # A packed layout is only meaningful to its CPU kernel: go portable before a move, repack after.
-        moving = self.cpu_packed and fn(torch.empty(0, dtype=torch.uint8, device=self.qweight.device)).device \
-            != self.qweight.device
-        if moving:
-            self.qweight, self.layout = self.portable_qweight(), "portable"
-        out = super()._apply(fn, recurse)
-        if moving:
-            self.pack_for_device()
-        return out
-
     def dequantize(self) -> torch.Tensor:
         """The weight [N, K] these int4 values stand for, in the scales' dtype."""
         return dequantize_int4(self.unpacked(), self.scales_and_zeros, self.group_size)
-
-    def _native(self, x: torch.Tensor) -> bool:
-        return (self.layout == "phikit" and x.device.type == "cpu" and x.dim() == 2
-                and not (torch.is_grad_enabled() and x.requires_grad))
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
@@ -280,20 +360,6 @@ class Int4Linear(_QuantLinear):
     def extra_repr(self) -> str:
         kernel = {"portable": "dequant", "phikit": "native", "aten": "aten"}[self.layout]
         return super().extra_repr() + f", group_size={self.group_size}, kernel={kernel}"
-
-
-def _int4_portable_state(module: Int4Linear, state: dict, prefix: str, _meta: Any) -> None:
-    if module.layout != "portable":
-        state[prefix + "qweight"] = module.portable_qweight()
-
-
-def _int4_pack_after_load(module: Int4Linear, _incompatible: Any) -> None:
-    module.pack_for_device()
-
-
-def _int4_loading_portable(module: Int4Linear, state: dict, prefix: str, *_: Any) -> None:
-    if prefix + "qweight" in state:  # incoming tensors are portable; pack_for_device runs after the copy
-        module.layout = "portable"
 
 
 # ----- building modules from tensors (the streaming interface) ---------------------------------------------------
@@ -346,6 +412,7 @@ def linear_from_quantized(tensors: dict[str, torch.Tensor], config: QuantConfig,
         scales = tensors["scales"]
         module = Int8Linear(q.shape[1], n, bias is not None, dtype=scales.dtype, device="meta")
         module.qweight, module.scales = q, scales
+        module.pack_for_device()
     else:
         sz = tensors["scales_and_zeros"]
         module = Int4Linear(q.shape[1] * 2, n, bias is not None, config.group_size, dtype=sz.dtype, device="meta")
@@ -448,18 +515,18 @@ def prepare_quantized_model(model: nn.Module, quantization_config: dict[str, Any
 
 
 def finalize_quantized_model(model: nn.Module, reader: Any = None) -> nn.Module:
-    """After filling: give int8 weights private memory and pack int4 weights for the CPU kernel, one module at a
-    time; with the `CheckpointReader` they came from, the file pages are dropped as each copy is made.
+    """After filling: pack quantized weights for the CPU kernel that runs them, one module at a time, and give
+    int8 weights left in the portable form private memory; with the `CheckpointReader` they came from, the file
+    pages are dropped as each copy is made.
 
     Why copy int8: `aten._weight_int8pack_mm` (torch 2.13, AVX-512) crashes with SIGSEGV when its weight is a view of
-    a memory-mapped file (our copy-on-write safetensors mapping); a private copy runs. Int4 is repacked anyway."""
+    a memory-mapped file (our copy-on-write safetensors mapping); a private copy runs."""
     for module_name, module in model.named_modules():
-        if isinstance(module, Int8Linear) and module.qweight.device.type == "cpu":
-            module.qweight = module.qweight.clone()
-        elif isinstance(module, Int4Linear):
-            module.pack_for_device()
-        else:
+        if not isinstance(module, (Int8Linear, Int4Linear)):
             continue
+        module.pack_for_device()
+        if isinstance(module, Int8Linear) and module.layout == "portable" and module.qweight.device.type == "cpu":
+            module.qweight = module.qweight.clone()
         name = f"{module_name}.qweight"
         if reader is not None and name in getattr(reader, "refs", {}):
             reader.release(name)

@@ -24,6 +24,20 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return (q.float() * scales.float()[:, None]).to(scales.dtype)
 
 
+def pack_int8_native(q: torch.Tensor) -> torch.Tensor:
+    """q int8 [N, K] (N % 4 == 0, K % 64 == 0) -> phikit's native kernel layout, int8 [N, K] holding blocks of 4 rows
+    interleaved 64 columns at a time, [N/4, K/64, 4, 64], so the kernel streams one contiguous run of memory per
+    thread (`native/kernels.c`). Rows 4i..4i+3 stay in rows 4i..4i+3 of the result."""
+    n, k = q.shape
+    return q.reshape(n // 4, 4, k // 64, 64).transpose(1, 2).reshape(n, k)
+
+
+def unpack_int8_native(packed: torch.Tensor) -> torch.Tensor:
+    """Invert `pack_int8_native` (on whole 4-row blocks): int8 [N, K] -> q int8 [N, K]."""
+    n, k = packed.shape
+    return packed.reshape(n // 4, k // 64, 4, 64).transpose(1, 2).reshape(n, k)
+
+
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] -> (q uint8 [N, K] in [0, 15], scales_and_zeros [K/g, N, 2] in weight's dtype)."""
     n, k = weight.shape

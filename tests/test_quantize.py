@@ -145,6 +145,51 @@ def test_int4_uses_aten_where_the_native_kernel_cannot(monkeypatch) -> None:
         assert (module(x).float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
 
 
+@pytest.mark.skipif(not native_kernels.available(), reason=f"native kernels unavailable: {native_kernels.build_error}")
+def test_int8_native_layout_is_portable_outside_memory() -> None:
+    """bf16 int8 layers hold the native kernel's blocked layout on the CPU; state_dict, any row slice, a reload and
+    a dtype change see the portable form, and every path gives the same numbers."""
+    from phikit.quantize_math import pack_int8_native, unpack_int8_native
+
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 72).to(torch.bfloat16)
+    tensors = quantize_linear_weight(linear.weight.detach(), Int8WeightOnlyConfig())
+    q = tensors["qweight"].clone()
+    module = linear_from_quantized(tensors, Int8WeightOnlyConfig(), linear.bias)
+    assert module.layout == "phikit" and torch.equal(module.qweight, pack_int8_native(q))
+    assert not torch.equal(module.qweight, q)  # really blocked
+    assert torch.equal(unpack_int8_native(module.qweight), q)
+    assert torch.equal(module.state_dict()["qweight"], q)
+    for a, b in [(0, 72), (5, 77 - 10), (3, 4), (68, 72)]:
+        assert torch.equal(module.rows(a, b), q[a:b])
+    x = torch.randn(20, 128).to(torch.bfloat16)
+    ref = x.float() @ module.dequantize().float().T + linear.bias.float()
+    fresh = Int8Linear(128, 72, dtype=torch.bfloat16)
+    fresh.load_state_dict(module.state_dict())
+    assert fresh.layout == "phikit" and torch.equal(fresh.qweight, module.qweight)
+    with torch.no_grad():
+        for rows in (1, 8, 20):  # native kernel, and the GEMM on dequantized slices
+            assert (module(x[:rows]).float() - ref[:rows]).abs().max() <= 2 ** -7 * ref.abs().max()
+    as_f32 = copy.deepcopy(module).float()  # the kernel reads bf16 scales: fp32 goes portable
+    assert as_f32.layout == "portable" and torch.equal(as_f32.qweight, q)
+    assert (as_f32(x.float()) - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    back = as_f32.to(torch.bfloat16)
+    assert back.layout == "phikit" and torch.equal(back.qweight, module.qweight)
+
+
+def test_packed_int4_follows_a_dtype_change() -> None:
+    """`.float()` on a model whose int4 layers hold a kernel layout keeps their numbers (the native layout needs bf16
+    scales; it once read fp32 scales as bf16)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64).to(torch.bfloat16)
+    module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), INT4), INT4, linear.bias)
+    x = torch.randn(3, 256)
+    ref = x @ module.dequantize().float().T + linear.bias.float()
+    as_f32 = copy.deepcopy(module).float()
+    assert as_f32.layout == expected_int4_layout(64, 256, INT4.group_size, torch.float32)
+    assert (as_f32(x) - ref).abs().max() <= 2 ** -7 * ref.abs().max()  # aten's kernel rounds as bf16 would
+
+
 def test_int4_rounding_stays_within_half_a_step() -> None:
     w = torch.randn(32, 128)
     q, sz = quantize_int4(w, 64)
