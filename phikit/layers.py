@@ -9,9 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_kernels
+
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
-    """The tanh approximation of GELU that phi-1/1.5/2 were trained with (transformers' "gelu_new")."""
+    """The tanh approximation of GELU that phi-1/1.5/2 were trained with (transformers' "gelu_new"). Large no-grad
+    bf16 CPU tensors (a prefill) run the native kernel: the same ops and bf16 roundings in one pass."""
+    fast = native_kernels.gelu_new(x)
+    if fast is not None:
+        return fast
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
@@ -68,5 +74,9 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [B, T, I] each
+        gate_up = self.gate_up_proj(x)  # [B, T, 2I]
+        fused = native_kernels.silu_gated(gate_up) if self.act is F.silu else None  # a bf16 prefill, in one pass
+        if fused is not None:
+            return self.down_proj(fused)
+        gate, up = gate_up.chunk(2, dim=-1)  # [B, T, I] each
         return self.down_proj(up * self.act(gate))

@@ -37,7 +37,10 @@ _SIGNATURES = {
     "phk_silu_gated": [_P, _P, _I],
     "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
     "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
+    "phk_gelu_new_many": [_P, _P, _I, ctypes.c_int],
+    "phk_silu_gated_rows": [_P, _P, _I, _I, ctypes.c_int],
 }
+MIN_ELEMENTWISE = 1 << 16  # values from which the activations run natively (a prefill; a decode step has its own)
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
 
@@ -176,6 +179,34 @@ def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, 
     _library().phk_dequant_int4_f32(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size,
                                     torch.get_num_threads())
     return out
+
+
+def _elementwise_ok(x: torch.Tensor) -> bool:
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() >= MIN_ELEMENTWISE
+            and not (torch.is_grad_enabled() and x.requires_grad) and has_decode_step())
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor | None:
+    """`layers.gelu_new` of a large bf16 CPU tensor, op by op in bf16 as PyTorch rounds it (its tanh within an fp32
+    ulp of PyTorch's), on torch's threads; None where it does not apply."""
+    if not _elementwise_ok(x):
+        return None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _library().phk_gelu_new_many(_ptr(x), _ptr(y), x.numel(), torch.get_num_threads())
+    return y
+
+
+def silu_gated(gate_up: torch.Tensor) -> torch.Tensor | None:
+    """up * silu(gate) for gate_up [..., 2I] = [gate, up] in bf16 -> [..., I] (each op rounded to bf16 as PyTorch
+    does); None where it does not apply."""
+    if not _elementwise_ok(gate_up):
+        return None
+    n = gate_up.shape[-1] // 2
+    gate_up = gate_up.contiguous()
+    y = gate_up.new_empty(*gate_up.shape[:-1], n)
+    _library().phk_silu_gated_rows(_ptr(gate_up), _ptr(y), gate_up.numel() // (2 * n), n, torch.get_num_threads())
+    return y
 
 
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:

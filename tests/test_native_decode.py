@@ -9,6 +9,8 @@ flipped rounding spreads through the layers and steps after it.
 
 from __future__ import annotations
 
+import math
+
 import copy
 import gc
 import weakref
@@ -116,13 +118,13 @@ def test_elementwise_pieces_round_as_pytorch_does() -> None:
     """gelu_new (8 ops, each rounded to bf16), up * silu(gate), LayerNorm and RMSNorm against PyTorch on bf16
     tensors: the elementwise chains are exact but where tanh / exp differ in the last fp32 bit; the norms but where
     their reductions do."""
-    from phikit.layers import RMSNorm, gelu_new
+    from phikit.layers import RMSNorm
 
     lib, gen, ptr = native_kernels.library(), torch.Generator().manual_seed(5), lambda t: t.data_ptr()
     x = (torch.randn(100_003, generator=gen) * 3).bfloat16()  # an odd length: the tail masks
     y = torch.empty_like(x)
     lib.phk_gelu_new(ptr(x), ptr(y), x.numel())
-    _bf16_close(y, gelu_new(x), 0.999)
+    _bf16_close(y, torch_gelu_new(x), 0.999)
     gate_up = (torch.randn(2 * 4099, generator=gen) * 3).bfloat16()
     y = torch.empty(4099, dtype=torch.bfloat16)
     lib.phk_silu_gated(ptr(gate_up), ptr(y), 4099)
@@ -140,6 +142,34 @@ def test_elementwise_pieces_round_as_pytorch_does() -> None:
         norm.weight.data.copy_(w)
         with torch.no_grad():
             _bf16_close(rms, norm(rows), 0.99)
+
+
+def torch_gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """layers.gelu_new in PyTorch's ops (the module now runs large bf16 tensors natively)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def test_prefill_activations_run_natively_and_round_as_pytorch_does(monkeypatch) -> None:
+    """A bf16 prefill's MLP activations (phi: gelu_new; phi3: up * silu(gate)) take the multi-threaded native
+    pieces and give PyTorch's numbers; under autograd, and for small tensors, PyTorch's ops run."""
+    from phikit.layers import FcMLP, GatedMLP
+
+    gen = torch.Generator().manual_seed(6)
+    calls = []
+    for name in ("gelu_new", "silu_gated"):
+        real = getattr(native_kernels, name)
+        monkeypatch.setattr(native_kernels, name, lambda t, real=real, name=name: calls.append(name) or real(t))
+    x = torch.randn(2, 300, 256, generator=gen).bfloat16()  # 600 tokens: 600 x 1024 activations
+    fc, gated = FcMLP(256, 1024, "gelu_new").bfloat16(), GatedMLP(256, 1024, "silu").bfloat16()
+    with torch.no_grad():
+        h = fc.fc1(x)
+        _bf16_close(fc.act(h), torch_gelu_new(h), 0.999)
+        gate, up = gated.gate_up_proj(x).chunk(2, dim=-1)
+        _bf16_close(gated(x), gated.down_proj(up * torch.nn.functional.silu(gate)), 0.99)
+    assert calls == ["gelu_new", "silu_gated"]
+    assert native_kernels.gelu_new(h[:, :10]) is None  # a decode-sized tensor: PyTorch's ops
+    assert native_kernels.gelu_new(h.float()) is None
+    assert native_kernels.silu_gated(gated.gate_up_proj(x)) is None  # grad enabled and weights require it
 
 
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])

@@ -166,6 +166,17 @@ void phk_rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, 
     rms_norm(x, w, y, n, eps);
 }
 
+/* The activations over many tokens (a prefill), on `threads` threads: PyTorch's op-by-op bf16 path spends 10% of a
+   phi-1.5 prefill in gelu_new's seven ops. gelu_new over n values; silu_gated over rows of [gate (n), up (n)]. */
+void phk_gelu_new_many(const uint16_t *x, uint16_t *y, int64_t n, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i += 4096) gelu_new(x + i, y + i, n - i < 4096 ? n - i : 4096);
+}
+void phk_silu_gated_rows(const uint16_t *gate_up, uint16_t *y, int64_t rows, int64_t n, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < rows; r++) silu_gated(gate_up + r * 2 * n, y + r * n, n);
+}
+
 static void linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads) {
     const uint16_t *s = (const uint16_t *)l->scales;
     if (l->kind == 1) phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
@@ -220,4 +231,6 @@ void phk_gelu_new(void) {}
 void phk_silu_gated(void) {}
 void phk_layer_norm(void) {}
 void phk_rms_norm(void) {}
+void phk_gelu_new_many(void) {}
+void phk_silu_gated_rows(void) {}
 #endif
