@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCES = ("phk.h", "kernels.c", "decode_step.c")  # compiled together into one library
+SOURCES = ("phk.h", "kernels.c", "decode_step.c", "attention_prefill.c")  # compiled together into one library
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -37,6 +37,7 @@ _SIGNATURES = {
     "phk_silu_gated": [_P, _P, _I],
     "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
     "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
+    "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, ctypes.c_int],
     "phk_gelu_new_many": [_P, _P, _I, ctypes.c_int],
     "phk_silu_gated_rows": [_P, _P, _I, _I, ctypes.c_int],
 }
@@ -207,6 +208,24 @@ def silu_gated(gate_up: torch.Tensor) -> torch.Tensor | None:
     y = gate_up.new_empty(*gate_up.shape[:-1], n)
     _library().phk_silu_gated_rows(_ptr(gate_up), _ptr(y), gate_up.numel() // (2 * n), n, torch.get_num_threads())
     return y
+
+
+def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """Causal attention of a whole prompt: q [B, H, T, D], k / v [B, KV, T, D] (views are fine; last dim
+    contiguous), query t seeing keys 0..t -> out [B, T, H, D]; None where the kernel does not apply (it needs
+    bf16 on the CPU, no autograd, D % 16 == 0, and AVX512-BF16)."""
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    if not (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[2] == t
+            and v.shape[2] == t and d % 16 == 0 and h % kv == 0 and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+            and has_decode_step()):
+        return None
+    out = torch.empty(b, t, h, d, dtype=torch.bfloat16)
+    _library().phk_attention_prefill(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, t, d, q.stride(0), q.stride(1),
+                                     q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+                                     v.stride(2), scale, torch.get_num_threads())
+    return out
 
 
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:

@@ -122,6 +122,27 @@ def test_decode_attention_equals_fp32_softmax_attention(heads: int, kv_heads: in
     assert native_kernels.attention_decode(q.float(), k.float(), v.float(), 0.1) is None  # fp32: not this kernel
 
 
+@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill attention kernel needs AVX512-BF16")
+@pytest.mark.parametrize("batch,heads,kv_heads,positions,dim", [(1, 4, 4, 37, 64), (2, 8, 2, 100, 96),
+                                                                (1, 6, 3, 1, 32), (1, 2, 1, 70, 80)])
+def test_prefill_attention_equals_fp32_causal_attention(batch, heads, kv_heads, positions, dim) -> None:
+    """Causal attention of a whole prompt (strided views of q and of a longer cache, grouped kv heads, lengths off
+    the kernel's 8-row and 32-key blocks): within what bf16 inputs allow, as close as PyTorch's own bf16 kernel."""
+    gen = torch.Generator().manual_seed(heads * 100 + positions)
+    q = torch.randn(batch, positions, heads, dim, generator=gen).bfloat16().transpose(1, 2)  # [B, H, T, D] view
+    cache_k = torch.randn(batch, kv_heads, positions + 9, dim, generator=gen).bfloat16()
+    cache_v = torch.randn(batch, kv_heads, positions + 9, dim, generator=gen).bfloat16()
+    k, v = cache_k[:, :, :positions], cache_v[:, :, :positions]
+    out = native_kernels.attention_prefill(q, k, v, dim**-0.5)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    reference = sdpa(q.float(), k.float(), v.float(), scale=dim**-0.5, is_causal=True, enable_gqa=True)
+    torch_bf16 = sdpa(q, k, v, scale=dim**-0.5, is_causal=True, enable_gqa=True)
+    assert out.shape == (batch, positions, heads, dim)
+    error = (out.float() - reference.transpose(1, 2)).abs().max()
+    assert error <= max(2 * (torch_bf16.float() - reference).abs().max(), 2.0**-8)
+    assert native_kernels.attention_prefill(q.float(), k.float(), v.float(), 0.1) is None  # fp32: PyTorch's
+
+
 @needs_native
 def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
     """A bf16 model's cached decode steps (native attention) give the logits of the same steps through SDPA."""
@@ -142,6 +163,28 @@ def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
                               return_dict_in_generate=True)
     for a, b in zip(ours.scores, sdpa.scores):
         torch.testing.assert_close(a.float(), b.float(), rtol=2**-6, atol=2**-5)
+
+
+@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill attention kernel needs AVX512-BF16")
+@pytest.mark.parametrize("arch", ["phi-1.5", "phi-4-mini"])  # phi-4-mini: grouped kv heads
+def test_bf16_prefill_with_native_attention_matches_sdpa(arch: str, monkeypatch) -> None:
+    """A bf16 model's whole-prompt forward takes the native causal attention in every layer and gives the logits
+    of PyTorch's SDPA within bf16 noise."""
+    import phikit
+    from tests.oracle import make_config
+
+    torch.manual_seed(0)
+    cls = phikit.PhiForCausalLM if arch == "phi-1.5" else phikit.Phi3ForCausalLM
+    model = cls(make_config(arch)).bfloat16().eval()
+    ids = torch.randint(3, 90, (2, 45))
+    real, calls = native_kernels.attention_prefill, []
+    monkeypatch.setattr(native_kernels, "attention_prefill", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ours = model(ids).logits.float()
+        assert len(calls) == model.config.num_hidden_layers
+        monkeypatch.setattr(native_kernels, "attention_prefill", lambda *a: None)
+        sdpa = model(ids).logits.float()
+    torch.testing.assert_close(ours, sdpa, rtol=2**-6, atol=2**-5)
 
 
 def test_kernels_build_wherever_the_cpu_and_a_compiler_allow() -> None:

@@ -237,7 +237,10 @@ def test_int8_logits_close_to_unquantized(name: str, dtype: torch.dtype) -> None
     quantized = quantize_model(copy.deepcopy(model), Int8WeightOnlyConfig())
     out = logits(quantized, ids)
     err = (out - ref).abs().max().item() / ref.std().item()
-    assert err < 0.1, f"int8 max logit error {err:.3f} x logit std (measured 0.04-0.074)"
+    # bf16 rounding alone moves these logits by up to 0.048 std from fp32, and both runs carry it
+    limit, measured = (0.1, "0.046-0.066") if dtype == torch.float32 else (0.15, "0.058-0.101")
+    assert err < limit, f"int8 max logit error {err:.3f} x logit std (measured {measured})"
+    assert (out - ref).abs().mean().item() / ref.std().item() < 0.02  # measured 0.008-0.014
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.97
 
 
