@@ -116,22 +116,57 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 #ifndef INT8_AHEAD
 #define INT8_AHEAD 8192
 #endif
+/* Several rows of x (M > 1): each 64-column chunk of the 4-row block is widened to fp32 once, in registers, for all
+   M rows; the M x 4 accumulators live in memory (L1). */
+static void int8_block_rows(const float *xf, const int8_t *wn, int64_t M, int64_t K, __m512 *acc) {
+    for (int64_t i = 0; i < M * 4; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 64) {
+        __m512 wv[4][4];
+        for (int r = 0; r < 4; r++) {
+            const int8_t *p = wn + k * 4 + r * 64;
+            _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
+            for (int c = 0; c < 4; c++) wv[r][c] = load_i8x16(p + 16 * c);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = xf + m * K + k;
+            __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
+            __m512 x2 = _mm512_loadu_ps(xm + 32), x3 = _mm512_loadu_ps(xm + 48);
+            for (int r = 0; r < 4; r++) {
+                __m512 a = acc[m * 4 + r];
+                a = _mm512_fmadd_ps(wv[r][0], x0, a);
+                a = _mm512_fmadd_ps(wv[r][1], x1, a);
+                a = _mm512_fmadd_ps(wv[r][2], x2, a);
+                acc[m * 4 + r] = _mm512_fmadd_ps(wv[r][3], x3, a);
+            }
+        }
+    }
+}
+
 void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
                      int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n0 = 0; n0 < N; n0 += 4) {
-        const int8_t *wn = w + n0 * K;
-        for (int64_t m = 0; m < M; m++) {
-            const float *xm = xf + m * K;
+    #pragma omp parallel num_threads(threads)
+    {
+        __m512 *many = M > 1 ? (__m512 *)aligned_alloc(64, (size_t)(M * 4) * sizeof(__m512)) : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const int8_t *wn = w + n0 * K;
+            if (M > 1) {
+                int8_block_rows(xf, wn, M, K, many);
+                for (int64_t m = 0; m < M; m++)
+                    for (int r = 0; r < 4; r++)
+                        store_row(y, m, N, n0 + r,
+                                  _mm512_reduce_add_ps(many[m * 4 + r]) * f32_of_bf16(scales[n0 + r]), bias);
+                continue;
+            }
             __m512 acc[4];
             for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k += 64) {
-                __m512 x0 = _mm512_loadu_ps(xm + k), x1 = _mm512_loadu_ps(xm + k + 16);
-                __m512 x2 = _mm512_loadu_ps(xm + k + 32), x3 = _mm512_loadu_ps(xm + k + 48);
+                __m512 x0 = _mm512_loadu_ps(xf + k), x1 = _mm512_loadu_ps(xf + k + 16);
+                __m512 x2 = _mm512_loadu_ps(xf + k + 32), x3 = _mm512_loadu_ps(xf + k + 48);
                 for (int r = 0; r < 4; r++) {
                     const int8_t *p = wn + k * 4 + r * 64;
-                    if (m == 0) _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
+                    _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
                     acc[r] = _mm512_fmadd_ps(load_i8x16(p), x0, acc[r]);
                     acc[r] = _mm512_fmadd_ps(load_i8x16(p + 16), x1, acc[r]);
                     acc[r] = _mm512_fmadd_ps(load_i8x16(p + 32), x2, acc[r]);
@@ -139,8 +174,9 @@ void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales,
                 }
             }
             for (int r = 0; r < 4; r++)
-                store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
+                store_row(y, 0, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
         }
+        free(many);
     }
     free(xf);
 }
