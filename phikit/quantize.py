@@ -6,8 +6,9 @@ tensor by tensor with `StreamingQuantizer`, so peak memory stays near the quanti
 
 Formats (W [N, K] = [out_features, in_features]):
 
-* int8: symmetric per output channel. scale[n] = max|W[n]| / 127, q = round(W / scale) in [-127, 127]; computed by
-  `aten._weight_int8pack_mm` on CPU (int8 [N, K], scales [N] in the activation dtype).
+* int8: symmetric per output channel. scale[n] = max|W[n]| / 127, q = round(W / scale) in [-127, 127]. Checkpoints
+  store q int8 [N, K] row-major (portable); bf16 modules on CPUs with the native kernels hold phikit's blocked
+  layout in memory (`Int8Linear`), others run `aten._weight_int8pack_mm` on the portable form.
 * int4: asymmetric per group of `group_size` input columns (gpt-fast / torchao "tinygemm" form). Per group
   scale = (max - min) / 15 and zero = min + 8 * scale, q = round((W - min) / scale) in [0, 15], and
   W ~ (q - 8) * scale + zero. `scales_and_zeros` is [K / group_size, N, 2] (scale, zero), the layout of
@@ -19,9 +20,9 @@ Formats (W [N, K] = [out_features, in_features]):
   n+16).
 
 Kernel constraints (torch 2.13, CPU): native int4 needs N % 4 == 0, K % 128 == 0, group_size in {64, 128, 256};
-aten's int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by it; int8 has none. A layer no
-int4 kernel takes, and any layer off the CPU, runs the generic fallback: dequantize the weight, then `F.linear` (same
-numbers, more memory traffic).
+aten's int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by it; native int8 needs
+N % 4 == 0, K % 64 == 0 and bf16 scales, aten's int8 nothing. A layer no int4 kernel takes, and any layer off the
+CPU, runs the generic fallback: dequantize the weight, then `F.linear` (same numbers, more memory traffic).
 
 The head: `lm_head` is the most sensitive matrix and, with a 32k-51k vocabulary, 7-14% of a small model's bytes, read
 at every token. It is quantized to int8 per channel under either config (`HEAD_INT8`), as llama.cpp keeps its output
@@ -140,18 +141,22 @@ class _QuantLinear(nn.Module):
         """`qweight` in the portable form (a copy when a kernel layout is held)."""
         raise NotImplementedError
 
-    def pack_for_device(self) -> None:
-        """Convert `qweight` from the portable form to the layout of the kernel that runs it here, if one does."""
+    def pack_for_device(self, in_place: bool = False) -> None:
+        """Convert `qweight` from the portable form to the layout of the kernel that runs it here, if one does.
+        Each layout keeps a 64-row (aten) / 4-row (phikit) block's bytes in that block's rows, so 1024-row slices pack
+        independently: `in_place` (for a tensor this module owns, not a view of a file) rewrites them in the same
+        memory, so packing costs one slice of extra memory instead of a second copy of the weight."""
         if self.layout != "portable" or self.qweight.device.type == "meta":
             return
         kernel = self._kernel_layout()
         if kernel is None:
             return
         layout, pack = kernel
-        portable, packed = self.qweight, torch.empty_like(self.qweight)
-        rows = 1024  # whole 64-row (aten) / 4-row (phikit) blocks pack independently: bounded temporaries
+        portable = self.qweight
+        packed = portable if in_place else torch.empty_like(portable)
+        rows = 1024
         for a in range(0, portable.shape[0], rows):
-            packed[a:a + rows] = pack(portable[a:a + rows])
+            packed[a:a + rows] = pack(portable[a:a + rows])  # pack() returns new memory: safe when packed is portable
         self.qweight, self.layout = packed, layout
 
     def _apply(self, fn, recurse: bool = True):
@@ -406,19 +411,19 @@ def empty_quantized_linear(in_features: int, out_features: int, bias: bool | tor
 
 def linear_from_quantized(tensors: dict[str, torch.Tensor], config: QuantConfig,
                           bias: torch.Tensor | None = None) -> _QuantLinear:
-    """The module for `quantize_linear_weight`'s tensors (they are adopted, not copied); packs int4 on the CPU."""
+    """The module for `quantize_linear_weight`'s tensors (they are adopted, not copied, and packed in place for the
+    CPU kernel that runs them)."""
     q = tensors["qweight"]
     n = q.shape[0]
     if isinstance(config, Int8WeightOnlyConfig):
         scales = tensors["scales"]
         module = Int8Linear(q.shape[1], n, bias is not None, dtype=scales.dtype, device="meta")
         module.qweight, module.scales = q, scales
-        module.pack_for_device()
     else:
         sz = tensors["scales_and_zeros"]
         module = Int4Linear(q.shape[1] * 2, n, bias is not None, config.group_size, dtype=sz.dtype, device="meta")
         module.qweight, module.scales_and_zeros = q, sz
-        module.pack_for_device()
+    module.pack_for_device(in_place=True)  # the tensors are adopted: repacked in their own memory
     if bias is not None:
         module.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
     return module

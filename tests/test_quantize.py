@@ -134,9 +134,10 @@ def test_int4_uses_aten_where_the_native_kernel_cannot(monkeypatch) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(256, 64).to(torch.bfloat16)
     tensors = quantize_linear_weight(linear.weight.detach(), INT4)
-    native = linear_from_quantized(dict(tensors), INT4, linear.bias)
+    copies = lambda: {k: v.clone() for k, v in tensors.items()}  # noqa: E731 (modules adopt and repack them)
+    native = linear_from_quantized(copies(), INT4, linear.bias)
     monkeypatch.setattr(native_kernels, "has_int4", lambda: False)
-    aten = linear_from_quantized(dict(tensors), INT4, linear.bias)
+    aten = linear_from_quantized(copies(), INT4, linear.bias)
     assert aten.layout == "aten"
     assert torch.equal(aten.state_dict()["qweight"], native.state_dict()["qweight"])
     x = torch.randn(4, 256).to(torch.bfloat16)
@@ -363,7 +364,8 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
     """quantize_linear_weight and the int4 CPU packing work in slices of rows (bounded temporaries while loading);
     the result equals the whole-matrix math."""
     from phikit.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
-    from phikit.quantize_math import _cpu_pack, pack_int4_native, pack_nibbles, quantize_int4, quantize_int8
+    from phikit.quantize_math import (_cpu_pack, pack_int4_native, pack_int8_native, pack_nibbles, quantize_int4,
+                                      quantize_int8)
 
     weight = (torch.randn(1100, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
     q8 = quantize_linear_weight(weight, phikit.Int8WeightOnlyConfig())  # 128-row slices here
@@ -372,12 +374,19 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
     q4 = quantize_linear_weight(weight, phikit.Int4WeightOnlyConfig(group_size=128))
     whole_q4, whole_sz = quantize_int4(weight, 128)
     assert torch.equal(q4["qweight"], pack_nibbles(whole_q4)) and torch.equal(q4["scales_and_zeros"], whole_sz)
+    adopted = q4["qweight"].data_ptr()
     module = linear_from_quantized(q4, phikit.Int4WeightOnlyConfig(group_size=128))
     assert isinstance(module, Int4Linear)
     if module.layout == "aten":  # packed in 1024-row slices
         assert torch.equal(module.qweight, _cpu_pack(whole_q4))
     if module.layout == "phikit":
         assert torch.equal(module.qweight, pack_int4_native(whole_q4))
+    assert module.qweight.data_ptr() == adopted  # packed in place: no second copy of the weight while loading
+    adopted = q8["qweight"].data_ptr()
+    module = linear_from_quantized(q8, phikit.Int8WeightOnlyConfig())
+    if module.layout == "phikit":
+        assert torch.equal(module.qweight, pack_int8_native(whole_q))
+    assert torch.equal(module.state_dict()["qweight"], whole_q) and module.qweight.data_ptr() == adopted
 
 
 def test_int8_prefill_slices_in_bf16_equal_the_fp32_ones_rounded(monkeypatch) -> None:
