@@ -48,6 +48,8 @@ def main() -> int:
         print("native batch-1 decode step (all layers in one call): " + (
             "in use" if native_decode.enabled() else
             "not in use (PHIKIT_NATIVE_STEP=0, or no AVX512-BF16); per-layer modules run"))
+        print("native bf16 prefill attention and activations: " + (
+            "in use" if native_kernels.has_decode_step() else "not in use (no AVX512-BF16); PyTorch's SDPA runs"))
     prompt, steps = 48, 32  # 48 + 32 = 80 tokens: crosses the 64-token LongRoPE boundary while decoding
     worst_overall = 0.0
     for name, model in _models().items():
