@@ -53,6 +53,9 @@ from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slo
 
 DEFAULT_SKIP = ("score", "block_sparse_moe.gate")
 HEAD_INT8 = ("lm_head",)  # quantized to int8 per channel whatever the config (module docstring)
+# Rows of x below which the native int8 kernel beats a bf16 GEMM on dequantized slices (2-core Zen 4, fc1 / fc2 of
+# phi-1.5: as fast as aten's int8 kernel from 4 rows on; the GEMM wins from ~32 rows at K = 8192, ~80 at K = 2048)
+INT8_NATIVE_ROWS = 64
 _OPS = torch.ops.aten
 _HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
 _HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr(_OPS, "_weight_int4pack_mm_for_cpu")
@@ -261,17 +264,18 @@ class Int8Linear(_QuantLinear):
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < FP32_GEMM_MIN_ROWS
+        if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < INT8_NATIVE_ROWS
                 and (bias is None or bias.dtype == torch.bfloat16)):  # decode: the bias is added in the kernel
             return native_kernels.linear_int8(x, self.qweight, self.scales, bias)
         return super()._linear(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
-        if self._native(x) and x.shape[0] < FP32_GEMM_MIN_ROWS:  # up to 95 rows: as fast as aten's kernel or faster
+        native = self._native(x)
+        if native and x.shape[0] < INT8_NATIVE_ROWS:
             return native_kernels.linear_int8(x.to(dtype), self.qweight, self.scales, None)
         if (x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
-                and x.shape[0] >= FP32_GEMM_MIN_ROWS):  # long prefill: a GEMM on dequantized row slices
+                and (native or x.shape[0] >= FP32_GEMM_MIN_ROWS)):  # a prefill: a GEMM on dequantized row slices
             s = self.scales
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
             # slices equal the fp32 ones rounded, at a third of the memory traffic
