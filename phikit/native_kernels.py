@@ -34,6 +34,7 @@ _SIGNATURES = {
     "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
     "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
     "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
+    "phk_dequant_int8_bf16": [_P, _P, _P, _I, _I, _I, ctypes.c_int],
     "phk_decode_step": [_P, _P, _P, _P, _P, _P, _I, ctypes.c_int],
     "phk_gelu_new": [_P, _P, _I],  # the decode step's elementwise pieces, exported for tests
     "phk_silu_gated": [_P, _P, _I],
@@ -172,6 +173,17 @@ def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.
     _library().phk_linear_int4(_ptr(x), _ptr(qweight), _ptr(scales_and_zeros), _ptr(bias), _ptr(y), m, n, k,
                                group_size, torch.get_num_threads())
     return y
+
+
+def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> torch.Tensor | None:
+    """Rows [start, stop) of an int8 weight in phikit's layout -> bf16 [stop - start, K] (q * scale, rounded once),
+    or None without AVX512-BF16."""
+    if not has_decode_step():
+        return None
+    k = qweight.shape[1]
+    out = torch.empty(stop - start, k, dtype=torch.bfloat16)
+    _library().phk_dequant_int8_bf16(_ptr(qweight), _ptr(scales), _ptr(out), start, stop, k, torch.get_num_threads())
+    return out
 
 
 def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, start: int,

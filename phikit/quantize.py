@@ -53,9 +53,9 @@ from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slo
 
 DEFAULT_SKIP = ("score", "block_sparse_moe.gate")
 HEAD_INT8 = ("lm_head",)  # quantized to int8 per channel whatever the config (module docstring)
-# Rows of x below which the native int8 kernel beats a bf16 GEMM on dequantized slices (2-core Zen 4, fc1 / fc2 of
-# phi-1.5: as fast as aten's int8 kernel from 4 rows on; the GEMM wins from ~32 rows at K = 8192, ~80 at K = 2048)
-INT8_NATIVE_ROWS = 64
+# Rows of x below which the native int8 kernel beats oneDNN's bf16 GEMM on natively dequantized slices (2-core
+# Zen 4, phi-1.5's four shapes and its head: the GEMM is ahead from 16 rows on all but fc1, erratic there)
+INT8_NATIVE_ROWS = 16
 _OPS = torch.ops.aten
 _HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
 _HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr(_OPS, "_weight_int4pack_mm_for_cpu")
@@ -280,10 +280,17 @@ class Int8Linear(_QuantLinear):
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
             # slices equal the fp32 ones rounded, at a third of the memory traffic
             return gemm_dequantized(x.to(dtype), lambda a, b: self.rows(a, b).float() * s[a:b, None].float(),
-                                    self.out_features, lambda a, b: self.rows(a, b).to(dtype) * s[a:b, None])
+                                    self.out_features, self._bf16_rows)
         if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
             return _OPS._weight_int8pack_mm(x.to(dtype), self.portable_qweight(), self.scales)
         return F.linear(x.to(dtype), self.dequantize())
+
+    def _bf16_rows(self, start: int, stop: int) -> torch.Tensor:
+        """The weight's rows [start, stop) in bf16 (q * scale rounded once): natively from phikit's layout (one
+        pass; torch's unpack, convert and multiply took 10 ms of a 64-row fc1 product), else with torch's ops."""
+        fast = native_kernels.dequantize_int8_rows(self.qweight, self.scales, start, stop) \
+            if self.layout == "phikit" else None
+        return fast if fast is not None else self.rows(start, stop).to(self.scales.dtype) * self.scales[start:stop, None]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel={'native' if self.layout == 'phikit' else 'aten'}"

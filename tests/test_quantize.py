@@ -163,6 +163,8 @@ def test_int8_native_layout_is_portable_outside_memory() -> None:
     assert torch.equal(module.state_dict()["qweight"], q)
     for a, b in [(0, 72), (5, 77 - 10), (3, 4), (68, 72)]:
         assert torch.equal(module.rows(a, b), q[a:b])
+        # a prefill's bf16 slices (native dequantization where it runs): torch's q * scale in bf16, bit for bit
+        assert torch.equal(module._bf16_rows(a, b), q[a:b].to(torch.bfloat16) * module.scales[a:b, None])
     x = torch.randn(20, 128).to(torch.bfloat16)
     ref = x.float() @ module.dequantize().float().T + linear.bias.float()
     fresh = Int8Linear(128, 72, dtype=torch.bfloat16)

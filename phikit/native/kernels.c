@@ -181,6 +181,26 @@ void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales,
     free(xf);
 }
 
+/* rows [r0, r1) of an int8 weight in phikit's layout -> bf16 out [r1 - r0, K], q * scale rounded to bf16 once (as
+   torch's bf16 multiply of the two); a prefill multiplies them with oneDNN's bf16 GEMM. Needs AVX512-BF16. */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
+                           int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = r0; n < r1; n++) {
+        const int8_t *row = w + (n / 4) * 4 * K + (n % 4) * 64;  /* + chunk * 256 bytes */
+        __m512 s = _mm512_set1_ps(f32_of_bf16(scales[n]));
+        uint16_t *o = out + (n - r0) * K;
+        for (int64_t k = 0; k < K; k += 64)
+            for (int c = 0; c < 4; c++)
+                _mm256_storeu_si256((__m256i *)(o + k + 16 * c),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load_i8x16(row + k * 4 + 16 * c), s)));
+    }
+}
+#else
+void phk_dequant_int8_bf16(void) {}
+#endif
+
 /* ---- attention of one new token over the cache (a decode step without padding) ---- */
 /* exp on 16 lanes: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, scaled by 2^n (about 1 ulp; x <= 88) */
 __m512 phk_exp16(__m512 x) {
