@@ -34,6 +34,7 @@ _SIGNATURES = {
     "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
     "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
     "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
+    "phk_dequant_int4_bf16": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
     "phk_dequant_int8_bf16": [_P, _P, _P, _I, _I, _I, ctypes.c_int],
     "phk_decode_step": [_P, _P, _P, _P, _P, _P, _I, ctypes.c_int],
     "phk_gelu_new": [_P, _P, _I],  # the decode step's elementwise pieces, exported for tests
@@ -187,12 +188,13 @@ def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int
 
 
 def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, start: int,
-                         stop: int) -> torch.Tensor:
-    """Rows [start, stop) of an int4 weight in phikit's layout -> fp32 [stop - start, K] ((q - 8) * scale + zero)."""
+                         stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows [start, stop) of an int4 weight in phikit's layout -> [stop - start, K] ((q - 8) * scale + zero in fp32,
+    as torch computes it; `dtype=torch.bfloat16`: those values rounded to bf16, as `.to(torch.bfloat16)` would)."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
-    out = torch.empty(stop - start, k, dtype=torch.float32)
-    _library().phk_dequant_int4_f32(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size,
-                                    torch.get_num_threads())
+    out = torch.empty(stop - start, k, dtype=dtype)
+    fn = _library().phk_dequant_int4_bf16 if dtype == torch.bfloat16 else _library().phk_dequant_int4_f32
+    fn(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size, torch.get_num_threads())
     return out
 
 

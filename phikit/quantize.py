@@ -367,7 +367,8 @@ class Int4Linear(_QuantLinear):
             if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
                 q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
                 return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
-                                        self.out_features)
+                                        self.out_features,
+                                        lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype))
             return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
         if self.layout == "aten" and x.device.type == "cpu":
             return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,

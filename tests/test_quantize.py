@@ -124,6 +124,8 @@ def test_native_int4_kernel_against_the_closed_form(group: int, rows: int) -> No
     assert (y.double() - exact).abs().max().item() <= tol
     rows_f32 = native_kernels.dequantize_int4_rows(packed, sz, group, 5, 77)
     assert torch.equal(rows_f32, w[5:77])  # the prefill path's weights: bit for bit torch's fp32 dequantization
+    rows_bf16 = native_kernels.dequantize_int4_rows(packed, sz, group, 5, 77, torch.bfloat16)  # for the bf16 GEMM
+    assert torch.equal(rows_bf16, w[5:77].to(torch.bfloat16))
     aten = torch.ops.aten._weight_int4pack_mm_for_cpu(x, _cpu_pack(q), group, sz) + bias
     assert (aten.double() - exact).abs().max().item() <= 2 * tol
 

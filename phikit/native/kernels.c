@@ -361,14 +361,14 @@ void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, co
     free(xsum);
 }
 
-/* rows [r0, r1) of an int4 weight in phikit's layout -> fp32 out [r1 - r0, K], (q - 8) * scale + zero rounded as
-   torch does it in fp32 (a multiply, then an add); a prefill multiplies them with MKL's fp32 GEMM. */
-void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
-                          int64_t K, int64_t GS, int threads) {
+/* rows [r0, r1) of an int4 weight in phikit's layout -> out [r1 - r0, K], (q - 8) * scale + zero rounded as torch
+   does it in fp32 (a multiply, then an add): fp32 for MKL's fp32 GEMM, or rounded once more to bf16 (as torch's
+   .to(bfloat16) of those fp32 values) for oneDNN's bf16 GEMM, in one pass instead of two. */
+static void dequant_int4(const uint8_t *w, const uint16_t *sz, void *out, int bf16, int64_t r0, int64_t r1, int64_t N,
+                         int64_t K, int64_t GS, int threads) {
     int64_t KB = K / 2;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
-        float *o = out + (n - r0) * K;
         const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
         for (int64_t k = 0; k < K; k += 128) {
             for (int half = 0; half < 2; half++) {  /* words 16 * half .. + 16 of the chunk */
@@ -379,16 +379,28 @@ void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int6
                     __m512i q = _mm512_and_si512(_mm512_srli_epi32(words, 4 * i), _mm512_set1_epi32(15));
                     __m512 c = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
                     c = _mm512_add_ps(_mm512_mul_ps(c, _mm512_set1_ps(f32_of_bf16(e[0]))), _mm512_set1_ps(f32_of_bf16(e[1])));
-                    _mm512_storeu_ps(o + col, c);
+                    if (bf16)
+                        _mm256_storeu_si256((__m256i *)((uint16_t *)out + (n - r0) * K + col), (__m256i)_mm512_cvtneps_pbh(c));
+                    else
+                        _mm512_storeu_ps((float *)out + (n - r0) * K + col, c);
                 }
             }
         }
     }
 }
+void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
+                          int64_t K, int64_t GS, int threads) {
+    dequant_int4(w, sz, out, 0, r0, r1, N, K, GS, threads);
+}
+void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
+                           int64_t K, int64_t GS, int threads) {
+    dequant_int4(w, sz, out, 1, r0, r1, N, K, GS, threads);
+}
 #else
 int phk_has_int4(void) { return 0; }
 void phk_linear_int4(void) {}
 void phk_dequant_int4_f32(void) {}
+void phk_dequant_int4_bf16(void) {}
 #endif
 
 #else
