@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native_kernels
+from . import hugepages, native_kernels
 from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_int4_native, pack_int8_native, pack_nibbles,
@@ -393,6 +393,7 @@ def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig,
     rows = max(64, (2 << 20) // (4 * k)) // 64 * 64  # slices of rows: ~2 MB of fp32 temporaries at a time
     if isinstance(config, Int8WeightOnlyConfig):
         q = torch.empty(n, k, dtype=torch.int8, device=weight.device)
+        hugepages.advise(q)  # before the first write: 2 MB pages where the host gives them on request
         scales = torch.empty(n, dtype=weight.dtype, device=weight.device)
         for a in range(0, n, rows):  # per-row math: slicing changes no value
             q[a:a + rows], scales[a:a + rows] = quantize_int8(weight[a:a + rows])
@@ -403,6 +404,7 @@ def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig,
         if k % config.group_size:
             quantize_int4(weight[:1], config.group_size)  # raises the error that names the fix
         packed = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)
+        hugepages.advise(packed)
         sz = torch.empty(k // config.group_size, n, 2, dtype=weight.dtype, device=weight.device)
         for a in range(0, n, rows):
             qa, sz[:, a:a + rows] = quantize_int4(weight[a:a + rows], config.group_size)
