@@ -4,7 +4,7 @@ Decoding streams every weight once per token; with 4 KB pages the hardware prefe
 and the TLB misses every 4 KB. On hosts whose THP mode is `madvise` (the 2-core Zen 4 development host), memory
 gets 2 MB pages only where a process asks with madvise(MADV_HUGEPAGE); PyTorch asks only under
 THP_MEM_ALLOC_ENABLE=1. Advising the weights phikit allocates (private copies of checkpoint tensors, quantized
-weights) made phi-1.5 bf16 decode 5-6% faster there. Best effort: no-op off Linux/glibc, for small tensors, or
+weights) made the bf16 matrix-vector kernel 3-11% faster there (`python benchmarks/kernels.py`). Best effort: no-op off Linux/glibc, for small tensors, or
 where the call fails (the memory simply keeps 4 KB pages).
 """
 

@@ -135,11 +135,11 @@ def library() -> ctypes.CDLL:
     return _library()
 
 
-def usable(x: torch.Tensor, k_multiple: int = 16) -> bool:
-    """Whether a [M, K] activation qualifies: bf16 on the CPU, few rows, K a multiple of the kernel's step (16 for
-    bf16, 64 for int8), no autograd."""
+def usable(x: torch.Tensor) -> bool:
+    """Whether a [M, K] activation qualifies for the bf16 kernel: bf16 on the CPU, few rows, K % 16 == 0, no
+    autograd."""
     return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= MAX_ROWS
-            and x.shape[1] % k_multiple == 0 and not (torch.is_grad_enabled() and x.requires_grad) and available())
+            and x.shape[1] % 16 == 0 and not (torch.is_grad_enabled() and x.requires_grad) and available())
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
