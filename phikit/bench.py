@@ -4,9 +4,14 @@ Random weights of a real model shape are written once as a safetensors checkpoin
 file in a fresh process. Engines run alternately, `--repeats` times each (this host's memory bandwidth drifts by
 15-25% between minutes), and the report gives medians and the ratio of each engine to phikit measured in the same
 run. Each measurement is one greedy generation of `--new-tokens` + 1 tokens after a warm-up: time to first token
-(prefill) and the rate of the tokens after it (decode), timed as each token arrives. Engines: phikit (bf16 and, with --weights, int8 / int4), transformers (if installed), and llama.cpp through
-llama-cpp-python (if installed; the same weights exported with phikit's GGUF writer as bf16 / q8_0 / q4_0). llama.cpp is
-driven from Python (`Llama.generate`, greedy), which adds a little per-token overhead to its column.
+(prefill) and the rate of the tokens after it (decode), timed as each token arrives. Engines: phikit (bf16 and, with
+--weights, int8 / int4), transformers (if installed), and llama.cpp through llama-cpp-python (if installed; the same
+weights exported with phikit's GGUF writer as bf16 / q8_0 / q4_0). llama.cpp is driven from Python
+(`Llama.generate`, greedy), which adds a little per-token overhead to its column.
+
+With --paired, phikit and one peer are loaded in one process and take turns, `--repeats` rounds: each round's ratio
+is measured seconds apart rather than a minute or more, so the drift that moves a separate-process median by 20%
+cancels out. An engine paired with itself gives a median ratio within 1.5% of 1 (decode and prefill, 10 rounds).
 """
 
 from __future__ import annotations
@@ -102,6 +107,62 @@ print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt
                                       if l.startswith("VmHWM:")) / 1e9, "bytes_per_token": streamed}))
 """
 
+PAIRED_CHILD = r"""
+import json, os, random, sys, time
+import torch
+specs, folder, prompt_len, new_tokens, threads, rounds = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+torch.set_num_threads(threads)
+random.seed(0)
+ids = [random.randint(100, 30000) for _ in range(prompt_len)]  # one prompt for every engine
+class Clock:  # a streamer: generate() hands it the prompt, then each new token as it is chosen
+    def __init__(self):
+        self.times = []
+    def put(self, value):
+        self.times.append(time.perf_counter())
+    def end(self):
+        pass
+def torch_engine(module, weights):
+    import importlib
+    kw = {} if module == "phikit" else {"attn_implementation": "sdpa"}
+    if weights != "bf16":  # phikit only: weight-only quantization while loading
+        import phikit
+        kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
+    model = importlib.import_module(module).AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
+    x = torch.tensor([ids])
+    def run(n):
+        clock = Clock()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
+        return start, clock.times[1:]  # the first put is the prompt
+    return run
+def llama_engine(path):
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8, n_batch=512, verbose=False, seed=0)
+    def run(n):
+        llm.reset()
+        start, times = time.perf_counter(), []
+        for _ in llm.generate(ids, temp=0.0, top_k=1):
+            times.append(time.perf_counter())
+            if len(times) == n:
+                break
+        return start, times
+    return run
+engines = [llama_engine(w) if e == "llama.cpp" else torch_engine(e, w) for e, w in specs]
+for run in engines:
+    run(2)  # warm-up: kernels, allocator, page cache
+out = [{"decode_tok_s": [], "prefill_tok_s": []} for _ in specs]
+for r in range(rounds):
+    for i in (range(len(specs)) if r % 2 == 0 else reversed(range(len(specs)))):  # alternate who goes first
+        start, times = engines[i](new_tokens + 1)
+        out[i]["prefill_tok_s"].append(prompt_len / (times[0] - start))
+        out[i]["decode_tok_s"].append((len(times) - 1) / (times[-1] - times[0]))
+        time.sleep(0.2)  # the other engine's threads go idle before this one starts
+    print("  round %d: " % (r + 1) + "  ".join("%.2f" % o["decode_tok_s"][-1] for o in out) + " tok/s", file=sys.stderr, flush=True)
+print(json.dumps(out))
+"""
+
+
 ROOFLINE_CHILD = r"""
 import json, statistics, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -113,6 +174,13 @@ for _ in range(7):
     times.append(time.perf_counter() - start)
 print(json.dumps({"read_gb_s": data.numel() * 4 / statistics.median(times[1:]) / 1e9}))
 """
+
+
+GGUF_TYPES = {"bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}  # llama.cpp's format for each phikit weight format
+
+
+def column_name(weights: str) -> str:
+    return "phikit" if weights == "bf16" else f"phikit-{weights}"
 
 
 def export_for_llama_cpp(folder: str, outtypes: tuple[str, ...]) -> dict[str, str]:
@@ -227,11 +295,11 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
     folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "phikit", "bench", shape)
     print(f"writing/reusing random {shape} weights at {folder} ...", file=sys.stderr, flush=True)
     write_checkpoint(shape, folder)
-    columns = [("phikit" if w == "bf16" else f"phikit-{w}", "phikit", w) for w in weights]
+    columns = [(column_name(w), "phikit", w) for w in weights]
     engines = engines or available_engines() + ["llama.cpp"]
     columns += [(e, e, "bf16") for e in engines if e not in ("phikit", "llama.cpp")]
     if "llama.cpp" in engines:
-        gguf_types = tuple({"bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}[w] for w in weights)
+        gguf_types = tuple(GGUF_TYPES[w] for w in weights)
         columns += [(f"llama.cpp-{t}", "llama.cpp", path) for t, path in export_for_llama_cpp(folder, gguf_types).items()]
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c, _, _ in columns}
     roofline: list[float] = []
@@ -254,6 +322,75 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
     if medians:
         medians["memory read"] = {"read_gb_s": statistics.median(roofline)}
     return medians
+
+
+def paired_specs(weights: tuple[str, ...], engines: list[str], gguf: dict[str, str]) -> list[tuple[str, str, list]]:
+    """The pairs `--paired` measures: phikit in each weight format against llama.cpp in the same format (where its
+    GGUF exists) and phikit bf16 against transformers bf16 -> [(label a, label b, [[engine, weights or path], ...])]."""
+    pairs = []
+    for w in weights:
+        t = GGUF_TYPES[w]
+        if "llama.cpp" in engines and t in gguf:
+            pairs.append((column_name(w), f"llama.cpp-{t}", [["phikit", w], ["llama.cpp", gguf[t]]]))
+    if "transformers" in engines and "bf16" in weights:
+        pairs.append(("phikit", "transformers", [["phikit", "bf16"], ["transformers", "bf16"]]))
+    return pairs
+
+
+def _pair_bytes(spec: list, folder: str) -> int:
+    """Roughly the bytes one side of a pair holds: the GGUF file, or the checkpoint scaled to its weight format."""
+    engine, what = spec
+    if engine == "llama.cpp":
+        return os.path.getsize(what)
+    checkpoint = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+    return int(checkpoint * {"bf16": 1.0, "int8": 0.55, "int4": 0.3}[what])
+
+
+def run_paired(shape: str, folder: str | None, prompt_len: int, new_tokens: int, threads: int, rounds: int,
+               engines: list[str] | None = None, weights: tuple[str, ...] = ("bf16",)) -> list[dict[str, Any]]:
+    """Each pair of engines loaded in one process, taking turns (`rounds` generations each, alternating who goes
+    first, 0.2 s apart): the ratio of each round is measured seconds apart, so bandwidth drift between minutes
+    cancels out. The report gives the median of those paired ratios and their range."""
+    folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "phikit", "bench", shape)
+    print(f"writing/reusing random {shape} weights at {folder} ...", file=sys.stderr, flush=True)
+    write_checkpoint(shape, folder)
+    engines = engines or available_engines() + ["llama.cpp"]
+    gguf = export_for_llama_cpp(folder, tuple(GGUF_TYPES[w] for w in weights)) if "llama.cpp" in engines else {}
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    results = []
+    for a, b, specs in paired_specs(weights, engines, gguf):
+        need = sum(_pair_bytes(spec, folder) for spec in specs)
+        if need > 0.8 * memory:
+            print(f"  {a} / {b}: skipped: the two engines hold about {need / 1e9:.0f} GB together and this machine "
+                  f"has {memory / 1e9:.0f} GB; compare them without --paired", file=sys.stderr)
+            continue
+        print(f"  {a} / {b}: {rounds} rounds, decode tok/s of each", file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, "-c", PAIRED_CHILD, json.dumps(specs), folder, str(prompt_len),
+                              str(new_tokens), str(threads), str(rounds)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        if out.returncode:
+            print(f"  {a} / {b}: failed (exit {out.returncode}, its error above)", file=sys.stderr)
+            continue
+        sa, sb = json.loads(out.stdout.strip().splitlines()[-1])
+        result = {"a": a, "b": b}
+        for key in ("decode_tok_s", "prefill_tok_s"):
+            ratios = [x / y for x, y in zip(sa[key], sb[key])]
+            result[key] = (statistics.median(sa[key]), statistics.median(sb[key]))
+            result[key.split("_")[0] + "_ratio"] = (statistics.median(ratios), min(ratios), max(ratios))
+        results.append(result)
+    return results
+
+
+def format_paired(shape: str, results: list[dict[str, Any]], prompt_len: int, new_tokens: int, threads: int,
+                  rounds: int) -> str:
+    lines = [f"{shape}, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens; each pair in one "
+             f"process, {rounds} alternating rounds; ratio = median of the per-round ratios [lowest, highest]", "",
+             "| phikit | peer | phikit decode tok/s | peer decode tok/s | decode ratio | prefill ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        (da, db), (dm, dlo, dhi), pm = r["decode_tok_s"], r["decode_ratio"], r["prefill_ratio"][0]
+        lines.append(f"| {r['a']} | {r['b']} | {da:.2f} | {db:.2f} | {dm:.2f}x [{dlo:.2f}, {dhi:.2f}] | {pm:.2f}x |")
+    return "\n".join(lines)
 
 
 def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: int, new_tokens: int,
@@ -295,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers,llama.cpp")
     p.add_argument("--weights", default="bf16", help="phikit weight formats, comma-separated: bf16,int8,int4")
+    p.add_argument("--paired", action="store_true",
+                   help="load phikit and each peer in one process and let them take turns, --repeats rounds (10 or "
+                        "more): ratios measured seconds apart; no peak RSS (see run_paired)")
     args = p.parse_args(argv)
     engines = args.engines.split(",") if args.engines else None
     start = time.perf_counter()
@@ -302,9 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = [w for w in weights if w not in ("bf16", "int8", "int4")]
     if bad:
         raise SystemExit(f"phikit bench: error: --weights {bad[0]!r} is not one of bf16, int8, int4")
-    medians = run_bench(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
-                        engines, weights)
-    print(format_report(args.shape, medians, args.prompt_len, args.new_tokens, args.threads, args.repeats))
+    if args.paired:
+        results = run_paired(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
+                             engines, weights)
+        print(format_paired(args.shape, results, args.prompt_len, args.new_tokens, args.threads, args.repeats))
+    else:
+        medians = run_bench(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
+                            engines, weights)
+        print(format_report(args.shape, medians, args.prompt_len, args.new_tokens, args.threads, args.repeats))
     print(f"\n(measured in {time.perf_counter() - start:.0f}s)", file=sys.stderr)
     return 0
 

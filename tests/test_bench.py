@@ -1,0 +1,50 @@
+"""`phikit bench --paired`: which engines it pairs, that its child process really runs two engines in turns on a
+checkpoint written to disk, and how it reports paired ratios. (The speeds themselves are benchmarks, not tests.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+import phikit
+from phikit import bench
+
+
+def test_paired_specs_pair_each_format_with_its_peer():
+    gguf = {"bf16": "/m-bf16.gguf", "q4_0": "/m-q4_0.gguf"}  # no q8_0 file: int8 has no llama.cpp peer
+    pairs = bench.paired_specs(("bf16", "int8", "int4"), ["phikit", "transformers", "llama.cpp"], gguf)
+    assert pairs == [
+        ("phikit", "llama.cpp-bf16", [["phikit", "bf16"], ["llama.cpp", "/m-bf16.gguf"]]),
+        ("phikit-int4", "llama.cpp-q4_0", [["phikit", "int4"], ["llama.cpp", "/m-q4_0.gguf"]]),
+        ("phikit", "transformers", [["phikit", "bf16"], ["transformers", "bf16"]]),
+    ]
+    assert bench.paired_specs(("int8",), ["phikit", "transformers"], gguf) == []  # transformers runs bf16 only
+
+
+def test_paired_child_runs_two_engines_in_turns(tmp_path):
+    config = phikit.Phi3Config(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    phikit.Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(str(tmp_path))
+    specs = [["phikit", "bf16"], ["phikit", "int8"]]
+    out = subprocess.run([sys.executable, "-c", bench.PAIRED_CHILD, json.dumps(specs), str(tmp_path), "8", "3", "1",
+                          "3"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sides = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(sides) == 2
+    for side in sides:
+        assert len(side["decode_tok_s"]) == len(side["prefill_tok_s"]) == 3  # one sample per round
+        assert all(v > 0 for v in side["decode_tok_s"] + side["prefill_tok_s"])
+    assert out.stderr.count("round ") == 3
+
+
+def test_format_paired_gives_median_and_range():
+    result = {"a": "phikit-int8", "b": "llama.cpp-q8_0", "decode_tok_s": (31.2, 21.3),
+              "decode_ratio": (1.46, 1.15, 1.66), "prefill_tok_s": (150.0, 92.0), "prefill_ratio": (1.63, 1.5, 1.7)}
+    table = bench.format_paired("phi-1.5", [result], 128, 16, 2, 10)
+    assert "10 alternating rounds" in table
+    assert "| phikit-int8 | llama.cpp-q8_0 | 31.20 | 21.30 | 1.46x [1.15, 1.66] | 1.63x |" in table
