@@ -384,12 +384,15 @@ def run_paired(shape: str, folder: str | None, prompt_len: int, new_tokens: int,
 def format_paired(shape: str, results: list[dict[str, Any]], prompt_len: int, new_tokens: int, threads: int,
                   rounds: int) -> str:
     lines = [f"{shape}, batch 1, {threads} threads, prompt {prompt_len}, {new_tokens} new tokens; each pair in one "
-             f"process, {rounds} alternating rounds; ratio = median of the per-round ratios [lowest, highest]", "",
-             "| phikit | peer | phikit decode tok/s | peer decode tok/s | decode ratio | prefill ratio |",
-             "|---|---|---|---|---|---|"]
+             f"process, {rounds} alternating rounds; tok/s: each side's median; ratio: the median of the per-round "
+             "ratios [lowest, highest]", "",
+             "| phikit | peer | decode tok/s (phikit, peer) | decode ratio | prefill tok/s (phikit, peer) | "
+             "prefill ratio |", "|---|---|---|---|---|---|"]
     for r in results:
-        (da, db), (dm, dlo, dhi), pm = r["decode_tok_s"], r["decode_ratio"], r["prefill_ratio"][0]
-        lines.append(f"| {r['a']} | {r['b']} | {da:.2f} | {db:.2f} | {dm:.2f}x [{dlo:.2f}, {dhi:.2f}] | {pm:.2f}x |")
+        (da, db), (dm, dlo, dhi) = r["decode_tok_s"], r["decode_ratio"]
+        (pa, pb), (pm, plo, pup) = r["prefill_tok_s"], r["prefill_ratio"]
+        lines.append(f"| {r['a']} | {r['b']} | {da:.2f}, {db:.2f} | {dm:.2f}x [{dlo:.2f}, {dhi:.2f}] | "
+                     f"{pa:.1f}, {pb:.1f} | {pm:.2f}x [{plo:.2f}, {pup:.2f}] |")
     return "\n".join(lines)
 
 

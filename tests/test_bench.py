@@ -47,4 +47,4 @@ def test_format_paired_gives_median_and_range():
               "decode_ratio": (1.46, 1.15, 1.66), "prefill_tok_s": (150.0, 92.0), "prefill_ratio": (1.63, 1.5, 1.7)}
     table = bench.format_paired("phi-1.5", [result], 128, 16, 2, 10)
     assert "10 alternating rounds" in table
-    assert "| phikit-int8 | llama.cpp-q8_0 | 31.20 | 21.30 | 1.46x [1.15, 1.66] | 1.63x |" in table
+    assert "| phikit-int8 | llama.cpp-q8_0 | 31.20, 21.30 | 1.46x [1.15, 1.66] | 150.0, 92.0 | 1.63x [1.50, 1.70] |" in table
