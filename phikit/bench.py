@@ -11,7 +11,8 @@ weights exported with phikit's GGUF writer as bf16 / q8_0 / q4_0). llama.cpp is 
 
 With --paired, phikit and one peer are loaded in one process and take turns, `--repeats` rounds: each round's ratio
 is measured seconds apart rather than a minute or more, so the drift that moves a separate-process median by 20%
-cancels out. An engine paired with itself gives a median ratio within 1.5% of 1 (decode and prefill, 10 rounds).
+cancels out. An engine paired with itself gave median ratios within 3% of 1 (decode and prefill, 10 rounds; single
+rounds 0.7-1.8): read a paired median within a few percent of 1 as level.
 """
 
 from __future__ import annotations
