@@ -40,20 +40,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                         max_position_embeddings=4096),
 }
 
-CHILD = r"""
-import json, statistics, sys, time, torch
-engine, folder, prompt_len, new_tokens, threads, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-torch.set_num_threads(threads)
-def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would carry over the parent's across exec)
-    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+_CHILD_COMMON = r"""
 import importlib
-AutoModelForCausalLM = importlib.import_module(engine).AutoModelForCausalLM  # phikit or its peer
-kw = {} if engine == "phikit" else {"attn_implementation": "sdpa"}
-if weights != "bf16":  # phikit only: weight-only quantization while loading
-    import phikit
-    kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
-model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
-ids = torch.randint(100, 30000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 class Clock:  # a streamer: generate() hands it the prompt, then each new token as it is chosen
     def __init__(self):
         self.times = []
@@ -61,6 +49,23 @@ class Clock:  # a streamer: generate() hands it the prompt, then each new token 
         self.times.append(time.perf_counter())
     def end(self):
         pass
+def load_model(module, folder, weights):  # phikit or its peer, bf16 or (phikit only) quantized while loading
+    kw = {} if module == "phikit" else {"attn_implementation": "sdpa"}
+    if weights != "bf16":
+        import phikit
+        kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
+    return importlib.import_module(module).AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
+"""
+
+CHILD = r"""
+import json, statistics, sys, time, torch
+engine, folder, prompt_len, new_tokens, threads, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(threads)
+def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would carry over the parent's across exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+""" + _CHILD_COMMON + r"""
+model = load_model(engine, folder, weights)
+ids = torch.randint(100, 30000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 def run(n):
     clock = Clock()
     start = time.perf_counter()
@@ -83,21 +88,31 @@ print(json.dumps({"engine": engine, "ttft_s": ttft, "prefill_tok_s": prompt_len 
 """
 
 
+_LLAMA_COMMON = r"""
+def llama_engine(path, ids, n_ctx, threads):  # llama.cpp through llama-cpp-python, greedy
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, n_batch=512, verbose=False,
+                seed=0)
+    def run(n):  # -> (start, the time each of the n tokens arrived)
+        llm.reset()
+        start, times = time.perf_counter(), []
+        for _ in llm.generate(ids, temp=0.0, top_k=1):
+            times.append(time.perf_counter())
+            if len(times) == n:
+                break
+        return start, times
+    return run
+"""
+
 LLAMA_CHILD = r"""
 import json, random, sys, time
-from llama_cpp import Llama
 path, prompt_len, new_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8,
-            n_batch=512, verbose=False, seed=0)
 random.seed(0)
 ids = [random.randint(100, 30000) for _ in range(prompt_len)]
+""" + _LLAMA_COMMON + r"""
+generate = llama_engine(path, ids, prompt_len + new_tokens + 8, threads)
 def run(n):
-    llm.reset()
-    start, times = time.perf_counter(), []
-    for _ in llm.generate(ids, temp=0.0, top_k=1):
-        times.append(time.perf_counter())
-        if len(times) == n:
-            break
+    start, times = generate(n)
     return times[0] - start, (len(times) - 1) / (times[-1] - times[0])
 run(2)
 ttft, decode = run(new_tokens + 1)
@@ -115,20 +130,9 @@ specs, folder, prompt_len, new_tokens, threads, rounds = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 random.seed(0)
 ids = [random.randint(100, 30000) for _ in range(prompt_len)]  # one prompt for every engine
-class Clock:  # a streamer: generate() hands it the prompt, then each new token as it is chosen
-    def __init__(self):
-        self.times = []
-    def put(self, value):
-        self.times.append(time.perf_counter())
-    def end(self):
-        pass
+""" + _CHILD_COMMON + r"""
 def torch_engine(module, weights):
-    import importlib
-    kw = {} if module == "phikit" else {"attn_implementation": "sdpa"}
-    if weights != "bf16":  # phikit only: weight-only quantization while loading
-        import phikit
-        kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
-    model = importlib.import_module(module).AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
+    model = load_model(module, folder, weights)
     x = torch.tensor([ids])
     def run(n):
         clock = Clock()
@@ -137,19 +141,9 @@ def torch_engine(module, weights):
             model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
         return start, clock.times[1:]  # the first put is the prompt
     return run
-def llama_engine(path):
-    from llama_cpp import Llama
-    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8, n_batch=512, verbose=False, seed=0)
-    def run(n):
-        llm.reset()
-        start, times = time.perf_counter(), []
-        for _ in llm.generate(ids, temp=0.0, top_k=1):
-            times.append(time.perf_counter())
-            if len(times) == n:
-                break
-        return start, times
-    return run
-engines = [llama_engine(w) if e == "llama.cpp" else torch_engine(e, w) for e, w in specs]
+""" + _LLAMA_COMMON + r"""
+engines = [llama_engine(w, ids, prompt_len + new_tokens + 8, threads) if e == "llama.cpp" else torch_engine(e, w)
+           for e, w in specs]
 for run in engines:
     run(2)  # warm-up: kernels, allocator, page cache
 out = [{"decode_tok_s": [], "prefill_tok_s": []} for _ in specs]
