@@ -19,6 +19,7 @@ or tensors, hooks, or a layout change rebuild it.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import weakref
 
@@ -72,16 +73,33 @@ class _Plan:
             self._fill(decoder)
         except Unsupported as e:
             self.reason = str(e)
+        self._columns()
 
     # ---- validity --------------------------------------------------------------------------------------------
+    def _columns(self) -> None:
+        """What `valid` compares, column by column: each check runs as one C-level map over a few hundred items
+        (a Python loop over them cost ~0.85 ms a token, 3% of a phi-1.5 int4 token)."""
+        parents, names, mods, classes, _ = zip(*self.modules) if self.modules else ((),) * 5
+        self._parents, self._names, self._mods, self._classes = parents, names, mods, classes
+        self._hooked = (list(map(bool, map(_HOOKS, mods))), list(map(bool, map(_PRE_HOOKS, mods))))
+        self._dropout = tuple(m for m in mods if getattr(type(m), "owns_dropout", False))
+        self._dropout_training = list(map(_TRAINING, self._dropout))
+        stores, tnames, tensors, _ = zip(*self.tensors) if self.tensors else ((),) * 4
+        self._stores, self._tnames, self._tensors = stores, tnames, tensors
+        self._live = tuple(t for t in tensors if t is not None)
+        self._ptrs = list(map(torch.Tensor.data_ptr, self._live))
+
     def valid(self) -> bool:
-        for parent, name, module, cls, special in self.modules:
-            if parent.get(name) is not module or type(module) is not cls or _special(module, cls) != special:
-                return False
-        for store, name, tensor, ptr in self.tensors:
-            if store.get(name) is not tensor or (tensor is not None and tensor.data_ptr() != ptr):
-                return False
-        return True
+        """Whether every module and tensor the plan points at is still in place, unchanged in class, hooks, training
+        mode (where it applies dropout) and data pointer."""
+        mods = self._mods
+        return (all(map(operator.is_, map(dict.get, self._parents, self._names), mods))
+                and all(map(operator.is_, map(type, mods), self._classes))
+                and list(map(bool, map(_HOOKS, mods))) == self._hooked[0]
+                and list(map(bool, map(_PRE_HOOKS, mods))) == self._hooked[1]
+                and list(map(_TRAINING, self._dropout)) == self._dropout_training
+                and all(map(operator.is_, map(dict.get, self._stores, self._tnames), self._tensors))
+                and list(map(torch.Tensor.data_ptr, self._live)) == self._ptrs)
 
     def _module(self, parent: nn.Module, name: str) -> nn.Module:
         module = parent._modules.get(name)
@@ -203,6 +221,10 @@ class _Plan:
         model.cache_head_stride = cache.max_cache_len * model.head_dim
         self.cache_tensors = tuple(weakref.ref(t) for t in tensors)  # weak: a dropped cache is freed
         return True
+
+
+_HOOKS, _PRE_HOOKS = operator.attrgetter("_forward_hooks"), operator.attrgetter("_forward_pre_hooks")
+_TRAINING = operator.attrgetter("training")
 
 
 def _special(module: nn.Module, cls: type) -> bool:

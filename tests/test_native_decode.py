@@ -234,6 +234,28 @@ def test_replaced_weights_and_wrapped_layers_are_seen(spy, monkeypatch) -> None:
     assert spy and not any(spy)
 
 
+def test_a_layer_in_training_mode_and_swapped_data_are_seen(spy, monkeypatch) -> None:
+    model = build("phi-1.5")
+    reference = decode(model)
+    model.model.layers[2].train()  # its dropout would apply: the modules run
+    spy.clear()
+    decode(model)
+    assert spy and not any(spy)
+    model.model.layers[2].eval()
+    spy.clear()
+    assert torch.equal(decode(model), reference) and all(spy)
+
+    fc2 = model.model.layers[0].mlp.fc2
+    old = fc2.weight.data  # kept alive: a stale plan would read these values without crashing
+    with torch.no_grad():
+        fc2.weight.data = old * 2  # the same Parameter object, new memory
+    spy.clear()
+    native = decode(model)
+    assert all(spy)
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")
+    assert_same_numbers(native, decode(model))  # the new values, not the old ones
+
+
 def test_models_stay_copyable_and_unsupported_layers_are_explained(spy) -> None:
     model = build("phi-1.5")
     cache = StaticCache(max_cache_len=64, max_batch_size=1)
