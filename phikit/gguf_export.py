@@ -11,8 +11,9 @@ int8 round(x / d) with d = max|x| / 127, q4_0 keeps 4 bits min(15, round(x / d) 
 block's signed value of largest magnitude (`gguf.quants`, bit-exact with ggml). As llama.cpp does, 1-D tensors (norms,
 biases, rope factors) stay f32, and a q8_0 or q4_0 matrix whose rows are not a multiple of 32 is written f16.
 llama.cpp's convert_hf_to_gguf.py has no q4_0 output type (q4_0 files come from its llama-quantize, which keeps
-`output`, or a tied `token_embd`, in q6_k, a type gguf cannot write), so phikit's q4_0 quantizes every eligible
-matrix, token embedding and output included. A phikit-quantized model is exported from its dequantized weights.
+`output`, or a tied `token_embd`, at 6 bits or more: q6_k, a type gguf cannot write), so phikit's q4_0 writes that
+head in q8_0 (as phikit's own int4 keeps its head at int8) and every other eligible matrix, the token embedding
+included, in q4_0. A phikit-quantized model is exported from its dequantized weights.
 
 Tensors are converted and written one at a time (tensor infos first, from shapes alone), so exporting needs about
 one tensor of memory beyond the model. Needs `pip install phikit[gguf]` (gguf==0.19.0).
@@ -71,11 +72,12 @@ def _float_tensors(model: nn.Module) -> Iterator[tuple[str, tuple[int, ...], Cal
                 yield prefix + name, tuple(tensor.shape), (lambda t=tensor: t.detach())
 
 
-def _qtype_for(shape: tuple[int, ...], outtype: str, gguf) -> Any:
+def _qtype_for(shape: tuple[int, ...], outtype: str, gguf, head: bool = False) -> Any:
+    """The GGUF type of one tensor; `head`: the matrix that computes the logits (`output`, or a tied `token_embd`)."""
     Q = gguf.GGMLQuantizationType
     if len(shape) == 1 or outtype == "f32":
         return Q.F32
-    if outtype == "q8_0":
+    if outtype == "q8_0" or (outtype == "q4_0" and head):  # q4_0 files keep the head at 8 bits (module docstring)
         return Q.Q8_0 if shape[-1] % Q8_BLOCK == 0 else Q.F16
     if outtype == "q4_0":
         return Q.Q4_0 if shape[-1] % Q4_BLOCK == 0 else Q.F16
@@ -123,7 +125,8 @@ def _plan_tensors(model: nn.Module, arch_name: str, outtype: str, gguf) -> list[
         if target is None:
             raise ValueError(f"tensor {name} {shape} has no {arch_name} GGUF name in gguf's tensor map; this model "
                              f"has a part llama.cpp's {arch_name} graph does not run")
-        plan.append(_Planned(target, shape, _qtype_for(shape, outtype, gguf), get))
+        head = name == "lm_head.weight" or (name.endswith("embed_tokens.weight") and config.tie_word_embeddings)
+        plan.append(_Planned(target, shape, _qtype_for(shape, outtype, gguf, head), get))
     rp = config.rope_parameters
     if rp.get("rope_type") == "longrope":
         for kind in ("long", "short"):

@@ -152,8 +152,9 @@ def test_tensors_round_trip_within_format_precision(name: str, outtype: str, tmp
             assert torch.equal(got, w.half().float()), t.name
         elif t.tensor_type == Q.BF16:
             assert torch.equal(got, w.bfloat16().float()), t.name  # round to nearest even, as torch
-        elif t.tensor_type == Q.Q8_0:
-            assert outtype == "q8_0" and w.dim() == 2 and w.shape[1] % 32 == 0
+        elif t.tensor_type == Q.Q8_0:  # q8_0 files, and the head of q4_0 files
+            assert (outtype == "q8_0" or (outtype == "q4_0" and t.name == "output.weight")) and w.dim() == 2
+            assert w.shape[1] % 32 == 0
             assert torch.equal(got, q8_0_reference(w)), t.name
             step = w.reshape(-1, 32).abs().amax(1, keepdim=True) / 127
             # half a step, plus the fp16 rounding of the scale (2^-11 relative) times |q| <= 127
@@ -185,18 +186,21 @@ def test_q4_0_types_sizes_and_file_type(name: str, tmp_path) -> None:
     expected = model_tensors_by_gguf_name(model, arch)
     Q = gguf.GGMLQuantizationType
     assert fields(reader)["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
+    head = "token_embd.weight" if model.config.tie_word_embeddings else "output.weight"  # computes the logits
     quantized = set()
     for t in reader.tensors:
         shape = tuple(expected[t.name].shape) if t.name in expected else (int(t.n_elements),)
         if len(shape) == 1:
             want = Q.F32  # norms, biases, rope factors
+        elif t.name == head:  # kept at 8 bits, as llama-quantize keeps it at 6 or more
+            want = Q.Q8_0 if shape[1] % 32 == 0 else Q.F16
         else:
             want = Q.Q4_0 if shape[1] % 32 == 0 else Q.F16
         assert t.tensor_type == want, t.name
         n = int(torch.tensor(shape).prod())
-        # q4_0: 18 bytes (fp16 scale + 32 nibbles) per 32 values
-        assert t.n_bytes == {Q.F32: 4 * n, Q.F16: 2 * n, Q.Q4_0: n // 32 * 18}[want], t.name
-        if want == Q.Q4_0:
+        # q4_0: 18 bytes (fp16 scale + 32 nibbles) per 32 values; q8_0: 34 (fp16 scale + 32 int8)
+        assert t.n_bytes == {Q.F32: 4 * n, Q.F16: 2 * n, Q.Q4_0: n // 32 * 18, Q.Q8_0: n // 32 * 34}[want], t.name
+        if want in (Q.Q4_0, Q.Q8_0):
             quantized.add(t.name)
     if name == "phi-2":  # 80 columns: f16; ffn_down's 160 columns are 5 blocks
         assert "blk.0.ffn_down.weight" in quantized and "blk.0.attn_q.weight" not in quantized
@@ -205,6 +209,7 @@ def test_q4_0_types_sizes_and_file_type(name: str, tmp_path) -> None:
         written = {t.name for t in reader.tensors}  # a tied lm_head is not written (llama.cpp reuses token_embd)
         assert {n for n, w in expected.items() if w.dim() == 2 and n in written} == quantized
         assert "token_embd.weight" in quantized and ("output.weight" in quantized) == (name != "phi-4-mini")
+        assert {t.name for t in reader.tensors if t.tensor_type == Q.Q8_0} == {head}
 
 
 def test_quantized_model_exports_its_dequantized_weights(tmp_path) -> None:
