@@ -124,7 +124,7 @@ print(json.dumps({"engine": "llama.cpp", "ttft_s": ttft, "prefill_tok_s": prompt
 """
 
 PAIRED_CHILD = r"""
-import json, os, random, sys, time
+import json, random, sys, time
 import torch
 specs, folder, prompt_len, new_tokens, threads, rounds = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(threads)

@@ -61,10 +61,8 @@ class _Plan:
     """Pointers to every weight of a decoder plus what must stay unchanged for them to remain valid."""
 
     def __init__(self, decoder: nn.Module) -> None:
-        self.modules: list[tuple[dict, str, nn.Module, type, bool]] = []  # (parent._modules, name, module, class,
-        #                                                                    `_special`)
-        self.tensors: list[tuple[dict, str, torch.Tensor | None, int]] = []  # (module._parameters/_buffers, name,
-        #                                                                         tensor, its data_ptr)
+        self.modules: list[tuple[dict, str, nn.Module]] = []  # (parent._modules, name, module)
+        self.tensors: list[tuple[dict, str, torch.Tensor | None]] = []  # (module._parameters/_buffers, name, tensor)
         self.reason: str | None = None
         self.layers = (_Layer * len(decoder.layers))()
         self.model = _Model()
@@ -79,12 +77,12 @@ class _Plan:
     def _columns(self) -> None:
         """What `valid` compares, column by column: each check runs as one C-level map over a few hundred items
         (a Python loop over them cost ~0.85 ms a token, 3% of a phi-1.5 int4 token)."""
-        parents, names, mods, classes, _ = zip(*self.modules) if self.modules else ((),) * 5
-        self._parents, self._names, self._mods, self._classes = parents, names, mods, classes
+        parents, names, mods = zip(*self.modules) if self.modules else ((),) * 3
+        self._parents, self._names, self._mods, self._classes = parents, names, mods, tuple(map(type, mods))
         self._hooked = (list(map(bool, map(_HOOKS, mods))), list(map(bool, map(_PRE_HOOKS, mods))))
         self._dropout = tuple(m for m in mods if getattr(type(m), "owns_dropout", False))
         self._dropout_training = list(map(_TRAINING, self._dropout))
-        stores, tnames, tensors, _ = zip(*self.tensors) if self.tensors else ((),) * 4
+        stores, tnames, tensors = zip(*self.tensors) if self.tensors else ((),) * 3
         self._stores, self._tnames, self._tensors = stores, tnames, tensors
         self._live = tuple(t for t in tensors if t is not None)
         self._ptrs = list(map(torch.Tensor.data_ptr, self._live))
@@ -105,7 +103,7 @@ class _Plan:
         module = parent._modules.get(name)
         if module is None:
             raise Unsupported(f"no module {name!r} in {type(parent).__name__}")
-        self.modules.append((parent._modules, name, module, type(module), _special(module, type(module))))
+        self.modules.append((parent._modules, name, module))
         if module.training and getattr(type(module), "owns_dropout", False):
             raise Unsupported(f"{name} is in training mode")
         if module._forward_hooks or module._forward_pre_hooks:
@@ -118,7 +116,7 @@ class _Plan:
         `shape` and `dtype` (the loop trusts both: a mismatch would read out of bounds or misread the values)."""
         store = module._buffers if name in module._buffers else module._parameters
         tensor = store.get(name)
-        self.tensors.append((store, name, tensor, 0 if tensor is None else tensor.data_ptr()))
+        self.tensors.append((store, name, tensor))
         if tensor is None:
             if optional:
                 return None
@@ -224,14 +222,7 @@ class _Plan:
 
 
 _HOOKS, _PRE_HOOKS = operator.attrgetter("_forward_hooks"), operator.attrgetter("_forward_pre_hooks")
-_TRAINING = operator.attrgetter("training")
-
-
-def _special(module: nn.Module, cls: type) -> bool:
-    """What makes a module need the module path: hooks, or training mode where it applies dropout (decoder.py's
-    `owns_dropout`; other layers' mode changes nothing)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or (module.training and getattr(cls, "owns_dropout", False)))
+_TRAINING = operator.attrgetter("training")  # compared only for classes that `owns_dropout` (decoder.py)
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()  # outside the module: a
