@@ -11,7 +11,7 @@ from .chat_template import ChatTemplateError
 from .tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
 from .quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
-                       quantize_model)
+                       LosslessBf16Config, LosslessBf16Linear, quantize_model)
 from .lora import LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from .training import Trainer, TrainingConfig
 from .generation.logits_process import (LogitsProcessor, LogitsProcessorList, MinLengthLogitsProcessor,
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BitsAndBytesConfig", "Int4Linear", "Int4WeightOnlyConfig", "Int8Linear", "Int8WeightOnlyConfig", "quantize_model",
+    "LosslessBf16Config", "LosslessBf16Linear",
     "LoRAConfig", "LoRALinear", "apply_lora", "load_adapter", "merge_lora", "save_adapter", "Trainer",
     "TrainingConfig",
     "AutoTokenizer", "PhiTokenizer", "BatchEncoding", "ChatTemplateError", "pipeline", "TextGenerationPipeline",

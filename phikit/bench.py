@@ -53,7 +53,8 @@ def load_model(module, folder, weights):  # phikit or its peer, bf16 or (phikit 
     kw = {} if module == "phikit" else {"attn_implementation": "sdpa"}
     if weights != "bf16":
         import phikit
-        kw["quantization_config"] = phikit.Int8WeightOnlyConfig() if weights == "int8" else phikit.Int4WeightOnlyConfig(group_size=128)
+        kw["quantization_config"] = {"int8": phikit.Int8WeightOnlyConfig(), "int4": phikit.Int4WeightOnlyConfig(group_size=128),
+                                     "lossless": phikit.LosslessBf16Config()}[weights]
     return importlib.import_module(module).AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw).eval()
 """
 
@@ -171,7 +172,9 @@ print(json.dumps({"read_gb_s": data.numel() * 4 / statistics.median(times[1:]) /
 """
 
 
-GGUF_TYPES = {"bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}  # llama.cpp's format for each phikit weight format
+# llama.cpp's format for each phikit weight format ("lossless": bf16 values in phikit's lossless 12-bit layout)
+GGUF_TYPES = {"bf16": "bf16", "lossless": "bf16", "int8": "q8_0", "int4": "q4_0"}
+BF16_FORMATS = ("bf16", "lossless")  # the formats holding exactly the checkpoint's bf16 values
 
 
 def column_name(weights: str) -> str:
@@ -327,8 +330,9 @@ def paired_specs(weights: tuple[str, ...], engines: list[str], gguf: dict[str, s
         t = GGUF_TYPES[w]
         if "llama.cpp" in engines and t in gguf:
             pairs.append((column_name(w), f"llama.cpp-{t}", [["phikit", w], ["llama.cpp", gguf[t]]]))
-    if "transformers" in engines and "bf16" in weights:
-        pairs.append(("phikit", "transformers", [["phikit", "bf16"], ["transformers", "bf16"]]))
+    if "transformers" in engines:
+        pairs += [(column_name(w), "transformers", [["phikit", w], ["transformers", "bf16"]]) for w in weights
+                  if w in BF16_FORMATS]
     return pairs
 
 
@@ -338,7 +342,7 @@ def _pair_bytes(spec: list, folder: str) -> int:
     if engine == "llama.cpp":
         return os.path.getsize(what)
     checkpoint = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
-    return int(checkpoint * {"bf16": 1.0, "int8": 0.55, "int4": 0.3}[what])
+    return int(checkpoint * {"bf16": 1.0, "lossless": 0.77, "int8": 0.55, "int4": 0.3}[what])
 
 
 def run_paired(shape: str, folder: str | None, prompt_len: int, new_tokens: int, threads: int, rounds: int,
@@ -406,12 +410,12 @@ def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: 
         lines.append(f"| {engine} | {m['decode_tok_s']:.2f} | {m['bytes_per_token'] / 1e9:.2f} GB | "
                      f"{m['roofline_fraction']:.0%} | {m['prefill_tok_s']:.1f} | {m['ttft_s']:.2f} s | "
                      f"{m['peak_rss_gb']:.2f} GB | {ratio} |")
-    same = [(f"phikit{'' if w == 'bf16' else '-' + w}", f"llama.cpp-{t}")
-            for w, t in (("bf16", "bf16"), ("int8", "q8_0"), ("int4", "q4_0"))]
+    same = [(column_name(w), f"llama.cpp-{t}") for w, t in GGUF_TYPES.items()]
     pairs = [f"{a} / {b} {medians[a]['decode_tok_s'] / medians[b]['decode_tok_s']:.2f}x" for a, b in same
              if a in medians and b in medians]
-    if "transformers" in medians and base:
-        pairs.append(f"phikit / transformers (bf16) {base['decode_tok_s'] / medians['transformers']['decode_tok_s']:.2f}x")
+    if "transformers" in medians:
+        pairs += [f"{column_name(w)} / transformers (bf16) {medians[column_name(w)]['decode_tok_s'] / medians['transformers']['decode_tok_s']:.2f}x"
+                  for w in BF16_FORMATS if column_name(w) in medians]
     if pairs:
         lines += ["", "decode ratios, same weight format: " + "; ".join(pairs)]
     return "\n".join(lines)
@@ -429,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--engines", default=None, help="comma-separated subset of phikit,transformers,llama.cpp")
-    p.add_argument("--weights", default="bf16", help="phikit weight formats, comma-separated: bf16,int8,int4")
+    p.add_argument("--weights", default="bf16", help="phikit weight formats, comma-separated: bf16,lossless,int8,int4 "
+                                                     "(lossless: the bf16 values in 12 bits, phikit.LosslessBf16Config)")
     p.add_argument("--paired", action="store_true",
                    help="load phikit and each peer in one process and let them take turns, --repeats rounds (10 or "
                         "more): ratios measured seconds apart; no peak RSS (see run_paired)")
@@ -437,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     engines = args.engines.split(",") if args.engines else None
     start = time.perf_counter()
     weights = tuple(args.weights.split(","))
-    bad = [w for w in weights if w not in ("bf16", "int8", "int4")]
+    bad = [w for w in weights if w not in GGUF_TYPES]
     if bad:
-        raise SystemExit(f"phikit bench: error: --weights {bad[0]!r} is not one of bf16, int8, int4")
+        raise SystemExit(f"phikit bench: error: --weights {bad[0]!r} is not one of {', '.join(GGUF_TYPES)}")
     if args.paired:
         results = run_paired(args.shape, args.folder, args.prompt_len, args.new_tokens, args.threads, args.repeats,
                              engines, weights)

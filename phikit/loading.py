@@ -21,10 +21,11 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
 from .config import PhiKitConfig
-from . import hugepages
+from . import hugepages, lossless
 from .cpu_kernels import FastLinear, use_fast_linears
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
+from .lossless import LosslessBf16Config
 from .name_maps import plan_sources
 from .quantize import (StreamingQuantizer, finalize_quantized_model, prepare_quantized_model,
                        resolve_quantization_config)
@@ -124,6 +125,8 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
     saved, quant = _quantization_plan(config, quantization_config, device, folder)
     with CheckpointReader(find_weight_files(folder)) as reader:
         target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, reader)
+        if isinstance(quant, LosslessBf16Config):
+            quant = lossless.applicable(quant, target_dtype, device)
         with torch.device("meta"), _skip_init():
             model = cls(config)
         quantizer = None
@@ -162,6 +165,8 @@ def _quantization_plan(config: PhiKitConfig, requested: Any, device: torch.devic
         resolve_quantization_config(saved, device)
     if not phikit_saved:
         return None, resolve_quantization_config(requested, device)
+    if isinstance(requested, LosslessBf16Config) and not requested.required:
+        return saved, None  # "where it applies": not to weights already quantized
     if requested is not None and resolve_quantization_config(requested, device) != quant_config_from_dict(saved):
         raise ValueError(f"{folder} is already quantized ({saved}); load it without quantization_config")
     return saved, None

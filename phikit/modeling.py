@@ -88,7 +88,10 @@ class PreTrainedMixin:
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         seen = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
-        return sum(p.numel() for p in seen.values())
+        # weights held in buffers (int8 / int4 / lossless 12-bit layers) are parameters of the model all the same
+        held = 0 if only_trainable else sum(m.in_features * m.out_features for m in self.modules()
+                                            if getattr(type(m), "weight_in_buffers", False))
+        return sum(p.numel() for p in seen.values()) + held
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.base_model.gradient_checkpointing = True

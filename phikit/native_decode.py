@@ -30,6 +30,7 @@ from . import native_kernels
 from .cache import StaticCache
 from .cpu_kernels import FastLinear
 from .layers import FcMLP, GatedMLP, RMSNorm, gelu_new
+from .lossless import LosslessBf16Linear
 from .quantize import Int4Linear, Int8Linear
 from .rope import RotaryTables, cos_sin
 
@@ -38,7 +39,8 @@ _BF16 = torch.bfloat16
 
 
 class _Lin(ctypes.Structure):
-    _fields_ = [("kind", _I64), ("n", _I64), ("k", _I64), ("group", _I64), ("w", _P), ("scales", _P), ("bias", _P)]
+    _fields_ = [("kind", _I64), ("n", _I64), ("k", _I64), ("group", _I64), ("w", _P), ("scales", _P), ("bias", _P),
+                ("aux", _P)]
 
 
 class _Layer(ctypes.Structure):
@@ -146,6 +148,12 @@ class _Plan:
                                                          dtype=torch.uint8), 128
             g = module.group_size
             into.scales, into.group = self._tensor(module, "scales_and_zeros", shape=(k // g, n, 2)), g
+        elif cls is LosslessBf16Linear and n % 8 == 0 and native_kernels.has_c12():
+            b, g = n // 8, k // 64
+            into.kind, multiple = 4, 64
+            into.w = self._tensor(module, "data", shape=(b, g, 768), dtype=torch.uint8)
+            into.scales = self._tensor(module, "bases", shape=(b, g, 8), dtype=torch.uint8)
+            into.aux = self._tensor(module, "aux", shape=(b + 1 + module.exceptions,), dtype=torch.int64)
         else:
             raise Unsupported(f"{name} is a {cls.__name__}" + (f" in the {module.layout!r} layout"
                                                                  if cls in (Int8Linear, Int4Linear) else ""))

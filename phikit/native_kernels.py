@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from . import hugepages
+
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCES = ("phk.h", "kernels.c", "decode_step.c", "attention_prefill.c")  # compiled together into one library
+SOURCES = ("phk.h", "kernels.c", "decode_step.c", "attention_prefill.c", "lossless.c")  # compiled together into one library
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -44,6 +46,10 @@ _SIGNATURES = {
     "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, ctypes.c_int],
     "phk_gelu_new_many": [_P, _P, _I, ctypes.c_int],
     "phk_silu_gated_rows": [_P, _P, _I, _I, ctypes.c_int],
+    "phk_c12_encode": [_P, _P, _P, _P, _I, _I, ctypes.c_int],
+    "phk_c12_exceptions": [_P, _P, _I, _I, ctypes.c_int],
+    "phk_linear_c12": [_P, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
+    "phk_c12_decode_rows": [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
 }
 MIN_ELEMENTWISE = 1 << 16  # values from which the activations run natively (a prefill; a decode step has its own)
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
@@ -130,6 +136,12 @@ def has_decode_step() -> bool:
     return lib is not None and bool(lib.phk_has_decode_step())
 
 
+def has_c12() -> bool:
+    """Whether the lossless 12-bit bf16 kernels (`native/lossless.c`) run here (they need AVX512-BF16)."""
+    lib = _library()
+    return lib is not None and bool(lib.phk_has_c12())
+
+
 def library() -> ctypes.CDLL:
     """The loaded kernels (call only after `available()` returned True)."""
     return _library()
@@ -195,6 +207,49 @@ def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, 
     out = torch.empty(stop - start, k, dtype=dtype)
     fn = _library().phk_dequant_int4_bf16 if dtype == torch.bfloat16 else _library().phk_dequant_int4_f32
     fn(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size, torch.get_num_threads())
+    return out
+
+
+def c12_encode(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bf16 W [N, K] (contiguous CPU; N % 8 == 0, K % 64 == 0) -> its lossless 12-bit form (`native/lossless.c`):
+    data uint8 [N/8, K/64, 768], bases uint8 [N/8, K/64, 8], aux int64 [N/8 + 1 + exceptions]."""
+    n, k = weight.shape
+    lib, threads = _library(), torch.get_num_threads()
+    data = torch.empty(n // 8, k // 64, 768, dtype=torch.uint8)
+    hugepages.advise(data)  # before the first write: decode streams it from 2 MB pages where the host gives them
+    bases = torch.empty(n // 8, k // 64, 8, dtype=torch.uint8)
+    counts = torch.empty(n // 8, dtype=torch.int64)
+    lib.phk_c12_encode(_ptr(weight), _ptr(data), _ptr(bases), _ptr(counts), n, k, threads)
+    aux = torch.empty(n // 8 + 1 + int(counts.sum()), dtype=torch.int64)
+    aux[0] = 0
+    torch.cumsum(counts, 0, out=aux[1:n // 8 + 1])
+    lib.phk_c12_exceptions(_ptr(weight), _ptr(aux), n, k, threads)
+    return data, bases, aux
+
+
+def linear_c12(x: torch.Tensor, data: torch.Tensor, bases: torch.Tensor, aux: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """x bf16 [M, K] contiguous, W in the lossless 12-bit form (`c12_encode`), bias bf16 [N] | None -> y bf16 [M, N],
+    equal bit for bit to `linear_bf16` on the original W."""
+    (m, k), n = x.shape, data.shape[0] * 8
+    y = torch.empty(m, n, dtype=torch.bfloat16)
+    _library().phk_linear_c12(_ptr(x), _ptr(data), _ptr(bases), _ptr(aux), _ptr(bias), _ptr(y), m, n, k,
+                              torch.get_num_threads())
+    return y
+
+
+def c12_decode_rows(data: torch.Tensor, bases: torch.Tensor, aux: torch.Tensor, start: int, stop: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [start, stop) of a lossless 12-bit weight -> the original bf16 [stop - start, K] (into `out`, a
+    contiguous bf16 tensor of that shape, where given)."""
+    n, k = data.shape[0] * 8, data.shape[1] * 64
+    if out is None:
+        out = torch.empty(stop - start, k, dtype=torch.bfloat16)
+    elif out.dtype != torch.bfloat16 or tuple(out.shape) != (stop - start, k) or not out.is_contiguous():
+        raise ValueError(f"c12_decode_rows: out must be contiguous bf16 {(stop - start, k)}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    _library().phk_c12_decode_rows(_ptr(data), _ptr(bases), _ptr(aux), _ptr(out), start, stop, n, k,
+                                   torch.get_num_threads())
     return out
 
 

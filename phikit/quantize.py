@@ -45,8 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import hugepages, native_kernels
+from . import hugepages, lossless, native_kernels
 from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
+from .lossless import LosslessBf16Config, LosslessBf16Linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_int4_native, pack_int8_native, pack_nibbles,
                             quantize_int4, quantize_int8, unpack_int4_native, unpack_int8_native, unpack_nibbles)
@@ -86,7 +87,7 @@ class Int4WeightOnlyConfig:
         return {"quant_method": "phikit", "bits": 4, "group_size": self.group_size, "scheme": "group_asymmetric"}
 
 
-QuantConfig = Union[Int8WeightOnlyConfig, Int4WeightOnlyConfig]
+QuantConfig = Union[Int8WeightOnlyConfig, Int4WeightOnlyConfig, LosslessBf16Config]
 
 
 def config_from_dict(data: dict[str, Any]) -> QuantConfig:
@@ -112,6 +113,7 @@ class _QuantLinear(nn.Module):
     in_features: int
     out_features: int
     layout: str = "portable"
+    weight_in_buffers = True  # counted by num_parameters()
 
     def _init_layout(self) -> None:
         self.layout = "portable"
@@ -471,7 +473,10 @@ class StreamingQuantizer:
     def __init__(self, model: nn.Module, config: QuantConfig, skip: Iterable[str] = DEFAULT_SKIP) -> None:
         self.config = config
         self.skip = tuple(skip)
-        self.pending = {name + ".weight": name for name in linear_targets(model, skip)}
+        names = linear_targets(model, skip)
+        if isinstance(config, LosslessBf16Config):  # layers the 12-bit kernel cannot take stay plain bf16
+            names = [n for n in names if lossless.supported(*model.get_submodule(n).weight.shape)]
+        self.pending = {name + ".weight": name for name in names}
 
     def wants(self, param_name: str) -> bool:
         return param_name in self.pending
@@ -483,6 +488,11 @@ class StreamingQuantizer:
         called as rows [a, b) of `weight` are no longer needed."""
         module_name = self.pending.pop(param_name)
         linear = model.get_submodule(module_name)
+        if isinstance(self.config, LosslessBf16Config):  # the head too: lossless keeps every value
+            model.set_submodule(module_name, LosslessBf16Linear.from_weight(weight, linear.bias))
+            if rows_done is not None:
+                rows_done(0, weight.shape[0])
+            return
         config = Int8WeightOnlyConfig() if _skipped(module_name, HEAD_INT8) else self.config
         tensors = quantize_linear_weight(weight, config, rows_done)
         model.set_submodule(module_name, linear_from_quantized(tensors, config, linear.bias))
@@ -494,7 +504,8 @@ class StreamingQuantizer:
             if weight.device.type == "meta":
                 raise RuntimeError(f"{param_name} was never filled; the loader must set or initialise it first")
             self.consume(model, param_name, weight.detach())
-        if getattr(model, "config", None) is not None:
+        if getattr(model, "config", None) is not None and not isinstance(self.config, LosslessBf16Config):
+            # (the 12-bit form is a memory layout: its state_dict is plain bf16, so config.json records nothing)
             model.config.quantization_config = {**self.config.to_dict(), "skip": list(self.skip)}
         return model
 
@@ -641,6 +652,10 @@ def resolve_quantization_config(cfg: Any, device: str | torch.device = "cpu") ->
     is absent, `NotImplementedError` where it is present (phikit does not drive its layers yet); both name the
     phikit alternative.
     """
+    if isinstance(cfg, LosslessBf16Config):
+        if cfg.required:
+            lossless.check_available()
+        return cfg
     if cfg is None or isinstance(cfg, (Int8WeightOnlyConfig, Int4WeightOnlyConfig)):
         return cfg
     if not isinstance(cfg, (dict, BitsAndBytesConfig)) and hasattr(cfg, "to_dict"):
@@ -671,7 +686,8 @@ def resolve_quantization_config(cfg: Any, device: str | torch.device = "cpu") ->
                               f"{_bnb_alternative(cfg)}.")
 
 
-__all__ = ["Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "BitsAndBytesConfig", "Int8Linear", "Int4Linear",
+__all__ = ["Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "LosslessBf16Config", "BitsAndBytesConfig", "Int8Linear",
+           "Int4Linear", "LosslessBf16Linear",
            "quantize_model", "quantize_linear_weight", "linear_from_quantized", "empty_quantized_linear",
            "StreamingQuantizer", "resolve_quantization_config", "save_quantized_state", "prepare_quantized_model",
            "finalize_quantized_model", "load_quantized_model", "DEFAULT_SKIP", "HEAD_INT8"]

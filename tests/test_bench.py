@@ -11,7 +11,7 @@ import sys
 import torch
 
 import phikit
-from phikit import bench
+from phikit import bench, native_kernels
 
 
 def test_paired_specs_pair_each_format_with_its_peer():
@@ -23,6 +23,11 @@ def test_paired_specs_pair_each_format_with_its_peer():
         ("phikit", "transformers", [["phikit", "bf16"], ["transformers", "bf16"]]),
     ]
     assert bench.paired_specs(("int8",), ["phikit", "transformers"], gguf) == []  # transformers runs bf16 only
+    # the lossless 12-bit form holds the bf16 values: its peers are llama.cpp's bf16 file and transformers' bf16
+    assert bench.paired_specs(("lossless",), ["phikit", "transformers", "llama.cpp"], gguf) == [
+        ("phikit-lossless", "llama.cpp-bf16", [["phikit", "lossless"], ["llama.cpp", "/m-bf16.gguf"]]),
+        ("phikit-lossless", "transformers", [["phikit", "lossless"], ["transformers", "bf16"]]),
+    ]
 
 
 def test_paired_child_runs_two_engines_in_turns(tmp_path):
@@ -30,7 +35,7 @@ def test_paired_child_runs_two_engines_in_turns(tmp_path):
                                num_attention_heads=4, max_position_embeddings=64, pad_token_id=0)
     torch.manual_seed(0)
     phikit.Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(str(tmp_path))
-    specs = [["phikit", "bf16"], ["phikit", "int8"]]
+    specs = [["phikit", "lossless"] if native_kernels.has_c12() else ["phikit", "bf16"], ["phikit", "int8"]]
     out = subprocess.run([sys.executable, "-c", bench.PAIRED_CHILD, json.dumps(specs), str(tmp_path), "8", "3", "1",
                           "3"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

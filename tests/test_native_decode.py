@@ -47,7 +47,8 @@ CASES = {
                                            original_max_position_embeddings=24, rope_scaling=_longrope(24),
                                            pad_token_id=0)),
 }
-QUANT = {"bf16": None, "int8": phikit.Int8WeightOnlyConfig(), "int4": phikit.Int4WeightOnlyConfig(group_size=64)}
+QUANT = {"bf16": None, "int8": phikit.Int8WeightOnlyConfig(), "int4": phikit.Int4WeightOnlyConfig(group_size=64),
+         "lossless": phikit.LosslessBf16Config()}
 
 
 def build(case: str, weights: str = "bf16") -> nn.Module:
@@ -172,7 +173,7 @@ def test_prefill_activations_run_natively_and_round_as_pytorch_does(monkeypatch)
     assert native_kernels.silu_gated(gated.gate_up_proj(x)) is None  # grad enabled and weights require it
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int4", "lossless"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_native_step_equals_the_module_path(case: str, weights: str, spy, monkeypatch) -> None:
     model = build(case, weights)

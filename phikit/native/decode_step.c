@@ -15,10 +15,11 @@
 #include "phk.h"
 
 typedef struct {
-    int64_t kind;  /* 0 none, 1 bf16, 2 int8 per channel, 3 int4 (phikit layout) */
+    int64_t kind;  /* 0 none, 1 bf16, 2 int8 per channel, 3 int4 (phikit layout), 4 lossless 12-bit bf16 */
     int64_t n, k, group;
-    const void *w, *scales;
+    const void *w, *scales;  /* kind 4: data, bases (lossless.c) */
     const uint16_t *bias;
+    const int64_t *aux;  /* kind 4: the exception index and records */
 } phk_lin;
 
 typedef struct {
@@ -182,6 +183,8 @@ static void linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads
     if (l->kind == 1) phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
     else if (l->kind == 2) phk_linear_int8(x, (const int8_t *)l->w, s, l->bias, y, 1, l->n, l->k, threads);
     else if (l->kind == 3) phk_linear_int4(x, (const uint8_t *)l->w, s, l->bias, y, 1, l->n, l->k, l->group, threads);
+    else if (l->kind == 4)
+        phk_linear_c12(x, (const uint8_t *)l->w, (const uint8_t *)l->scales, l->aux, l->bias, y, 1, l->n, l->k, threads);
 }
 
 void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,

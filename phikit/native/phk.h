@@ -1,4 +1,4 @@
-/* Shared by phikit's native sources (kernels.c, decode_step.c): bf16 conversions and the kernels' prototypes. */
+/* Shared by phikit's native sources (kernels.c, decode_step.c, lossless.c): bf16 conversions and the kernels' prototypes. */
 #ifndef PHK_H
 #define PHK_H
 #include <stdint.h>
@@ -29,6 +29,8 @@ void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *
                           int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
                           int threads);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+void phk_linear_c12(const uint16_t *x, const uint8_t *data, const uint8_t *bases, const int64_t *aux,
+                    const uint16_t *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads);
 void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
                      int64_t M, int64_t N, int64_t K, int64_t GS, int threads);
 #endif
