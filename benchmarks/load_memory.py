@@ -1,6 +1,6 @@
 """Peak resident memory while loading a checkpoint, against the bytes of its weights as run, phikit vs transformers.
 
-    python benchmarks/load_memory.py [--gb 1.0] [--dir /tmp/phikit-load-bench] [--weights bf16,int8,int4]
+    python benchmarks/load_memory.py [--gb 1.0] [--dir /tmp/phikit-load-bench] [--weights bf16,lossless,int8,int4]
 
 Writes a random Phi-3-shaped bf16 checkpoint of about --gb gigabytes (once), then loads it in fresh processes
 (phikit in each --weights format, quantizing while loading; then transformers in bf16 if installed) and prints each
@@ -27,8 +27,8 @@ if engine == "phikit":
     import phikit
     from phikit import AutoModelForCausalLM
     if weights != "bf16":
-        kw["quantization_config"] = (phikit.Int8WeightOnlyConfig() if weights == "int8"
-                                     else phikit.Int4WeightOnlyConfig(group_size=128))
+        kw["quantization_config"] = {"int8": phikit.Int8WeightOnlyConfig(), "lossless": phikit.LosslessBf16Config(),
+                                     "int4": phikit.Int4WeightOnlyConfig(group_size=128)}[weights]
 else:
     from transformers import AutoModelForCausalLM
 base = status("VmRSS")
@@ -94,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=1.0, help="checkpoint size in GB (default 1.0)")
     parser.add_argument("--dir", default="/tmp/phikit-load-bench", help="where to write the checkpoint")
-    parser.add_argument("--weights", default="bf16", help="phikit formats, comma-separated: bf16,int8,int4")
+    parser.add_argument("--weights", default="bf16", help="phikit formats, comma-separated: bf16,lossless,int8,int4")
     args = parser.parse_args()
     weight_bytes = write_checkpoint(args.dir, args.gb)
     print(f"checkpoint: {args.dir} ({weight_bytes / 1e9:.2f} GB of bf16 weights)")

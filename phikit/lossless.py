@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -84,33 +84,36 @@ class LosslessBf16Linear(nn.Module):
 
     weight_in_buffers = True  # counted by num_parameters()
 
-    def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
+                 device: Any = None) -> None:
         super().__init__()
         if not supported(out_features, in_features):
             raise ValueError(f"LosslessBf16Linear({in_features}, {out_features}): out_features must be a multiple of "
                              f"{BLOCK_ROWS} and in_features of {GROUP}; keep this layer an nn.Linear")
         self.in_features, self.out_features = in_features, out_features
         b, g = out_features // BLOCK_ROWS, in_features // GROUP
-        self.register_buffer("data", torch.zeros(b, g, 768, dtype=torch.uint8), persistent=False)
-        self.register_buffer("bases", torch.zeros(b, g, 8, dtype=torch.uint8), persistent=False)
-        self.register_buffer("aux", torch.zeros(b + 1, dtype=torch.int64), persistent=False)
+        self.register_buffer("data", torch.zeros(b, g, 768, dtype=torch.uint8, device=device), persistent=False)
+        self.register_buffer("bases", torch.zeros(b, g, 8, dtype=torch.uint8, device=device), persistent=False)
+        self.register_buffer("aux", torch.zeros(b + 1, dtype=torch.int64, device=device), persistent=False)
         if isinstance(bias, torch.Tensor):
             self.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
         elif bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16), requires_grad=False)
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
         self.register_state_dict_post_hook(_weight_in_state)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "LosslessBf16Linear":
-        """The layer holding `weight` (bf16 [N, K] on the CPU) in the 12-bit form; `bias` is adopted."""
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    rows_done: Callable[[int, int], None] | None = None) -> "LosslessBf16Linear":
+        """The layer holding `weight` (bf16 [N, K] on the CPU) in the 12-bit form; `bias` is adopted. `rows_done(a,
+        b)` is called as rows [a, b) of `weight` are no longer needed (a loader drops their file pages)."""
         n, k = weight.shape
-        module = cls(k, n, bias if bias is not None else False)
-        module.set_weight(weight)
+        module = cls(k, n, bias if bias is not None else False, device="meta")  # set_weight gives the memory
+        module.set_weight(weight, rows_done)
         return module
 
-    def set_weight(self, weight: torch.Tensor) -> None:
+    def set_weight(self, weight: torch.Tensor, rows_done: Callable[[int, int], None] | None = None) -> None:
         """Encode `weight` (bf16 [N, K] on the CPU) into this layer's buffers."""
         expected = (self.out_features, self.in_features)
         if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or tuple(weight.shape) != expected:
@@ -118,7 +121,7 @@ class LosslessBf16Linear(nn.Module):
                              f"{tuple(weight.shape)} on {weight.device} (load with torch_dtype=torch.bfloat16 on the "
                              f"CPU, or without quantization_config)")
         check_available()
-        data, bases, aux = native_kernels.c12_encode(weight.detach().contiguous())
+        data, bases, aux = native_kernels.c12_encode(weight.detach().contiguous(), rows_done)
         self.data, self.bases, self.aux = data, bases, aux
 
     @property

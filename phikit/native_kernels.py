@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -210,21 +211,35 @@ def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, 
     return out
 
 
-def c12_encode(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def c12_encode(weight: torch.Tensor, rows_done: Callable[[int, int], None] | None = None,
+               slice_bytes: int = 4 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 W [N, K] (contiguous CPU; N % 8 == 0, K % 64 == 0) -> its lossless 12-bit form (`native/lossless.c`):
-    data uint8 [N/8, K/64, 768], bases uint8 [N/8, K/64, 8], aux int64 [N/8 + 1 + exceptions]."""
+    data uint8 [N/8, K/64, 768], bases uint8 [N/8, K/64, 8], aux int64 [N/8 + 1 + exceptions]. Works in slices of
+    rows and calls `rows_done(a, b)` after each (a loader drops those rows' file pages, so a large head does not sit
+    in memory twice)."""
     n, k = weight.shape
     lib, threads = _library(), torch.get_num_threads()
     data = torch.empty(n // 8, k // 64, 768, dtype=torch.uint8)
     hugepages.advise(data)  # before the first write: decode streams it from 2 MB pages where the host gives them
     bases = torch.empty(n // 8, k // 64, 8, dtype=torch.uint8)
     counts = torch.empty(n // 8, dtype=torch.int64)
-    lib.phk_c12_encode(_ptr(weight), _ptr(data), _ptr(bases), _ptr(counts), n, k, threads)
-    aux = torch.empty(n // 8 + 1 + int(counts.sum()), dtype=torch.int64)
-    aux[0] = 0
-    torch.cumsum(counts, 0, out=aux[1:n // 8 + 1])
-    lib.phk_c12_exceptions(_ptr(weight), _ptr(aux), n, k, threads)
-    return data, bases, aux
+    records = []
+    step = max(8, slice_bytes // (2 * k) // 8 * 8)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        blocks = slice(a // 8, b // 8)
+        rows = weight[a:b]
+        lib.phk_c12_encode(_ptr(rows), _ptr(data[blocks]), _ptr(bases[blocks]), _ptr(counts[blocks]), b - a, k,
+                           threads)
+        part = torch.zeros((b - a) // 8 + 1 + int(counts[blocks].sum()), dtype=torch.int64)
+        torch.cumsum(counts[blocks], 0, out=part[1:(b - a) // 8 + 1])
+        lib.phk_c12_exceptions(_ptr(rows), _ptr(part), b - a, k, threads)
+        records.append(part[(b - a) // 8 + 1:])
+        if rows_done is not None:
+            rows_done(a, b)
+    starts = torch.zeros(n // 8 + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=starts[1:])
+    return data, bases, torch.cat([starts, *records])
 
 
 def linear_c12(x: torch.Tensor, data: torch.Tensor, bases: torch.Tensor, aux: torch.Tensor,

@@ -489,9 +489,7 @@ class StreamingQuantizer:
         module_name = self.pending.pop(param_name)
         linear = model.get_submodule(module_name)
         if isinstance(self.config, LosslessBf16Config):  # the head too: lossless keeps every value
-            model.set_submodule(module_name, LosslessBf16Linear.from_weight(weight, linear.bias))
-            if rows_done is not None:
-                rows_done(0, weight.shape[0])
+            model.set_submodule(module_name, LosslessBf16Linear.from_weight(weight, linear.bias, rows_done))
             return
         config = Int8WeightOnlyConfig() if _skipped(module_name, HEAD_INT8) else self.config
         tensors = quantize_linear_weight(weight, config, rows_done)
