@@ -8,6 +8,8 @@ host's memory bandwidth drifts between minutes, so only same-run ratios mean any
 * gelu_new over 512 x 8192 bf16 values against its seven PyTorch ops;
 * the bf16 matrix-vector kernel (8192 x 2048) against `F.linear`, and over weights on 2 MB pages against 4 KB pages
   (24 distinct weights, 768 MB, so they come from memory);
+* the lossless 12-bit bf16 kernel on the same 24 weights against the bf16 kernel (both on 2 MB pages), and a prefill
+  through it (128 and 512 rows: the GEMM on rebuilt row slices) against `F.linear` on the plain weight;
 * the int8 kernel on the blocked layout (8192 x 2048, 1 row and 8 rows) against `aten._weight_int8pack_mm`.
 """
 
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from phikit import hugepages, native_kernels
+from phikit.lossless import LosslessBf16Linear
 from phikit.quantize_math import pack_int8_native, quantize_int8
 
 
@@ -75,6 +78,15 @@ def main() -> None:
     compare("bf16 matvec, 2 MB pages against 4 KB pages", lambda: every(
         huge, lambda w: native_kernels.linear_bf16(xv, w, None)), lambda: every(
         plain, lambda w: native_kernels.linear_bf16(xv, w, None)), r, "4 KB")
+
+    lossless = [LosslessBf16Linear.from_weight(w) for w in huge]  # its data on 2 MB pages too
+    compare("lossless 12-bit matvec, 24 x 8192 x 2048", lambda: every(lossless, lambda m: m(xv)), lambda: every(
+        huge, lambda w: native_kernels.linear_bf16(xv, w, None)), r, "bf16")
+    for rows in (128, 512):  # a prefill: the same GEMM on rebuilt slices of rows, against it on the plain weight
+        xr = torch.randn(rows, kk, generator=gen).bfloat16()
+        compare(f"lossless 12-bit GEMM, {rows} rows, 8192 x 2048", lambda: lossless[0](xr),
+                lambda: F.linear(xr, huge[0]), r, "bf16")
+    del lossless
 
     qw, s = quantize_int8(plain[0])
     packed = pack_int8_native(qw)

@@ -7,7 +7,7 @@ exponent as a 4-bit code above the group's base, with the rare weight outside th
 in a side list. Nothing is rounded: `dequantize()` gives back the original tensor bit for bit, and the decode kernel
 rebuilds each chunk of 32 weights in registers and feeds the same dot-product instructions as the plain bf16 kernel,
 in the same order, so its outputs equal that kernel's bit for bit. On the 2-core Zen 4 host a matrix-vector product
-streams 1.18-1.24x faster (median per shape; `benchmarks/RESULTS.md`).
+runs 1.16-1.24x faster than the plain bf16 kernel (`python benchmarks/kernels.py`; `benchmarks/RESULTS.md`).
 
     model = Phi3ForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16,
                                             quantization_config=phikit.LosslessBf16Config())
