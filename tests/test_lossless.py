@@ -182,3 +182,19 @@ def test_what_cannot_hold_it_stays_plain_or_raises(tmp_path) -> None:
     tied = phikit.AutoModelForCausalLM.from_pretrained(str(tmp_path / "tied"), dtype=torch.bfloat16,
                                                        quantization_config=LosslessBf16Config())
     assert tied.lm_head.weight is tied.model.embed_tokens.weight
+
+
+def test_the_command_holds_bf16_weights_lossless_by_default(capsys) -> None:
+    """`phikit generate` on the bundled bf16 model: the default (`--weights auto`) loads the 12-bit form and prints
+    exactly what `--weights plain` prints."""
+    from phikit.cli import main
+
+    texts = {}
+    for weights in ("auto", "plain"):
+        assert main(["generate", "def parse(line):", "--max-new-tokens", "24", "--no-stream", "--weights",
+                     weights]) == 0
+        out = capsys.readouterr()
+        texts[weights] = out.out
+        held = "lossless 12-bit bf16" if weights == "auto" else "bfloat16"
+        assert f"weights: {held})" in out.err
+    assert texts["auto"] == texts["plain"] and len(texts["auto"]) > len("def parse(line):")
