@@ -129,9 +129,9 @@ class LosslessBf16Linear(nn.Module):
         """How many weights sit outside their group's 15 octaves and are kept in the side list."""
         return self.aux.numel() - self.out_features // BLOCK_ROWS - 1
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """The original bf16 weight's rows [start, stop)."""
-        return native_kernels.c12_decode_rows(self.data, self.bases, self.aux, start, stop)
+    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The original bf16 weight's rows [start, stop) (into `out`, bf16 [stop - start, K], where given)."""
+        return native_kernels.c12_decode_rows(self.data, self.bases, self.aux, start, stop, out)
 
     def dequantize(self) -> torch.Tensor:
         """The weight bf16 [N, K], bit for bit as it was encoded (a new tensor)."""
@@ -162,7 +162,7 @@ class LosslessBf16Linear(nn.Module):
         buffer = _scratch(min(n, step) * k)
         for a in range(0, n, step):
             b = min(n, a + step)
-            w = native_kernels.c12_decode_rows(self.data, self.bases, self.aux, a, b, buffer[:(b - a) * k].view(b - a, k))
+            w = self.rows(a, b, buffer[:(b - a) * k].view(b - a, k))
             if bias is None:
                 torch.mm(x, w.t(), out=out[:, a:b])
             else:

@@ -153,7 +153,9 @@ class _Plan:
             into.kind, multiple = 4, 64
             into.w = self._tensor(module, "data", shape=(b, g, 768), dtype=torch.uint8)
             into.scales = self._tensor(module, "bases", shape=(b, g, 8), dtype=torch.uint8)
-            into.aux = self._tensor(module, "aux", shape=(b + 1 + module.exceptions,), dtype=torch.int64)
+            into.aux = self._tensor(module, "aux", dtype=torch.int64)
+            if module.aux.numel() < b + 1 or int(module.aux[b]) != module.exceptions:  # the C loop trusts the index
+                raise Unsupported(f"{name}.aux does not index its {module.exceptions} exception records")
         else:
             raise Unsupported(f"{name} is a {cls.__name__}" + (f" in the {module.layout!r} layout"
                                                                  if cls in (Int8Linear, Int4Linear) else ""))

@@ -20,8 +20,8 @@ import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 
