@@ -12,13 +12,17 @@ import torch.nn.functional as F
 from . import native_kernels
 
 
+def _gelu_new_ops(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU that phi-1/1.5/2 were trained with (transformers' "gelu_new"). Large no-grad
-    bf16 CPU tensors (a prefill) run the native kernel: the same ops and bf16 roundings in one pass."""
-    fast = native_kernels.gelu_new(x)
+    bf16 CPU tensors (a prefill) look each value up in a table of these ops over all 65536 bf16 values."""
+    fast = native_kernels.lookup(x, _gelu_new_ops)
     if fast is not None:
         return fast
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    return _gelu_new_ops(x)
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -75,7 +79,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [B, T, 2I]
-        fused = native_kernels.silu_gated(gate_up) if self.act is F.silu else None  # a bf16 prefill, in one pass
+        fused = native_kernels.silu_gated(gate_up, F.silu) if self.act is F.silu else None  # a bf16 prefill
         if fused is not None:
             return self.down_proj(fused)
         gate, up = gate_up.chunk(2, dim=-1)  # [B, T, I] each

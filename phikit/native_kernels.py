@@ -4,9 +4,9 @@ Decoding one token streams every weight once, so its speed is the memory bandwid
 The kernels in `native/kernels.c` (bf16, int8-per-channel and int4-group-wise linears, and the attention of one new
 token over the cache; fp32 accumulation) read each weight row once for all rows of a small batch. Two more pieces
 speed up a bf16 prefill: causal attention of a whole prompt (`native/attention_prefill.c`) and the MLP activations
-over many tokens (`native/decode_step.c`'s gelu_new / silu-gated, multi-threaded). They are compiled on first use
-with `cc -O3 -march=native -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked against the OpenMP runtime torch
-loaded (one thread pool), and called through ctypes on tensors' memory with torch.get_num_threads() threads. Where
+over many tokens (`native/decode_step.c`: a lookup in a table of PyTorch's own results for all 65536 bf16
+inputs). They are compiled on first use with `cc -O3 -march=native -fopenmp` into `~/.cache/phikit/native/<hash>/`,
+linked against the OpenMP runtime torch loaded (one thread pool), and called through ctypes on tensors' memory with torch.get_num_threads() threads. Where
 there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()` is False and callers keep PyTorch's kernels:
 results differ only in fp32 summation order.
 """
@@ -45,8 +45,8 @@ _SIGNATURES = {
     "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
     "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
     "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, ctypes.c_int],
-    "phk_gelu_new_many": [_P, _P, _I, ctypes.c_int],
-    "phk_silu_gated_rows": [_P, _P, _I, _I, ctypes.c_int],
+    "phk_lookup_bf16": [_P, _P, _P, _I, ctypes.c_int],
+    "phk_silu_gated_lookup": [_P, _P, _P, _I, _I, ctypes.c_int],
     "phk_c12_encode": [_P, _P, _P, _P, _I, _I, ctypes.c_int],
     "phk_c12_exceptions": [_P, _P, _I, _I, ctypes.c_int],
     "phk_linear_c12": [_P, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
@@ -273,26 +273,38 @@ def _elementwise_ok(x: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and x.requires_grad) and has_decode_step())
 
 
-def gelu_new(x: torch.Tensor) -> torch.Tensor | None:
-    """`layers.gelu_new` of a large bf16 CPU tensor, op by op in bf16 as PyTorch rounds it (its tanh within an fp32
-    ulp of PyTorch's), on torch's threads; None where it does not apply."""
+@lru_cache(maxsize=None)
+def activation_table(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`fn` (PyTorch's ops on a bf16 tensor) of every bf16 value, indexed by its 16 bits: int16 [65537], the last
+    entry a pad for the kernels' 32-bit reads. Computed once per function (a millisecond)."""
+    bits = torch.arange(65536, dtype=torch.int32)
+    x = torch.where(bits >= 32768, bits - 65536, bits).to(torch.int16).view(torch.bfloat16)
+    with torch.no_grad():
+        y = fn(x).view(torch.int16)
+    return torch.cat([y, y.new_zeros(1)])
+
+
+def lookup(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """fn(x) for a large bf16 CPU tensor by looking each value up in `activation_table(fn)`: bit for bit what
+    PyTorch's ops give, on torch's threads; None where it does not apply."""
     if not _elementwise_ok(x):
         return None
     x = x.contiguous()
     y = torch.empty_like(x)
-    _library().phk_gelu_new_many(_ptr(x), _ptr(y), x.numel(), torch.get_num_threads())
+    _library().phk_lookup_bf16(_ptr(x), _ptr(activation_table(fn)), _ptr(y), x.numel(), torch.get_num_threads())
     return y
 
 
-def silu_gated(gate_up: torch.Tensor) -> torch.Tensor | None:
-    """up * silu(gate) for gate_up [..., 2I] = [gate, up] in bf16 -> [..., I] (each op rounded to bf16 as PyTorch
-    does); None where it does not apply."""
+def silu_gated(gate_up: torch.Tensor, silu: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """up * silu(gate) for gate_up [..., 2I] = [gate, up] in bf16 -> [..., I], silu(gate) looked up in
+    `activation_table(silu)` and the product rounded to bf16, as PyTorch computes it; None where it does not apply."""
     if not _elementwise_ok(gate_up):
         return None
     n = gate_up.shape[-1] // 2
     gate_up = gate_up.contiguous()
     y = gate_up.new_empty(*gate_up.shape[:-1], n)
-    _library().phk_silu_gated_rows(_ptr(gate_up), _ptr(y), gate_up.numel() // (2 * n), n, torch.get_num_threads())
+    _library().phk_silu_gated_lookup(_ptr(gate_up), _ptr(activation_table(silu)), _ptr(y),
+                                     gate_up.numel() // (2 * n), n, torch.get_num_threads())
     return y
 
 

@@ -150,27 +150,35 @@ def torch_gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def test_prefill_activations_run_natively_and_round_as_pytorch_does(monkeypatch) -> None:
+def test_prefill_activations_run_natively_and_equal_pytorch(monkeypatch) -> None:
     """A bf16 prefill's MLP activations (phi: gelu_new; phi3: up * silu(gate)) take the multi-threaded native
-    pieces and give PyTorch's numbers; under autograd, and for small tensors, PyTorch's ops run."""
-    from phikit.layers import FcMLP, GatedMLP
+    table lookups and give PyTorch's numbers bit for bit, every bf16 input included (NaN, inf, subnormals, odd
+    lengths for the tail masks); under autograd, and for small tensors, PyTorch's ops run."""
+    from phikit.layers import FcMLP, GatedMLP, _gelu_new_ops
 
     gen = torch.Generator().manual_seed(6)
     calls = []
-    for name in ("gelu_new", "silu_gated"):
+    for name in ("lookup", "silu_gated"):
         real = getattr(native_kernels, name)
-        monkeypatch.setattr(native_kernels, name, lambda t, real=real, name=name: calls.append(name) or real(t))
+        monkeypatch.setattr(native_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     x = torch.randn(2, 300, 256, generator=gen).bfloat16()  # 600 tokens: 600 x 1024 activations
     fc, gated = FcMLP(256, 1024, "gelu_new").bfloat16(), GatedMLP(256, 1024, "silu").bfloat16()
     with torch.no_grad():
         h = fc.fc1(x)
-        _bf16_close(fc.act(h), torch_gelu_new(h), 0.999)
+        assert torch.equal(fc.act(h), torch_gelu_new(h))
         gate, up = gated.gate_up_proj(x).chunk(2, dim=-1)
-        _bf16_close(gated(x), gated.down_proj(up * torch.nn.functional.silu(gate)), 0.99)
-    assert calls == ["gelu_new", "silu_gated"]
-    assert native_kernels.gelu_new(h[:, :10]) is None  # a decode-sized tensor: PyTorch's ops
-    assert native_kernels.gelu_new(h.float()) is None
-    assert native_kernels.silu_gated(gated.gate_up_proj(x)) is None  # grad enabled and weights require it
+        assert torch.equal(gated(x), gated.down_proj(up * torch.nn.functional.silu(gate)))
+    assert calls == ["lookup", "silu_gated"]
+    every = torch.arange(-32768, 32768, dtype=torch.int16).view(torch.bfloat16)  # all 65536 bit patterns
+    every = torch.cat([every, every[:12345]])  # and a length off the 16-lane blocks
+    ours, theirs = native_kernels.lookup(every, _gelu_new_ops), torch_gelu_new(every)
+    assert torch.equal(ours.view(torch.int16), theirs.view(torch.int16))  # NaNs compare by their bits
+    up = torch.randn(every.shape, generator=gen).bfloat16()
+    ours = native_kernels.silu_gated(torch.cat([every, up])[None], torch.nn.functional.silu)[0]
+    assert torch.equal(ours.view(torch.int16), (up * torch.nn.functional.silu(every)).view(torch.int16))
+    assert native_kernels.lookup(h[:, :10], _gelu_new_ops) is None  # a decode-sized tensor: PyTorch's ops
+    assert native_kernels.lookup(h.float(), _gelu_new_ops) is None
+    assert native_kernels.silu_gated(gated.gate_up_proj(x), torch.nn.functional.silu) is None  # grad enabled
 
 
 @pytest.mark.parametrize("weights", ["bf16", "int8", "int4", "lossless"])
