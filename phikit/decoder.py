@@ -74,18 +74,24 @@ class Attention(nn.Module):
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, hidden] -> [B, T, hidden], or [B, keep_last, hidden] for the last `keep_last` queries only (the
+        keys and values of all T positions still go to the cache)."""
         b, t, _ = x.shape
         q, k, v = self.project(x)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = ctx.rotary.apply(q), ctx.rotary.apply(k)
+        bias = ctx.bias
+        if keep_last:
+            q, bias, t = q[:, :, -keep_last:], bias[:, :, -keep_last:], keep_last  # the last queries see every key
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, KV, S, D]
         if ctx.first_key:
             k, v = k[:, :, ctx.first_key:], v[:, :, ctx.first_key:]
         kernel = "eager" if ctx.output_attentions else ctx.attn_implementation
-        out, weights = ATTENTION_FUNCTIONS[kernel](q, k, v, ctx.bias, self.scale, self.dropout, self.training,
+        out, weights = ATTENTION_FUNCTIONS[kernel](q, k, v, bias, self.scale, self.dropout, self.training,
                                                    plain_causal=ctx.plain_causal)
         out = out.reshape(b, t, self.num_heads * self.head_dim)  # [B, T, H*D]
         return self._modules[self.out_name](out), weights
@@ -120,12 +126,15 @@ class DecoderLayer(nn.Module):
         self.add_module(arch.mlp_name, mlp)
         self.resid_dropout = nn.Dropout(arch.resid_dropout)
 
-    def forward(self, x: torch.Tensor, ctx: StepContext
+    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x [B, T, hidden] -> (x', attention weights or None, router logits [N, E] or None)."""
+        """x [B, T, hidden] -> (x' [B, T, hidden], attention weights or None, router logits [N, E] or None).
+        keep_last > 0: x' of the last `keep_last` positions only, [B, keep_last, hidden] (the cache gets all T)."""
         mlp = self._modules[self.mlp_name]
         h = self.input_layernorm(x)
-        attn, weights = self.self_attn(h, ctx)
+        attn, weights = self.self_attn(h, ctx, keep_last)
+        if keep_last:
+            x, h = x[:, -keep_last:], h[:, -keep_last:]
         drop = self.resid_dropout if self.training and self.resid_dropout.p > 0 else _identity
         if self.parallel:
             return x + drop(attn) + drop(mlp(h)), weights, None
@@ -167,9 +176,13 @@ class Decoder(nn.Module):
     def run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
             position_ids: torch.Tensor | None, cache: KVCache | None, start: int,
             output_attentions: bool, output_hidden_states: bool, output_router_logits: bool,
-            long: torch.Tensor | None = None) -> TrunkOutput:
+            long: torch.Tensor | None = None, keep_last: int = 0) -> TrunkOutput:
         """inputs_embeds [B, T, hidden] into slots [start, start + T) of `cache`; attention_mask [B, L] 1 = real.
-        `long` [B] forces the LongRoPE regime of each row (default: chosen from the positions by the policy)."""
+        `long` [B] forces the LongRoPE regime of each row (default: chosen from the positions by the policy).
+        keep_last > 0: the caller reads only the last `keep_last` positions of last_hidden_state, which is then
+        [B, keep_last, hidden] where that saves work: the last layer computes keys and values for every position
+        (the cache needs them) but its queries, output projection and MLP for those positions only, as llama.cpp
+        does. A 512-token prefill that wants the next token's logits skips 3/4 of a layer."""
         b, t, _ = inputs_embeds.shape
         device = inputs_embeds.device
         if position_ids is None:
@@ -206,14 +219,17 @@ class Decoder(nn.Module):
                           self.config._attn_implementation, output_attentions)
 
         x = self.embed_dropout(inputs_embeds)
+        if not 0 < keep_last < t or output_attentions or output_hidden_states or output_router_logits:
+            keep_last = 0  # every position is wanted, or every layer's full output is reported
         all_hidden = [x] if output_hidden_states else None
         all_attn = [] if output_attentions else None
         all_router = [] if output_router_logits else None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            rows = keep_last if i == len(self.layers) - 1 else 0
             if self.gradient_checkpointing and self.training:
-                x, weights, router = torch.utils.checkpoint.checkpoint(layer, x, ctx, use_reentrant=False)
+                x, weights, router = torch.utils.checkpoint.checkpoint(layer, x, ctx, rows, use_reentrant=False)
             else:
-                x, weights, router = layer(x, ctx)
+                x, weights, router = layer(x, ctx, rows)
             if all_hidden is not None:
                 all_hidden.append(x)
             if all_attn is not None:

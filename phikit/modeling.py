@@ -169,7 +169,7 @@ class DecoderModel(PreTrainedMixin, Decoder):
         return self._finish(out, return_dict)
 
     def _trunk(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
-               output_attentions, output_hidden_states, cache_position, output_router_logits
+               output_attentions, output_hidden_states, cache_position, output_router_logits, keep_last: int = 0
                ) -> tuple[TrunkOutput, KVCache | None]:
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -200,7 +200,7 @@ class DecoderModel(PreTrainedMixin, Decoder):
         output_router_logits = bool(output_router_logits if output_router_logits is not None
                                     else getattr(config, "output_router_logits", False))
         trunk = self.run(inputs_embeds, attention_mask, position_ids, cache, start, output_attentions,
-                         output_hidden_states, output_router_logits)
+                         output_hidden_states, output_router_logits, keep_last=keep_last)
         return trunk, (cache if use_cache else None)
 
 
@@ -237,10 +237,11 @@ class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
         is_moe = self.config.architecture().mlp == "moe"
         if output_router_logits is None:
             output_router_logits = getattr(self.config, "output_router_logits", False)
+        keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
         trunk, cache = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                          use_cache, output_attentions, output_hidden_states, cache_position,
-                                         is_moe and output_router_logits)
-        hidden = trunk.last_hidden_state
+                                         is_moe and output_router_logits, keep_last)
+        hidden = trunk.last_hidden_state  # [B, T, hidden], or only the last `keep_last` positions
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])  # [B, T', V]
         loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None

@@ -154,6 +154,41 @@ def test_logits_to_keep_and_tuple_outputs(name: str) -> None:
     assert_close(as_tuple[0], ref(ids).logits)
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("padded", [False, True])
+def test_logits_to_keep_runs_only_those_rows_of_the_last_layer(name: str, padded: bool) -> None:
+    """logits_to_keep=k: the last layer's MLP sees only the last k positions (what a prefill for the next token
+    saves), the logits equal the reference's, and the cache still holds every position's keys and values: the next
+    cached step equals the reference's uncached forward."""
+    ours, ref = pair(name)
+    vocab = ours.config.vocab_size
+    if padded:
+        ids, mask, positions, _ = left_padded_batch(vocab, [14, 9])
+    else:
+        ids = _ids(vocab, 14, batch=2)
+        mask, positions = torch.ones_like(ids), torch.arange(14).expand(2, 14)
+    last = ours.model.layers[-1]
+    seen = []
+    hook = last._modules[last.mlp_name].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    nxt = _ids(vocab, 1, batch=2, seed=7)
+    with torch.no_grad():
+        for k in (1, 3):
+            seen.clear()
+            a = ours(ids, attention_mask=mask, position_ids=positions, logits_to_keep=k, use_cache=True)
+            assert seen == [k]
+            assert_close(a.logits, ref(ids, attention_mask=mask, position_ids=positions).logits[:, -k:])
+        grown, grown_mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        grown_positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+        step = ours(nxt, attention_mask=grown_mask, position_ids=grown_positions[:, -1:],
+                    past_key_values=a.past_key_values, use_cache=True)
+        full = ref(grown, attention_mask=grown_mask, position_ids=grown_positions).logits[:, -1:]
+        assert_close(step.logits, full)
+        seen.clear()
+        ours(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, output_hidden_states=True)
+        assert seen == [ids.shape[1]]  # every layer's full output is reported: nothing skipped
+    hook.remove()
+
+
 def test_inputs_embeds_equal_input_ids() -> None:
     ours, ref = pair("phi-3-mini-4k")
     ids = _ids(ours.config.vocab_size, 9)
