@@ -113,6 +113,10 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
+    if bias is not None and bias.dtype == x.dtype and packing_available():
+        # oneDNN adds the bias inside the GEMM; F.linear (addmm) first copies it into every row of the output, a
+        # pass over [M, N] that cost 2.6% of a 512-token phi-1.5 prefill. The same numbers (tested).
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

@@ -47,6 +47,7 @@ _SIGNATURES = {
     "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, ctypes.c_int],
     "phk_lookup_bf16": [_P, _P, _P, _I, ctypes.c_int],
     "phk_silu_gated_lookup": [_P, _P, _P, _I, _I, ctypes.c_int],
+    "phk_rotary": [_P, _P, _P, _P] + [_I] * 9 + [ctypes.c_int],
     "phk_c12_encode": [_P, _P, _P, _P, _I, _I, ctypes.c_int],
     "phk_c12_exceptions": [_P, _P, _I, _I, ctypes.c_int],
     "phk_linear_c12": [_P, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
@@ -306,6 +307,21 @@ def silu_gated(gate_up: torch.Tensor, silu: Callable[[torch.Tensor], torch.Tenso
     _library().phk_silu_gated_lookup(_ptr(gate_up), _ptr(activation_table(silu)), _ptr(y),
                                      gate_up.numel() // (2 * n), n, torch.get_num_threads())
     return y
+
+
+def rotary(x: torch.Tensor, cos_full: torch.Tensor, sin_signed: torch.Tensor, rotary_dims: int
+           ) -> torch.Tensor | None:
+    """`RotaryTables.apply` of a large bf16 CPU tensor x [B, H, T, D] (a view is fine; last dim contiguous) with
+    tables [B or 1, 1, T, D]: the same numbers in one pass -> [B, H, T, D] contiguous; None where it does not apply."""
+    b, h, t, d = x.shape
+    if not (_elementwise_ok(x) and x.stride(-1) == 1 and d <= 256 and cos_full.dtype == sin_signed.dtype == x.dtype
+            and cos_full.shape[-2:] == sin_signed.shape[-2:] == (t, d) and cos_full.shape[0] in (1, b)):
+        return None
+    cos, sin = cos_full.reshape(-1, t, d).contiguous(), sin_signed.reshape(-1, t, d).contiguous()
+    out = torch.empty(b, h, t, d, dtype=x.dtype)
+    _library().phk_rotary(_ptr(x), _ptr(cos), _ptr(sin), _ptr(out), b, h, t, d, rotary_dims, x.stride(0), x.stride(1),
+                          x.stride(2), 0 if cos.shape[0] == 1 else t * d, torch.get_num_threads())
+    return out
 
 
 def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:

@@ -88,6 +88,21 @@ def test_fast_linear_matches_linear(rows: int) -> None:
     assert x.grad is not None and fast.weight.grad is not None
 
 
+@pytest.mark.parametrize("rows", [16, 64])
+def test_biased_bf16_gemm_equals_f_linear_bit_for_bit(rows: int) -> None:
+    """A prefill's biased bf16 linear lets oneDNN add the bias inside the GEMM (no copy of it into every output row
+    first): the very numbers of F.linear, on a strided input too."""
+    torch.manual_seed(0)
+    fast = nn.Linear(256, 192).bfloat16()
+    w, b = fast.weight.detach().clone(), fast.bias.detach().clone()
+    use_fast_linears(fast)
+    x = torch.randn(2, rows, 512).bfloat16()[..., ::2]  # [2, rows, 256], not contiguous
+    with torch.no_grad():
+        # (F.linear itself rounds twice, product then bias, on a non-contiguous 3D input: compare rows as addmm does)
+        assert torch.equal(fast(x), torch.nn.functional.linear(x.reshape(-1, 256), w, b).view(2, rows, 192))
+        assert torch.equal(fast(x.contiguous()), torch.nn.functional.linear(x.contiguous(), w, b))
+
+
 @needs_native
 @pytest.mark.parametrize("rows", [1, 16, 128])
 def test_int8_linear_uses_exact_dequantized_weights(rows: int) -> None:
@@ -204,3 +219,31 @@ def test_kernels_build_wherever_the_cpu_and_a_compiler_allow() -> None:
     assert native_kernels.available(), native_kernels.build_error
     if "avx512_bf16" in flags:
         assert native_kernels.has_int4() and native_kernels.has_decode_step()
+
+
+@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill rotary kernel needs AVX512-BF16")
+@pytest.mark.parametrize("batch,heads,positions,dim,rotary,table_rows", [
+    (1, 32, 300, 64, 32, 1),  # phi-1.5: half the dims rotate
+    (2, 8, 200, 80, 32, 2),  # phi-2 (0.4), one table per row (left padding)
+    (1, 12, 150, 96, 96, 1),  # Phi-3: every dim
+    (2, 6, 100, 128, 96, 2),  # Phi-4-mini (0.75)
+])
+def test_prefill_rotary_equals_the_four_torch_ops(batch, heads, positions, dim, rotary, table_rows) -> None:
+    """A bf16 prefill's rotary embedding runs natively in one pass, bit for bit RotaryTables' PyTorch ops, on a
+    strided view of a fused projection; small tensors and fp32 keep PyTorch's ops."""
+    from phikit.rope import RotaryTables
+
+    gen = torch.Generator().manual_seed(positions)
+    fused = (torch.randn(batch, positions, 3 * heads * dim, generator=gen) * 4).bfloat16()
+    x = fused[..., heads * dim:2 * heads * dim].view(batch, positions, heads, dim).transpose(1, 2)  # k's view
+    angles = torch.randn(table_rows, positions, rotary // 2, generator=gen) * 50
+    emb = torch.cat([angles, angles], -1)
+    tables = RotaryTables.build(emb.cos().bfloat16(), emb.sin().bfloat16(), dim)
+    half = rotary // 2
+    partnered = torch.cat((x[..., half:rotary], x[..., :half], x[..., rotary:]), dim=-1)
+    reference = x * tables.cos_full + partnered * tables.sin_signed
+    fast = native_kernels.rotary(x, tables.cos_full, tables.sin_signed, rotary)
+    assert fast is not None and torch.equal(fast, reference)
+    assert torch.equal(tables.apply(x), reference)  # the module path takes it
+    assert native_kernels.rotary(x[:, :, :2], tables.cos_full[:, :, :2], tables.sin_signed[:, :, :2], rotary) is None
+    assert native_kernels.rotary(x.float(), tables.cos_full.float(), tables.sin_signed.float(), rotary) is None
