@@ -48,6 +48,7 @@ _SIGNATURES = {
     "phk_lookup_bf16": [_P, _P, _P, _I, ctypes.c_int],
     "phk_silu_gated_lookup": [_P, _P, _P, _I, _I, ctypes.c_int],
     "phk_rotary": [_P, _P, _P, _P] + [_I] * 9 + [ctypes.c_int],
+    "phk_rms_norm_rows": [_P, _P, _P, _I, _I, ctypes.c_float, ctypes.c_int],
     "phk_c12_encode": [_P, _P, _P, _P, _I, _I, ctypes.c_int],
     "phk_c12_exceptions": [_P, _P, _I, _I, ctypes.c_int],
     "phk_linear_c12": [_P, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
@@ -306,6 +307,19 @@ def silu_gated(gate_up: torch.Tensor, silu: Callable[[torch.Tensor], torch.Tenso
     y = gate_up.new_empty(*gate_up.shape[:-1], n)
     _library().phk_silu_gated_lookup(_ptr(gate_up), _ptr(activation_table(silu)), _ptr(y),
                                      gate_up.numel() // (2 * n), n, torch.get_num_threads())
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """`layers.RMSNorm` of a large bf16 CPU tensor [..., n] with a bf16 weight [n], row by row on torch's threads;
+    None where it does not apply. Its mean of squares is exact where PyTorch's fp32 sum rounds (rarely a bf16 ulp)."""
+    if not (_elementwise_ok(x) and weight.dtype == x.dtype and weight.dim() == 1 and weight.shape[0] == x.shape[-1]
+            and not (torch.is_grad_enabled() and weight.requires_grad)):
+        return None
+    x, weight = x.contiguous(), weight.detach().contiguous()
+    y = torch.empty_like(x)
+    n = x.shape[-1]
+    _library().phk_rms_norm_rows(_ptr(x), _ptr(weight), _ptr(y), x.numel() // n, n, eps, torch.get_num_threads())
     return y
 
 

@@ -288,3 +288,27 @@ def test_a_weight_of_another_shape_is_refused_not_read_out_of_bounds() -> None:
     fc1 = model.model.layers[2].mlp.fc1
     fc1.weight = nn.Parameter(fc1.weight.detach()[:512].clone(), requires_grad=False)  # 512 rows, config says 768
     assert native_decode.explain(model.model) == "FastLinear.weight has shape (512, 256), expected (768, 256)"
+
+
+def test_prefill_rms_norm_runs_natively_and_rounds_as_pytorch_does(monkeypatch) -> None:
+    """A bf16 prefill's RMSNorm runs natively, row by row: PyTorch's numbers but where its fp32 sum of squares
+    rounds differently (a rare bf16 ulp); small tensors, fp32 and autograd keep PyTorch's ops."""
+    from phikit.layers import RMSNorm
+
+    gen = torch.Generator().manual_seed(8)
+    norm = RMSNorm(3072, 1e-5).bfloat16()
+    with torch.no_grad():
+        norm.weight.copy_((1 + 0.1 * torch.randn(3072, generator=gen)).bfloat16())
+    x = (torch.randn(2, 40, 3072, generator=gen) * 3 + 0.5).bfloat16()
+    calls = []
+    real = native_kernels.rms_norm
+    monkeypatch.setattr(native_kernels, "rms_norm", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ours = norm(x)
+        assert calls == [1]
+        monkeypatch.setattr(native_kernels, "rms_norm", lambda *a: None)
+        theirs = norm(x)
+    _bf16_close(ours, theirs, 0.999)
+    assert real(x[:, :1], norm.weight, 1e-5) is None  # a decode-sized tensor
+    assert real(x.float(), norm.weight.float(), 1e-5) is None
+    assert real(x, norm.weight, 1e-5) is None  # grad enabled and the weight requires it

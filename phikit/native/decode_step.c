@@ -196,6 +196,15 @@ void phk_silu_gated_lookup(const uint16_t *gate_up, const uint16_t *table, uint1
         }
 }
 
+/* RMSNorm over the rows of a prefill (layers.RMSNorm on bf16 x and weight), on `threads` threads: the decode step's
+   rms_norm per row. The mean of squares is summed exactly (in double) where PyTorch sums fp32 in its own order, so a
+   rare value differs by a bf16 ulp; the seven PyTorch ops took 3.5% of a 512-token Phi-3-mini prefill. */
+void phk_rms_norm_rows(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t rows, int64_t n, float eps,
+                       int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < rows; r++) rms_norm(x + r * n, w, y + r * n, n, eps);
+}
+
 /* RotaryTables.apply (rope.py) over a whole prompt's q or k: out = x * cos_full + partnered(x) * sin_signed, each
    product and the sum rounded to bf16 as PyTorch's four ops round them (the same numbers, in one pass instead of a
    cat, two broadcast products and a sum: ~6 ms of a 512-token phi-1.5 layer). partnered(x) swaps the two halves of
@@ -283,4 +292,5 @@ void phk_rms_norm(void) {}
 void phk_lookup_bf16(void) {}
 void phk_silu_gated_lookup(void) {}
 void phk_rotary(void) {}
+void phk_rms_norm_rows(void) {}
 #endif
