@@ -5,7 +5,9 @@
 Each line times one piece and the PyTorch call it replaces on the same tensors, round after round in turn (this
 host's memory bandwidth drifts between minutes, so only same-run ratios mean anything):
 * causal attention of a 512-token prompt (32 heads x 64 dims, phi-1.5) against `F.scaled_dot_product_attention`;
-* gelu_new over 512 x 8192 bf16 values against its seven PyTorch ops;
+* gelu_new over 512 x 8192 bf16 values (a table lookup) against its seven PyTorch ops;
+* the rotary embedding of a 512-token k (32 heads x 64 dims, half of them rotating) against RotaryTables' four
+  PyTorch ops, and RMSNorm of 512 x 3072 values against its PyTorch ops;
 * the bf16 matrix-vector kernel (8192 x 2048) against `F.linear`, and over weights on 2 MB pages against 4 KB pages
   (24 distinct weights, 768 MB, so they come from memory);
 * the lossless 12-bit bf16 kernel on the same 24 weights against the bf16 kernel (both on 2 MB pages), and a prefill
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from phikit import hugepages, native_kernels
+from phikit.layers import RMSNorm, _gelu_new_ops
+from phikit.rope import RotaryTables
 from phikit.lossless import LosslessBf16Linear
 from phikit.quantize_math import pack_int8_native, quantize_int8
 
@@ -64,7 +68,23 @@ def main() -> None:
 
     x = torch.randn(512, 8192, generator=gen).bfloat16()
     torch_gelu = lambda: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))  # noqa: E731
-    compare("gelu_new, 512 x 8192", lambda: native_kernels.gelu_new(x), torch_gelu, r, "ops")
+    compare("gelu_new, 512 x 8192", lambda: native_kernels.lookup(x, _gelu_new_ops), torch_gelu, r, "ops")
+
+    angles = torch.randn(1, 512, 16, generator=gen) * 50
+    tables = RotaryTables.build(torch.cat([angles, angles], -1).cos().bfloat16(),
+                                torch.cat([angles, angles], -1).sin().bfloat16(), 64)
+    fused = torch.randn(1, 512, 3 * 2048, generator=gen).bfloat16()
+    kv = fused[..., 2048:4096].view(1, 512, 32, 64).transpose(1, 2)  # k as the fused projection leaves it
+    partnered = lambda: torch.cat((kv[..., 16:32], kv[..., :16], kv[..., 32:]), dim=-1)  # noqa: E731
+    compare("rotary, 512 tokens, 32 x 64", lambda: native_kernels.rotary(kv, tables.cos_full, tables.sin_signed, 32),
+            lambda: kv * tables.cos_full + partnered() * tables.sin_signed, r, "ops")
+    norm, h = RMSNorm(3072).bfloat16(), torch.randn(1, 512, 3072, generator=gen).bfloat16()
+
+    def torch_norm() -> torch.Tensor:  # layers.RMSNorm's ops
+        hf = h.float()
+        return norm.weight.detach() * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+
+    compare("RMSNorm, 512 x 3072", lambda: native_kernels.rms_norm(h, norm.weight.detach(), 1e-5), torch_norm, r, "ops")
 
     n, kk = 8192, 2048
     plain = [torch.randn(n, kk, generator=gen).bfloat16() for _ in range(24)]

@@ -121,8 +121,15 @@ static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, 
 
 /* layers.RMSNorm: h = x * rsqrt(mean(x^2) + eps) in fp32, rounded to bf16, then weight * h rounded */
 static void rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {
-    double sq = 0;
-    for (int64_t i = 0; i < n; i++) { double v = f32_of_bf16(x[i]); sq += v * v; }
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();  /* squares of bf16 values are exact in double */
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 v = ld(x + i, tail(n, i));
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    double sq = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
     float r = 1.0f / sqrtf((float)(sq / (double)n) + eps);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = tail(n, i);
@@ -213,13 +220,16 @@ void phk_rms_norm_rows(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_
 void phk_rotary(const uint16_t *x, const uint16_t *cosf, const uint16_t *sins, uint16_t *out, int64_t B, int64_t H,
                 int64_t T, int64_t D, int64_t R, int64_t xb, int64_t xh, int64_t xt, int64_t tb, int threads) {
     int64_t half = R / 2;
+    /* token by token, every head of it: a token's heads lie together in a fused projection's output, while one
+       head's tokens are a row apart (a new page each, which hardware prefetchers do not follow) */
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        int64_t b = bh / H, h = bh % H;
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        int64_t b = bt / T, t = bt % T;
+        const uint16_t *c = cosf + b * tb + t * D, *sn = sins + b * tb + t * D;
         uint16_t p[256];
-        for (int64_t t = 0; t < T; t++) {
-            const uint16_t *xr = x + b * xb + h * xh + t * xt, *c = cosf + b * tb + t * D, *sn = sins + b * tb + t * D;
-            uint16_t *o = out + (bh * T + t) * D;
+        for (int64_t h = 0; h < H; h++) {
+            const uint16_t *xr = x + b * xb + h * xh + t * xt;
+            uint16_t *o = out + ((b * H + h) * T + t) * D;
             memcpy(p, xr + half, (size_t)half * 2);
             memcpy(p + half, xr, (size_t)half * 2);
             memcpy(p + R, xr + R, (size_t)(D - R) * 2);
