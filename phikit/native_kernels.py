@@ -44,7 +44,7 @@ _SIGNATURES = {
     "phk_silu_gated": [_P, _P, _I],
     "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
     "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
-    "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, ctypes.c_int],
+    "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, _I, ctypes.c_int],
     "phk_lookup_bf16": [_P, _P, _P, _I, ctypes.c_int],
     "phk_silu_gated_lookup": [_P, _P, _P, _I, _I, ctypes.c_int],
     "phk_rotary": [_P, _P, _P, _P] + [_I] * 9 + [ctypes.c_int],
@@ -338,10 +338,12 @@ def rotary(x: torch.Tensor, cos_full: torch.Tensor, sin_signed: torch.Tensor, ro
     return out
 
 
-def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, pack_bytes: int = 32 << 20
+                      ) -> torch.Tensor | None:
     """Causal attention of a whole prompt: q [B, H, T, D], k / v [B, KV, T, D] (views are fine; last dim
     contiguous), query t seeing keys 0..t -> out [B, T, H, D]; None where the kernel does not apply (it needs
-    bf16 on the CPU, no autograd, D % 16 == 0, and AVX512-BF16)."""
+    bf16 on the CPU, no autograd, D % 16 == 0, and AVX512-BF16). kv heads are packed in groups of up to `pack_bytes`
+    (at least one head)."""
     b, h, t, d = q.shape
     kv = k.shape[1]
     if not (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[2] == t
@@ -352,7 +354,7 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     out = torch.empty(b, t, h, d, dtype=torch.bfloat16)
     _library().phk_attention_prefill(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, t, d, q.stride(0), q.stride(1),
                                      q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
-                                     v.stride(2), scale, torch.get_num_threads())
+                                     v.stride(2), scale, pack_bytes, torch.get_num_threads())
     return out
 
 

@@ -10,7 +10,7 @@
      3. out_i = sum_j p_ij v_j / sum_j p_ij in fp32 (values packed in pairs of keys, [S/2, D, 2]), rounded once.
    Shapes: q [B, H, T, D], k / v [B, KV, T, D] (element strides for batch, head, position; last dim contiguous),
    out [B, T, H, D] contiguous; H % KV == 0 (grouped heads), D % 16 == 0 and D <= 256.
-   One parallel region: the threads pack a group of kv heads (as many as 32 MB of copies hold), then share its
+   One parallel region: the threads pack a group of kv heads (as many as pack_bytes of copies hold), then share its
    (head, 8-row block) items, the blocks that see the most keys first. 512-token phi-1.5 layer (32 heads of 64
    dims) on the 2-core host: 7.3 ms with one thread packing each head in turn, 4.1 ms so. */
 #include "phk.h"
@@ -138,11 +138,11 @@ static void block(const uint16_t *const *q, const uint16_t *kp, const uint16_t *
 void phk_attention_prefill(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
                            int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D,
                            int64_t qb, int64_t qh, int64_t qt, int64_t kb, int64_t kh, int64_t ks,
-                           int64_t vb, int64_t vh, int64_t vs, float scale, int threads) {
+                           int64_t vb, int64_t vh, int64_t vs, float scale, int64_t pack_bytes, int threads) {
     int64_t SP = (T + 31) / 32 * 32, G = H / KV, blocks = (T + QROWS - 1) / QROWS, head = SP * D;
-    /* kv heads are packed a group at a time, the group as large as 32 MB of packed copies allows (a 512-token
-       prompt packs every head at once; a 128k-token one, 96 dims, one head: 2 x 25 MB) */
-    int64_t group = (32ll << 20) / (head * 4) > 0 ? (32ll << 20) / (head * 4) : 1;
+    /* kv heads are packed a group at a time, as many as `pack_bytes` of packed copies hold (at least one; 32 MB
+       from Python: a 512-token prompt packs every head at once, a 128k-token one of 96 dims one head, 2 x 25 MB) */
+    int64_t group = pack_bytes / (head * 4) > 0 ? pack_bytes / (head * 4) : 1;
     group = group < B * KV ? group : B * KV;
     uint16_t *kp = (uint16_t *)malloc((size_t)(group * head) * 2), *vp = (uint16_t *)malloc((size_t)(group * head) * 2);
     #pragma omp parallel num_threads(threads)
