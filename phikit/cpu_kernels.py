@@ -39,6 +39,13 @@ def packing_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 linears on this CPU (the test F.linear's own bf16 GEMM dispatch makes)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return packing_available() and probe is not None and bool(probe())
+
+
+@functools.lru_cache(maxsize=None)
 def _has_amx() -> bool:
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
@@ -113,7 +120,7 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
-    if bias is not None and bias.dtype == x.dtype and packing_available():
+    if bias is not None and bias.dtype == x.dtype and _onednn_bf16():
         # oneDNN adds the bias inside the GEMM; F.linear (addmm) first copies it into every row of the output, a
         # pass over [M, N] that cost 2.6% of a 512-token phi-1.5 prefill. The same numbers (tested).
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")

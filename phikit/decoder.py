@@ -150,7 +150,7 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class TrunkOutput:
-    last_hidden_state: torch.Tensor  # [B, T, hidden]
+    last_hidden_state: torch.Tensor  # [B, T, hidden], or [B, keep_last, hidden] (Decoder.run)
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
     router_logits: tuple[torch.Tensor, ...] | None
@@ -180,9 +180,9 @@ class Decoder(nn.Module):
         """inputs_embeds [B, T, hidden] into slots [start, start + T) of `cache`; attention_mask [B, L] 1 = real.
         `long` [B] forces the LongRoPE regime of each row (default: chosen from the positions by the policy).
         keep_last > 0: the caller reads only the last `keep_last` positions of last_hidden_state, which is then
-        [B, keep_last, hidden] where that saves work: the last layer computes keys and values for every position
-        (the cache needs them) but its queries, output projection and MLP for those positions only, as llama.cpp
-        does. A 512-token prefill that wants the next token's logits skips 3/4 of a layer."""
+        [B, keep_last, hidden] where that saves work: the last layer projects and rotates every position (the cache
+        needs the keys and values) but runs attention, output projection and MLP for those positions only, as
+        llama.cpp does. A 512-token prefill that wants the next token's logits skips 3/4 of a layer."""
         b, t, _ = inputs_embeds.shape
         device = inputs_embeds.device
         if position_ids is None:

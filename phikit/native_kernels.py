@@ -2,9 +2,10 @@
 
 Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains. The
 kernels in `native/kernels.c` (bf16, int8-per-channel and int4-group-wise linears, and the attention of one new token
-over the cache; fp32 accumulation) read each weight row once for all rows of a small batch. Two more pieces speed up
-a bf16 prefill: causal attention of a whole prompt (`native/attention_prefill.c`) and the MLP activations over many
-tokens (`native/decode_step.c`: a lookup in a table of PyTorch's own results for all 65536 bf16 inputs). They are
+over the cache; fp32 accumulation) read each weight row once for all rows of a small batch. More pieces speed up a
+bf16 prefill: causal attention of a whole prompt (`native/attention_prefill.c`), and in `native/decode_step.c` the MLP
+activations (a lookup in a table of PyTorch's own results for all 65536 bf16 inputs), the rotary embedding and
+RMSNorm. They are
 compiled on first use with `cc -O3 -march=native -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked against the
 OpenMP runtime torch loaded (one thread pool), and called through ctypes on tensors' memory with
 torch.get_num_threads() threads. Where there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()` is False
@@ -279,7 +280,7 @@ def _elementwise_ok(x: torch.Tensor) -> bool:
 def activation_table(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """`fn` (PyTorch's ops on a bf16 tensor) of every bf16 value, indexed by its 16 bits: int16 [65537], the last
     entry a pad for the kernels' 32-bit reads. Computed once per function (a millisecond)."""
-    bits = torch.arange(65536, dtype=torch.int32)
+    bits = torch.arange(65536, dtype=torch.int32, device="cpu")
     x = torch.where(bits >= 32768, bits - 65536, bits).to(torch.int16).view(torch.bfloat16)
     with torch.no_grad():
         y = fn(x).view(torch.int16)
@@ -299,7 +300,8 @@ def lookup(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch
 
 def silu_gated(gate_up: torch.Tensor, silu: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
     """up * silu(gate) for gate_up [..., 2I] = [gate, up] in bf16 -> [..., I], silu(gate) looked up in
-    `activation_table(silu)` and the product rounded to bf16, as PyTorch computes it; None where it does not apply."""
+    `activation_table(silu)` and the product rounded to bf16, as PyTorch computes it (but that a NaN in `up` keeps
+    its payload where PyTorch writes its one NaN); None where it does not apply."""
     if not _elementwise_ok(gate_up):
         return None
     n = gate_up.shape[-1] // 2
@@ -332,7 +334,7 @@ def rotary(x: torch.Tensor, cos_full: torch.Tensor, sin_signed: torch.Tensor, ro
             and cos_full.shape[-2:] == sin_signed.shape[-2:] == (t, d) and cos_full.shape[0] in (1, b)):
         return None
     cos, sin = cos_full.reshape(-1, t, d).contiguous(), sin_signed.reshape(-1, t, d).contiguous()
-    out = torch.empty(b, h, t, d, dtype=x.dtype)
+    out = torch.empty(b, h, t, d, dtype=x.dtype, device="cpu")
     _library().phk_rotary(_ptr(x), _ptr(cos), _ptr(sin), _ptr(out), b, h, t, d, rotary_dims, x.stride(0), x.stride(1),
                           x.stride(2), 0 if cos.shape[0] == 1 else t * d, torch.get_num_threads())
     return out
@@ -351,7 +353,7 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and has_decode_step()):
         return None
-    out = torch.empty(b, t, h, d, dtype=torch.bfloat16)
+    out = torch.empty(b, t, h, d, dtype=torch.bfloat16, device="cpu")
     _library().phk_attention_prefill(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, t, d, q.stride(0), q.stride(1),
                                      q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
                                      v.stride(2), scale, pack_bytes, torch.get_num_threads())
@@ -365,10 +367,11 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     kv, s = k.shape[1], k.shape[2]
     if not (t == 1 and q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu"
             and d % 16 == 0 and d <= 256 and h % kv == 0 and s > 0 and k.stride(-1) == 1 and v.stride(-1) == 1
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and available()):
-        return None
+        return None  # (under autograd: PyTorch's ops, whose gradients flow)
     q = q.reshape(b, h, d).contiguous()
-    out = torch.empty(b, 1, h, d, dtype=torch.bfloat16)
+    out = torch.empty(b, 1, h, d, dtype=torch.bfloat16, device="cpu")
     _library().phk_attention_decode(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, s, d, k.stride(0), k.stride(1),
                                     k.stride(2), v.stride(0), v.stride(1), v.stride(2), scale,
                                     torch.get_num_threads())

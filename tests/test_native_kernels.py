@@ -251,3 +251,25 @@ def test_prefill_rotary_equals_the_four_torch_ops(batch, heads, positions, dim, 
     assert torch.equal(tables.apply(x), reference)  # the module path takes it
     assert native_kernels.rotary(x[:, :, :2], tables.cos_full[:, :, :2], tables.sin_signed[:, :, :2], rotary) is None
     assert native_kernels.rotary(x.float(), tables.cos_full.float(), tables.sin_signed.float(), rotary) is None
+
+
+@needs_native
+def test_logits_to_keep_under_autograd_gives_every_gradient() -> None:
+    """With gradients on, a bf16 forward that keeps one position's logits sends the last layer's one query to
+    PyTorch's attention (the native one-query kernel has no backward): every weight gets the gradient the full
+    forward gives for the same loss."""
+    import phikit
+    from tests.oracle import make_config
+
+    torch.manual_seed(0)
+    model = phikit.PhiForCausalLM(make_config("phi-1.5")).bfloat16()  # head_dim 16: the native kernels apply
+    ids = torch.randint(3, 90, (2, 30))
+    grads = []
+    for keep in (1, 0):
+        model.zero_grad()
+        model(ids, logits_to_keep=keep).logits[:, -1].float().square().mean().backward()
+        grads.append({n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None})
+    kept, full = grads
+    assert kept.keys() == full.keys() and "model.layers.1.self_attn.q_proj.weight" in kept
+    for name in full:
+        torch.testing.assert_close(kept[name], full[name], rtol=2**-5, atol=2**-7 * full[name].abs().max().item())
