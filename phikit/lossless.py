@@ -33,9 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native_kernels
-from .cpu_kernels import PREFILL_CHUNK_BYTES, gemm_via_fp32, prefers_fp32_gemm
+from .cpu_kernels import PREFILL_CHUNK_BYTES, bf16_linear, gemm_via_fp32, prefers_fp32_gemm
 
 BLOCK_ROWS, GROUP = 8, 64  # the kernel's row block and column group (native/lossless.c)
+# Weights up to this size are rebuilt whole for one GEMM (phi-1.5's and phi-2's linears; Phi-3-mini's but gate_up);
+# the scratch buffer stays within ~1.5% of the model's weights
+WHOLE_WEIGHT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,13 @@ class LosslessBf16Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [M, K] -> [M, N] through the bf16 GEMM on rebuilt slices of rows (each ~PREFILL_CHUNK_BYTES), rebuilt
-        into one reused buffer: fresh memory for each slice cost more in page faults than the rebuilding."""
+        """x [M, K] -> [M, N] through the bf16 GEMM on the rebuilt weight, in one reused per-thread buffer (fresh
+        memory each time cost more in page faults than the rebuilding). A weight up to WHOLE_WEIGHT_BYTES is rebuilt
+        whole for one GEMM (512 x 8192 x 2048: 1.06-1.13x plain bf16's time, where slices of ~PREFILL_CHUNK_BYTES
+        into column blocks of the output took 1.15-1.26x); a larger one, a head, goes by slices of rows."""
         n, k = self.out_features, self.in_features
+        if n * k * 2 <= WHOLE_WEIGHT_BYTES:
+            return bf16_linear(x, self.rows(0, n, _scratch(n * k)[:n * k].view(n, k)), bias)
         out = x.new_empty(x.shape[0], n)
         step = max(BLOCK_ROWS, PREFILL_CHUNK_BYTES // (2 * k) // BLOCK_ROWS * BLOCK_ROWS)
         buffer = _scratch(min(n, step) * k)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import phikit
-from phikit import native_decode, native_kernels
+from phikit import lossless, native_decode, native_kernels
 from phikit.cpu_kernels import FastLinear, use_fast_linears
 from phikit.lossless import LosslessBf16Config, LosslessBf16Linear
 from phikit.quantize import quantize_model
@@ -79,9 +79,12 @@ def test_matvec_equals_the_plain_bf16_kernel_bit_for_bit(n: int, k: int, rows: i
     assert torch.equal(bits(y), bits(native_kernels.linear_bf16(x, w, b)))
 
 
-def test_prefill_gemm_and_autograd_use_the_same_weights() -> None:
-    """More rows than the matrix-vector kernel takes go through the GEMM on rebuilt row slices; with autograd (or
-    another dtype) the layer computes F.linear on the rebuilt weight, as a plain bf16 linear would."""
+@pytest.mark.parametrize("whole_bytes", [lossless.WHOLE_WEIGHT_BYTES, 0])  # rebuilt whole, or by row slices
+def test_prefill_gemm_and_autograd_use_the_same_weights(whole_bytes: int, monkeypatch) -> None:
+    """More rows than the matrix-vector kernel takes go through the GEMM on the rebuilt weight (whole, or by row
+    slices where it is large); with autograd (or another dtype) the layer computes F.linear on the rebuilt weight, as
+    a plain bf16 linear would."""
+    monkeypatch.setattr(lossless, "WHOLE_WEIGHT_BYTES", whole_bytes)
     w = normal_with_outliers(4096, 1024)  # 8 MB of bf16: more than one slice
     b = torch.randn(4096).to(torch.bfloat16)
     layer = LosslessBf16Linear.from_weight(w, b)
