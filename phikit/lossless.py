@@ -159,7 +159,7 @@ class LosslessBf16Linear(nn.Module):
     def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] -> [M, N] through the bf16 GEMM on the rebuilt weight, in one reused per-thread buffer (fresh
         memory each time cost more in page faults than the rebuilding). A weight up to WHOLE_WEIGHT_BYTES is rebuilt
-        whole for one GEMM (512 x 8192 x 2048: 1.06-1.13x plain bf16's time, where slices of ~PREFILL_CHUNK_BYTES
+        whole for one GEMM (512 x 8192 x 2048: 1.04-1.13x plain bf16's time, where slices of ~PREFILL_CHUNK_BYTES
         into column blocks of the output took 1.15-1.26x); a larger one, a head, goes by slices of rows."""
         n, k = self.out_features, self.in_features
         if n * k * 2 <= WHOLE_WEIGHT_BYTES:
