@@ -77,7 +77,8 @@ static inline __attribute__((always_inline)) void pv_tile(const uint16_t *vp, co
     for (int r = 0; r < 4; r++)
         for (int c = 0; c < nv; c++) {
             __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r0 + r]));
-            if (out[r0 + r]) _mm256_storeu_si256((__m256i *)(out[r0 + r] + d0 + 16 * c), (__m256i)_mm512_cvtneps_pbh(o));
+            if (out[r0 + r])
+                _mm256_storeu_si256((__m256i *)(out[r0 + r] + d0 + 16 * c), (__m256i)_mm512_cvtneps_pbh(o));
         }
 }
 
@@ -108,13 +109,13 @@ static void block(const uint16_t *const *q, const uint16_t *kp, const uint16_t *
     float inv[QROWS];
     for (int r = 0; r < QROWS; r++) {
         int64_t seen = i0 + r + 1;
-        float *s = sc + r * SP, top = -INFINITY;
+        float *s = sc + r * SP;
         __m512 tops = _mm512_set1_ps(-INFINITY);
         for (int64_t j = 0; j < seen; j += 16) {
             __mmask16 m = seen - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (seen - j)) - 1);
             tops = _mm512_mask_max_ps(tops, m, tops, _mm512_maskz_loadu_ps(m, s + j));
         }
-        top = _mm512_reduce_max_ps(tops);
+        float top = _mm512_reduce_max_ps(tops);
         __m512 total = _mm512_setzero_ps();
         for (int64_t j = 0; j < n32; j += 16) {
             __mmask16 m = seen - j >= 16 ? (__mmask16)0xffff : seen - j > 0 ? (__mmask16)((1u << (seen - j)) - 1) : 0;

@@ -177,8 +177,8 @@ void phk_rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, 
 /* The activations over many tokens (a prefill), on `threads` threads. A bf16 activation of one input is a function
    of 16 bits, so Python computes it once for all 65536 inputs with PyTorch's own ops (`table`, 65537 entries: the
    kernel reads 32 bits at a time) and these kernels look it up: PyTorch's numbers exactly, and 0.9-1.3 ms where
-   the op-by-op gelu_new above took 4.3 ms (512 x 8192 values, 2 threads; a scalar lookup loop 2.4 ms). y[i] = table[x[i]] for n values; silu_gated:
-   rows of [gate (n), up (n)] -> up * table[gate], rounded to bf16. */
+   the op-by-op gelu_new above took 4.3 ms (512 x 8192 values, 2 threads; a scalar lookup loop 2.4 ms).
+   y[i] = table[x[i]] for n values; silu_gated: rows of [gate (n), up (n)] -> up * table[gate], rounded to bf16. */
 static inline __m512i lookup16(const uint16_t *x, const uint16_t *table, __mmask16 m) {
     __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x));
     return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, (const int *)table, 2);  /* low half: entry */

@@ -1,4 +1,5 @@
-/* Shared by phikit's native sources (kernels.c, decode_step.c, lossless.c): bf16 conversions and the kernels' prototypes. */
+/* Shared by phikit's native sources (kernels.c, decode_step.c, attention_prefill.c, lossless.c): bf16 conversions,
+   exp, and the kernels' prototypes. */
 #ifndef PHK_H
 #define PHK_H
 #include <stdint.h>
