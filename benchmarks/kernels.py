@@ -26,11 +26,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from phikit import hugepages, native_kernels
-from phikit.layers import RMSNorm, _gelu_new_ops
-from phikit.rope import RotaryTables
-from phikit.lossless import LosslessBf16Linear
-from phikit.quantize_math import pack_int8_native, quantize_int8
+from phikit.cpu import hugepages
+from phikit.cpu import kernels as native_kernels
+from phikit.model.layers import RMSNorm, _gelu_new_ops
+from phikit.model.rope import RotaryTables
+from phikit.formats.lossless import LosslessBf16Linear
+from phikit.formats.quantize_math import pack_int8_native, quantize_int8
 
 
 def seconds(fn: Callable[[], object]) -> float:

@@ -2,7 +2,7 @@
 
 from .auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                    AutoModelForTokenClassification)
-from .cache import DynamicCache, KVCache, StaticCache
+from .model.cache import DynamicCache, KVCache, StaticCache
 from .checkpoint import CheckpointError
 from .generation_config import GenerationConfig, merge_eos_ids
 from .hub import HubError
@@ -10,7 +10,7 @@ from .batch_encoding import BatchEncoding
 from .chat_template import ChatTemplateError
 from .tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
-from .quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
+from .formats.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
                        LosslessBf16Config, LosslessBf16Linear, quantize_model)
 from .lora import LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from .training import Trainer, TrainingConfig

@@ -38,12 +38,12 @@ def _models() -> dict[str, torch.nn.Module]:
 def main() -> int:
     torch.manual_seed(0)
     print(f"phikit {__version__} self-check on torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    from . import native_kernels
+    from .cpu import kernels as native_kernels
 
     print("native CPU kernels: " + ("built and in use" if native_kernels.available() else
                                     f"not in use ({native_kernels.build_error}); PyTorch kernels run instead"))
     if native_kernels.available():
-        from . import native_decode
+        from .backends.cpu import decode_step as native_decode
 
         print("native batch-1 decode step (all layers in one call): " + (
             "in use" if native_decode.enabled() else

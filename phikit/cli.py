@@ -21,7 +21,7 @@ WEIGHT_FORMATS = ("auto", "plain", "lossless", "int8", "int4")
 
 def quantization_for(weights: str) -> Any:
     """The `quantization_config` of a `--weights` choice."""
-    from .quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig, LosslessBf16Config
+    from .formats.quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig, LosslessBf16Config
 
     return {"auto": LosslessBf16Config(required=False), "plain": None, "lossless": LosslessBf16Config(),
             "int8": Int8WeightOnlyConfig(), "int4": Int4WeightOnlyConfig(group_size=128)}[weights]

@@ -59,7 +59,7 @@ def run_export(args: argparse.Namespace) -> int:
     folder = resolve_folder(args.model, args.revision, False)
     if _is_phikit_quantized(folder):
         from .modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
-        from .quantize import load_quantized_model
+        from .formats.quantize import load_quantized_model
 
         classes = {"phi": PhiForCausalLM, "phi3": Phi3ForCausalLM, "phimoe": PhimoeForCausalLM}
         model = load_quantized_model(classes[config_from_folder(folder).model_type], folder)

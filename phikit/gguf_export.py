@@ -56,7 +56,7 @@ class _Planned:
 def _float_tensors(model: nn.Module) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
     """(checkpoint name, shape, loader) for every tensor in state_dict order; phikit-quantized linears give their
     dequantized `weight` (computed when written) and their bias."""
-    from .quantize import Int4Linear, Int8Linear
+    from .formats.quantize import Int4Linear, Int8Linear
 
     for module_name, module in model.named_modules():
         prefix = module_name + "." if module_name else ""
@@ -138,7 +138,7 @@ def _plan_tensors(model: nn.Module, arch_name: str, outtype: str, gguf) -> list[
 
 # ----- metadata ---------------------------------------------------------------------------------------------------
 def _write_hparams(writer, model: nn.Module, arch_name: str, outtype: str, gguf) -> None:
-    from .rope import longrope_attention_factor
+    from .model.rope import longrope_attention_factor
 
     config = model.config
     source = os.path.basename(str(getattr(model, "name_or_path", "") or "").rstrip("/"))

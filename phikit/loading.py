@@ -21,15 +21,16 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
 from .config import PhiKitConfig
-from . import hugepages, lossless
-from .cpu_kernels import FastLinear, use_fast_linears
+from .cpu import hugepages
+from .formats import lossless
+from .cpu.gemm import FastLinear, use_fast_linears
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
-from .lossless import LosslessBf16Config
+from .formats.lossless import LosslessBf16Config
 from .name_maps import plan_sources
-from .quantize import (StreamingQuantizer, finalize_quantized_model, prepare_quantized_model,
+from .formats.quantize import (StreamingQuantizer, finalize_quantized_model, prepare_quantized_model,
                        resolve_quantization_config)
-from .quantize import config_from_dict as quant_config_from_dict
+from .formats.quantize import config_from_dict as quant_config_from_dict
 
 HEAD_PREFIXES = ("lm_head.", "score.")
 DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

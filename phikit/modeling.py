@@ -12,17 +12,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .attention import check_attention_implementation
-from .cache import DynamicCache, KVCache
+from .model.attention import check_attention_implementation
+from .model.cache import DynamicCache, KVCache
 from .config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
-from .decoder import Decoder, TrunkOutput
+from .model.decoder import Decoder, TrunkOutput
 from .generation.utils import GenerationMixin
 from .generation_config import GenerationConfig
-from .layers import RMSNorm
+from .model.layers import RMSNorm
 from .loading import load_pretrained, save_pretrained
 from .losses import (causal_lm_loss, load_balancing_loss, sequence_classification_loss,
                      token_classification_loss)
-from .moe import SparseMoE
+from .model.moe import SparseMoE
 from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput, MoeCausalLMOutputWithPast,
                       MoeModelOutputWithPast, SequenceClassifierOutputWithPast, TokenClassifierOutput)
 

@@ -11,7 +11,8 @@ import sys
 import torch
 
 import phikit
-from phikit import bench, native_kernels
+from phikit import bench
+from phikit.cpu import kernels as native_kernels
 
 
 def test_paired_specs_pair_each_format_with_its_peer():

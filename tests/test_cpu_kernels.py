@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import phikit
-from phikit.cpu_kernels import FastLinear
+from phikit.cpu.gemm import FastLinear
 
 from .oracle import pair
 

@@ -1,4 +1,4 @@
-"""phikit.hugepages: weights phikit allocates are advised onto 2 MB pages, best effort, without changing a value."""
+"""phikit.cpu.hugepages: weights phikit allocates are advised onto 2 MB pages, best effort, without changing a value."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from phikit import hugepages
+from phikit.cpu import hugepages
 
 
 def _thp_mode() -> str | None:

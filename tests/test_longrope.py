@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 
 import phikit
-from phikit.rope import choose_long, cos_sin, rope_spec_from_config
+from phikit.model.rope import choose_long, cos_sin, rope_spec_from_config
 
 from .oracle import LONGROPE_VARIANTS, VARIANTS, left_padded_batch, make_config, pair
 

@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 
 import phikit
-from phikit import lossless, native_decode, native_kernels
-from phikit.cpu_kernels import FastLinear, use_fast_linears
-from phikit.lossless import LosslessBf16Config, LosslessBf16Linear
-from phikit.quantize import quantize_model
+from phikit.formats import lossless
+from phikit.backends.cpu import decode_step as native_decode
+from phikit.cpu import kernels as native_kernels
+from phikit.cpu.gemm import FastLinear, use_fast_linears
+from phikit.formats.lossless import LosslessBf16Config, LosslessBf16Linear
+from phikit.formats.quantize import quantize_model
 from tests.oracle import make_config
 
 pytestmark = pytest.mark.skipif(not native_kernels.has_c12(),

@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 
 import phikit
-from phikit import native_decode, native_kernels
-from phikit.cache import DynamicCache, StaticCache
-from phikit.cpu_kernels import use_fast_linears
+from phikit.backends.cpu import decode_step as native_decode
+from phikit.cpu import kernels as native_kernels
+from phikit.model.cache import DynamicCache, StaticCache
+from phikit.cpu.gemm import use_fast_linears
 from phikit.lora import apply_lora
 
 pytestmark = pytest.mark.skipif(not native_kernels.has_decode_step(),
@@ -119,7 +120,7 @@ def test_elementwise_pieces_round_as_pytorch_does() -> None:
     """gelu_new (8 ops, each rounded to bf16), up * silu(gate), LayerNorm and RMSNorm against PyTorch on bf16
     tensors: the elementwise chains are exact but where tanh / exp differ in the last fp32 bit; the norms but where
     their reductions do."""
-    from phikit.layers import RMSNorm
+    from phikit.model.layers import RMSNorm
 
     lib, gen, ptr = native_kernels.library(), torch.Generator().manual_seed(5), lambda t: t.data_ptr()
     x = (torch.randn(100_003, generator=gen) * 3).bfloat16()  # an odd length: the tail masks
@@ -154,7 +155,7 @@ def test_prefill_activations_run_natively_and_equal_pytorch(monkeypatch) -> None
     """A bf16 prefill's MLP activations (phi: gelu_new; phi3: up * silu(gate)) take the multi-threaded native
     table lookups and give PyTorch's numbers bit for bit, every bf16 input included (NaN, inf, subnormals, odd
     lengths for the tail masks); under autograd, and for small tensors, PyTorch's ops run."""
-    from phikit.layers import FcMLP, GatedMLP, _gelu_new_ops
+    from phikit.model.layers import FcMLP, GatedMLP, _gelu_new_ops
 
     gen = torch.Generator().manual_seed(6)
     calls = []
@@ -293,7 +294,7 @@ def test_a_weight_of_another_shape_is_refused_not_read_out_of_bounds() -> None:
 def test_prefill_rms_norm_runs_natively_and_rounds_as_pytorch_does(monkeypatch) -> None:
     """A bf16 prefill's RMSNorm runs natively, row by row: PyTorch's numbers but where its fp32 sum of squares
     rounds differently (a rare bf16 ulp); small tensors, fp32 and autograd keep PyTorch's ops."""
-    from phikit.layers import RMSNorm
+    from phikit.model.layers import RMSNorm
 
     gen = torch.Generator().manual_seed(8)
     norm = RMSNorm(3072, 1e-5).bfloat16()

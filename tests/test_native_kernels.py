@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from phikit import native_kernels
-from phikit.cpu_kernels import FastLinear, gemm_via_fp32, use_fast_linears
-from phikit.quantize import Int8WeightOnlyConfig, quantize_model
-from phikit.quantize_math import pack_int8_native, quantize_int8, unpack_int8_native
+from phikit.cpu import kernels as native_kernels
+from phikit.cpu.gemm import FastLinear, gemm_via_fp32, use_fast_linears
+from phikit.formats.quantize import Int8WeightOnlyConfig, quantize_model
+from phikit.formats.quantize_math import pack_int8_native, quantize_int8, unpack_int8_native
 
 needs_native = pytest.mark.skipif(not native_kernels.available(),
                                   reason=f"native kernels unavailable here: {native_kernels.build_error}")
@@ -48,7 +48,7 @@ def test_bf16_and_int8_kernels_equal_fp32_math(m: int, n: int, k: int) -> None:
 @needs_native
 def test_one_openmp_runtime_is_shared_with_torch() -> None:
     # a fresh process: other libraries of the test session (sentencepiece) bring their own runtimes
-    code = ("import torch, phikit.native_kernels as n; assert n.available(); "
+    code = ("import torch, phikit.cpu.kernels as n; assert n.available(); "
             "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     runtimes = ast.literal_eval(out.stdout)
@@ -56,7 +56,7 @@ def test_one_openmp_runtime_is_shared_with_torch() -> None:
 
 
 def test_disabled_by_environment_variable() -> None:
-    code = "import phikit.native_kernels as n; print(n.available(), n.build_error)"
+    code = "import phikit.cpu.kernels as n; print(n.available(), n.build_error)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PHIKIT_NATIVE": "0"}, check=True)
     assert out.stdout.strip() == "False disabled by PHIKIT_NATIVE=0"
@@ -235,7 +235,7 @@ def test_kernels_build_wherever_the_cpu_and_a_compiler_allow() -> None:
 def test_prefill_rotary_equals_the_four_torch_ops(batch, heads, positions, dim, rotary, table_rows) -> None:
     """A bf16 prefill's rotary embedding runs natively in one pass, bit for bit RotaryTables' PyTorch ops, on a
     strided view of a fused projection; small tensors and fp32 keep PyTorch's ops."""
-    from phikit.rope import RotaryTables
+    from phikit.model.rope import RotaryTables
 
     gen = torch.Generator().manual_seed(positions)
     fused = (torch.randn(batch, positions, 3 * heads * dim, generator=gen) * 4).bfloat16()

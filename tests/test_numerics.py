@@ -12,8 +12,8 @@ import torch
 from torch.testing import assert_close
 
 import phikit
-from phikit.attention import eager_attention, sdpa_attention
-from phikit.moe import sparsemixer
+from phikit.model.attention import eager_attention, sdpa_attention
+from phikit.model.moe import sparsemixer
 
 from .oracle import make_config, pair, randomize
 
@@ -132,7 +132,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_rotary_tables_give_the_reference_rotation_bit_for_bit(dtype: torch.dtype, head_dim: int,
                                                                rotary_dim: int) -> None:
     """RotaryTables (four ops per call) against apply_rotary, the transformers formulation, in fp32 and bf16."""
-    from phikit.rope import RotaryTables, apply_rotary
+    from phikit.model.rope import RotaryTables, apply_rotary
 
     gen = torch.Generator().manual_seed(head_dim + rotary_dim)
     x = torch.randn(2, 3, 5, head_dim, generator=gen).to(dtype)  # [B, heads, T, D]

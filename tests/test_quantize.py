@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 import phikit
-from phikit import native_kernels
-from phikit.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
+from phikit.cpu import kernels as native_kernels
+from phikit.formats.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
                              StreamingQuantizer, _cpu_pack, _cpu_unpack, dequantize_int4, linear_from_quantized,
                              load_quantized_model, pack_nibbles, quantize_int4, quantize_linear_weight,
                              quantize_model, resolve_quantization_config, unpack_nibbles)
@@ -106,7 +106,7 @@ def test_native_int4_kernel_against_the_closed_form(group: int, rows: int) -> No
     """The native kernel computes sum_k ((q - 8) * scale + zero) * x exactly up to fp32 summation order (its bf16
     weights 128 + q carry an offset the group sums of x take back), then one bf16 rounding; aten's int4 kernel,
     which the same module runs where the native one cannot, agrees as closely."""
-    from phikit.quantize_math import _cpu_pack, pack_int4_native, unpack_int4_native
+    from phikit.formats.quantize_math import _cpu_pack, pack_int4_native, unpack_int4_native
 
     gen = torch.Generator().manual_seed(group + rows)
     n, k = 96, 512
@@ -152,7 +152,7 @@ def test_int4_uses_aten_where_the_native_kernel_cannot(monkeypatch) -> None:
 def test_int8_native_layout_is_portable_outside_memory() -> None:
     """bf16 int8 layers hold the native kernel's blocked layout on the CPU; state_dict, any row slice, a reload and
     a dtype change see the portable form, and every path gives the same numbers."""
-    from phikit.quantize_math import pack_int8_native, unpack_int8_native
+    from phikit.formats.quantize_math import pack_int8_native, unpack_int8_native
 
     torch.manual_seed(0)
     linear = nn.Linear(128, 72).to(torch.bfloat16)
@@ -367,8 +367,8 @@ def test_quantization_config_resolution() -> None:
 def test_quantizing_in_row_slices_changes_no_value() -> None:
     """quantize_linear_weight and the int4 CPU packing work in slices of rows (bounded temporaries while loading);
     the result equals the whole-matrix math."""
-    from phikit.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
-    from phikit.quantize_math import (_cpu_pack, pack_int4_native, pack_int8_native, pack_nibbles, quantize_int4,
+    from phikit.formats.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
+    from phikit.formats.quantize_math import (_cpu_pack, pack_int4_native, pack_int8_native, pack_nibbles, quantize_int4,
                                       quantize_int8)
 
     weight = (torch.randn(1100, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
@@ -395,7 +395,7 @@ def test_quantizing_in_row_slices_changes_no_value() -> None:
 
 def test_int8_prefill_slices_in_bf16_equal_the_fp32_ones_rounded(monkeypatch) -> None:
     """A long int8 prefill on the bf16 GEMM dequantizes straight to bf16: the same numbers as fp32 then rounding."""
-    from phikit import cpu_kernels
+    from phikit.cpu import gemm as cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "prefers_fp32_gemm", lambda rows: False)  # the bf16 GEMM branch, on any CPU
     gen = torch.Generator().manual_seed(7)

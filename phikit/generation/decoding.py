@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cache import DynamicCache, KVCache
+from ..model.cache import DynamicCache, KVCache
 from ..generation_config import GenerationConfig
 from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cache import DynamicCache
+from ..model.cache import DynamicCache
 
 
 class ClassifierFreeGuidance:

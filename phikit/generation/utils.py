@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..cache import DynamicCache, KVCache, StaticCache
+from ..model.cache import DynamicCache, KVCache, StaticCache
 from ..generation_config import GenerationConfig, merge_eos_ids
 from .decoding import assisted_decode, beam_search, sample
 from .guidance import ClassifierFreeGuidance

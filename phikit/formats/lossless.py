@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native_kernels
-from .cpu_kernels import PREFILL_CHUNK_BYTES, bf16_linear, gemm_via_fp32, prefers_fp32_gemm
+from ..cpu import kernels as native_kernels
+from ..cpu.gemm import PREFILL_CHUNK_BYTES, bf16_linear, gemm_via_fp32, prefers_fp32_gemm
 
 BLOCK_ROWS, GROUP = 8, 64  # the kernel's row block and column group (native/lossless.c)
 # Weights up to this size are rebuilt whole for one GEMM (phi-1.5's and phi-2's linears; Phi-3-mini's but gate_up);

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native_kernels
+from ..cpu import kernels as native_kernels
 
 
 def _gelu_new_ops(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import native_kernels
+from ..cpu import kernels as native_kernels
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native_kernels
+from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
 FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)

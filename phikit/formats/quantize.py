@@ -45,8 +45,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import hugepages, lossless, native_kernels
-from .cpu_kernels import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
+from ..cpu import hugepages
+from . import lossless
+from ..cpu import kernels as native_kernels
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, is_plain_linear
 from .lossless import LosslessBf16Config, LosslessBf16Linear
 from .quantize_math import (INT4_GROUP_SIZES, _cpu_pack, _cpu_unpack, _probe_slots,  # noqa: F401 (re-exported)
                             dequantize_int4, dequantize_int8, pack_int4_native, pack_int8_native, pack_nibbles,
@@ -565,10 +567,10 @@ def finalize_quantized_model(model: nn.Module, reader: Any = None) -> nn.Module:
 def load_quantized_model(cls: type, folder: str, device: str | torch.device = "cpu") -> nn.Module:
     """Load a checkpoint written by `save_pretrained` of a quantized phikit model (strict: every tensor used,
     every buffer filled). `from_pretrained` does the same once loading.py routes such checkpoints here."""
-    from .auto import config_from_folder
-    from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
-    from .generation_config import GenerationConfig
-    from .loading import _set_tensor, _skip_init
+    from ..auto import config_from_folder
+    from ..checkpoint import CheckpointError, CheckpointReader, find_weight_files
+    from ..generation_config import GenerationConfig
+    from ..loading import _set_tensor, _skip_init
 
     config = config_from_folder(folder)
     qc = getattr(config, "quantization_config", None)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import native_decode
-from .arch import Architecture
+from ..backends.cpu import decode_step as native_decode
+from ..arch import Architecture
 from .attention import ATTENTION_FUNCTIONS
 from .cache import DynamicCache, KVCache
 from .layers import FcMLP, GatedMLP, make_norm

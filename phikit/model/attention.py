@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import native_kernels
+from ..cpu import kernels as native_kernels
 
 AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 

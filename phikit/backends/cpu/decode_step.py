@@ -26,13 +26,13 @@ import weakref
 import torch
 import torch.nn as nn
 
-from . import native_kernels
-from .cache import StaticCache
-from .cpu_kernels import FastLinear
-from .layers import FcMLP, GatedMLP, RMSNorm, gelu_new
-from .lossless import LosslessBf16Linear
-from .quantize import Int4Linear, Int8Linear
-from .rope import RotaryTables, cos_sin
+from ...cpu import kernels as native_kernels
+from ...model.cache import StaticCache
+from ...cpu.gemm import FastLinear
+from ...model.layers import FcMLP, GatedMLP, RMSNorm, gelu_new
+from ...formats.lossless import LosslessBf16Linear
+from ...formats.quantize import Int4Linear, Int8Linear
+from ...model.rope import RotaryTables, cos_sin
 
 _I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 _BF16 = torch.bfloat16

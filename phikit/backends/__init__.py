@@ -1,0 +1,1 @@
+"""Backends: each prepares a loaded model for its device (module swaps, op bindings, the fused step)."""
