@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from phikit.cpu import hugepages
 from phikit.cpu import kernels as native_kernels
-from phikit.model.layers import RMSNorm, _gelu_new_ops
+from phikit.model.layers import RMSNorm
+from phikit.ops.activations import gelu_new as _gelu_new_ops
 from phikit.model.rope import RotaryTables
 from phikit.formats.lossless import LosslessBf16Linear
 from phikit.formats.quantize_math import pack_int8_native, quantize_int8

@@ -10,8 +10,11 @@ from .batch_encoding import BatchEncoding
 from .chat_template import ChatTemplateError
 from .tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
-from .formats.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
-                       LosslessBf16Config, LosslessBf16Linear, quantize_model)
+from .formats.configs import BitsAndBytesConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
+from .formats.int4 import Int4Linear
+from .formats.int8 import Int8Linear
+from .formats.lossless import LosslessBf16Config, LosslessBf16Linear
+from .formats.quantize import quantize_model
 from .lora import LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from .training import Trainer, TrainingConfig
 from .generation.logits_process import (LogitsProcessor, LogitsProcessorList, MinLengthLogitsProcessor,

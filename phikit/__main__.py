@@ -2,7 +2,7 @@
 
 It builds a tiny random model of each family (phi-2, Phi-3-128k with LongRoPE, Phi-3.5-MoE), prefills a prompt,
 decodes across the LongRoPE boundary with the KV cache, and prints how far the cached logits are from an uncached
-forward at every step. The `phikit run` / `generate` / `chat` commands arrive with issue 3.
+forward at every step. It first prints what `phikit doctor` prints: the CPU level and the kernel of each operation.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from . import doctor
 from . import Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, PhimoeConfig, PhimoeForCausalLM, __version__
 
 SHAPE = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8)
@@ -38,18 +39,7 @@ def _models() -> dict[str, torch.nn.Module]:
 def main() -> int:
     torch.manual_seed(0)
     print(f"phikit {__version__} self-check on torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    from .cpu import kernels as native_kernels
-
-    print("native CPU kernels: " + ("built and in use" if native_kernels.available() else
-                                    f"not in use ({native_kernels.build_error}); PyTorch kernels run instead"))
-    if native_kernels.available():
-        from .backends.cpu import decode_step as native_decode
-
-        print("native batch-1 decode step (all layers in one call): " + (
-            "in use" if native_decode.enabled() else
-            "not in use (PHIKIT_NATIVE_STEP=0, or no AVX512-BF16); per-layer modules run"))
-        print("native bf16 prefill attention and activations: " + (
-            "in use" if native_kernels.has_decode_step() else "not in use (no AVX512-BF16); PyTorch's SDPA runs"))
+    print(doctor.report())
     prompt, steps = 48, 32  # 48 + 32 = 80 tokens: crosses the 64-token LongRoPE boundary while decoding
     worst_overall = 0.0
     for name, model in _models().items():

@@ -21,7 +21,8 @@ WEIGHT_FORMATS = ("auto", "plain", "lossless", "int8", "int4")
 
 def quantization_for(weights: str) -> Any:
     """The `quantization_config` of a `--weights` choice."""
-    from .formats.quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig, LosslessBf16Config
+    from .formats.configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    from .formats.lossless import LosslessBf16Config
 
     return {"auto": LosslessBf16Config(required=False), "plain": None, "lossless": LosslessBf16Config(),
             "int8": Int8WeightOnlyConfig(), "int4": Int4WeightOnlyConfig(group_size=128)}[weights]
@@ -62,7 +63,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phikit", description="Run Microsoft's Phi models locally.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat,finetune,export,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat,finetune,export,bench,doctor}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_parser(sub)
     add_export_parser(sub)
+    sub.add_parser("doctor", help="what runs on this machine: CPU features and level, the kernel of each operation, "
+                   "and why a fast path is not taken", description="Print the CPU's features, the CPU level in use, "
+                   "the kernel behind each operation and each weight format, and the reason for every fast path not "
+                   "taken. PHIKIT_CPU_LEVEL=<level> forces a lower level.")
     bench = sub.add_parser("bench", add_help=False, help="prefill/decode speed and memory next to transformers "
                            "(phikit bench --help)")
     return parser
@@ -227,8 +232,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main  # builds the native kernels: only when asked
+
+    return doctor_main()
+
+
 COMMANDS = {"run": _cmd_run, "generate": _cmd_generate, "chat": _cmd_chat, "finetune": _cmd_finetune,
-            "export": _cmd_export}
+            "export": _cmd_export, "doctor": _cmd_doctor}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

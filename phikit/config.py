@@ -14,15 +14,13 @@ import os
 from typing import Any
 
 from .arch import Architecture
+from .config_files import MSFT_TYPES, normalize_model_type, read_config_dict
+from .errors import ConfigError
+from .ops.activations import ACTIVATIONS  # the registries the model runs: one name list each
+from .ops.attention import ATTENTION_FUNCTIONS as ATTN_IMPLEMENTATIONS
 from .rope_config import normalize_rope_parameters, validate_rope_parameters
 
-ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish", "relu")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 LONGROPE_POLICIES = ("per_sequence", "static")
-
-
-class ConfigError(ValueError):
-    """A config field has a value phikit cannot run; the message names the field, the value and the fix."""
 
 
 # Fields every family shares, with their defaults (the seeds' PretrainedConfig conventions).
@@ -112,21 +110,13 @@ class PhiKitConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "PhiKitConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); re-download or fix config.json") from e
-        return cls.from_dict(data)
+        return cls.from_pretrained(path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "PhiKitConfig":
-        """Read `config.json` from a local folder (or the file itself)."""
-        path = os.fspath(path)
-        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise ConfigError(f"no config.json at {path!r}; pass a folder that holds a Hugging Face checkpoint")
-        config = cls.from_json_file(file)
+        """Read `config.json` from a local folder (or the file itself), through the one reader
+        (`config_files.read_config_dict`)."""
+        config = cls.from_dict(read_config_dict(path))
         for k, v in overrides.items():
             setattr(config, k, v)
         config.validate()
@@ -363,3 +353,17 @@ class PhimoeConfig(PhiKitConfig):
 
 CONFIG_CLASSES: dict[str, type[PhiKitConfig]] = {c.model_type: c for c in (PhiConfig, Phi3Config, PhimoeConfig)}
 
+
+def config_from_dict(data: dict[str, Any]) -> PhiKitConfig:
+    """The right config class for a config.json dict; unknown model types raise naming the supported ones."""
+    data = normalize_model_type(data)
+    model_type = data.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ConfigError(f"model_type={model_type!r} is not a Phi family phikit runs; supported: "
+                          f"{sorted(CONFIG_CLASSES) + list(MSFT_TYPES)}")
+    return CONFIG_CLASSES[model_type].from_dict(data)
+
+
+def config_from_folder(folder: str | os.PathLike) -> PhiKitConfig:
+    """The config a checkpoint folder's `config.json` describes, in its family's class."""
+    return config_from_dict(read_config_dict(folder))

@@ -47,7 +47,8 @@ def _is_phikit_quantized(folder: str) -> bool:
 
 def run_export(args: argparse.Namespace) -> int:
     """Load `args.model`, export it, print what was written to stderr; 0 on success (errors raise)."""
-    from .auto import AutoModelForCausalLM, config_from_folder
+    from .auto import AutoModelForCausalLM
+    from .config import config_from_folder
     from .gguf_export import export_gguf
     from .hub import resolve_folder
     from .tokenization import AutoTokenizer
@@ -59,7 +60,7 @@ def run_export(args: argparse.Namespace) -> int:
     folder = resolve_folder(args.model, args.revision, False)
     if _is_phikit_quantized(folder):
         from .modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
-        from .formats.quantize import load_quantized_model
+        from .loading_quantized import load_quantized_model
 
         classes = {"phi": PhiForCausalLM, "phi3": Phi3ForCausalLM, "phimoe": PhimoeForCausalLM}
         model = load_quantized_model(classes[config_from_folder(folder).model_type], folder)

@@ -56,7 +56,8 @@ class _Planned:
 def _float_tensors(model: nn.Module) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
     """(checkpoint name, shape, loader) for every tensor in state_dict order; phikit-quantized linears give their
     dequantized `weight` (computed when written) and their bias."""
-    from .formats.quantize import Int4Linear, Int8Linear
+    from .formats.int4 import Int4Linear
+    from .formats.int8 import Int8Linear
 
     for module_name, module in model.named_modules():
         prefix = module_name + "." if module_name else ""

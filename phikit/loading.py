@@ -20,17 +20,18 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
-from .config import PhiKitConfig
+from .config import PhiKitConfig, config_from_folder
 from .cpu import hugepages
 from .formats import lossless
-from .cpu.gemm import FastLinear, use_fast_linears
+from .cpu.gemm import FastLinear
+from .ops.backends import prepare as prepare_for_device
 from .generation_config import GenerationConfig
 from .hub import resolve_folder
 from .formats.lossless import LosslessBf16Config
 from .name_maps import plan_sources
-from .formats.quantize import (StreamingQuantizer, finalize_quantized_model, prepare_quantized_model,
-                       resolve_quantization_config)
-from .formats.quantize import config_from_dict as quant_config_from_dict
+from .formats.configs import config_from_dict as quant_config_from_dict
+from .formats.configs import resolve_quantization_config
+from .formats.streaming import StreamingQuantizer, finalize_quantized_model, prepare_quantized_model
 
 HEAD_PREFIXES = ("lm_head.", "score.")
 DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -112,8 +113,6 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
                     show_progress: bool = False, **config_overrides: Any):
     """Load `cls` (a phikit model class) from a local folder or hub id. `trust_remote_code` is accepted for
     compatibility and never executes code: phikit implements every Phi family itself."""
-    from .auto import config_from_folder
-
     folder = resolve_folder(path_or_id, revision, local_files_only, cache_dir=cache_dir, token=token)
     if config is None:
         config = config_from_folder(folder)
@@ -131,10 +130,7 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
         with torch.device("meta"), _skip_init():
             model = cls(config)
         quantizer = None
-        if device.type == "cpu" and target_dtype == torch.bfloat16:  # linears left unquantized (lm_head) too
-            # bf16 on a CPU: faster kernels per call shape (see cpu_kernels.py); a tied head is never copied
-            use_fast_linears(model, skip=("lm_head",) if config.tie_word_embeddings and FastLinear.needs_packing()
-                             else ())
+        prepare_for_device(model, device, target_dtype)  # the backend's ops and module swaps (phikit/backends)
         if saved is not None:
             prepare_quantized_model(model, saved, reader.refs.keys(), target_dtype)
         elif quant is not None:

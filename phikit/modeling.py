@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .model.attention import check_attention_implementation
+from .ops import bind
+from .ops.attention import check_attention_implementation
+from .ops.backends import default_ops
 from .model.cache import DynamicCache, KVCache
 from .config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from .model.decoder import Decoder, TrunkOutput
@@ -43,6 +45,7 @@ class PreTrainedMixin:
     def post_init(self) -> None:
         self.apply(self._init_weights)
         self.tie_weights()
+        bind(self, default_ops("cpu"))  # the CPU backend's table; its ops leave other devices to PyTorch
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .config import PhiKitConfig
 
@@ -25,8 +27,6 @@ ROPE_TYPE_ALIASES = {"su": "longrope", "yarn": "longrope", "longrope": "longrope
 
 
 def _error(message: str) -> Exception:
-    from .config import ConfigError
-
     return ConfigError(message)
 
 

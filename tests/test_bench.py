@@ -37,7 +37,7 @@ def test_paired_child_runs_two_engines_in_turns(tmp_path):
     torch.manual_seed(0)
     phikit.Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(str(tmp_path))
     specs = [["phikit", "lossless"] if native_kernels.has_c12() else ["phikit", "bf16"], ["phikit", "int8"]]
-    out = subprocess.run([sys.executable, "-c", bench.PAIRED_CHILD, json.dumps(specs), str(tmp_path), "8", "3", "1",
+    out = subprocess.run([sys.executable, "-m", "phikit.bench.paired", json.dumps(specs), str(tmp_path), "8", "3", "1",
                           "3"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     sides = json.loads(out.stdout.strip().splitlines()[-1])

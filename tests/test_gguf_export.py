@@ -13,7 +13,8 @@ import torch
 
 import phikit
 from phikit.gguf_export import _float_tensors, export_gguf, vocabulary_for_gguf
-from phikit.formats.quantize import Int8WeightOnlyConfig, quantize_model
+from phikit.formats.configs import Int8WeightOnlyConfig
+from phikit.formats.quantize import quantize_model
 from phikit.model.rope import longrope_attention_factor
 from tests.oracle import make_config, randomize
 from tests.tokenizer_cases import LLAMA_CPP, TOKENIZERS, llama_cpp_cases

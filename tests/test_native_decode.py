@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 
 import phikit
+from phikit.ops import bind
+from phikit.backends import cpu as cpu_backend
 from phikit.backends.cpu import decode_step as native_decode
 from phikit.cpu import kernels as native_kernels
 from phikit.model.cache import DynamicCache, StaticCache
@@ -155,7 +157,8 @@ def test_prefill_activations_run_natively_and_equal_pytorch(monkeypatch) -> None
     """A bf16 prefill's MLP activations (phi: gelu_new; phi3: up * silu(gate)) take the multi-threaded native
     table lookups and give PyTorch's numbers bit for bit, every bf16 input included (NaN, inf, subnormals, odd
     lengths for the tail masks); under autograd, and for small tensors, PyTorch's ops run."""
-    from phikit.model.layers import FcMLP, GatedMLP, _gelu_new_ops
+    from phikit.model.layers import FcMLP, GatedMLP
+    from phikit.ops.activations import gelu_new as _gelu_new_ops
 
     gen = torch.Generator().manual_seed(6)
     calls = []
@@ -164,9 +167,10 @@ def test_prefill_activations_run_natively_and_equal_pytorch(monkeypatch) -> None
         monkeypatch.setattr(native_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     x = torch.randn(2, 300, 256, generator=gen).bfloat16()  # 600 tokens: 600 x 1024 activations
     fc, gated = FcMLP(256, 1024, "gelu_new").bfloat16(), GatedMLP(256, 1024, "silu").bfloat16()
+    bind(fc, cpu_backend.ops()), bind(gated, cpu_backend.ops())  # standalone modules: the model binds at build
     with torch.no_grad():
         h = fc.fc1(x)
-        assert torch.equal(fc.act(h), torch_gelu_new(h))
+        assert torch.equal(fc.ops.activations[fc.act_name](h), torch_gelu_new(h))
         gate, up = gated.gate_up_proj(x).chunk(2, dim=-1)
         assert torch.equal(gated(x), gated.down_proj(up * torch.nn.functional.silu(gate)))
     assert calls == ["lookup", "silu_gated"]
@@ -298,6 +302,7 @@ def test_prefill_rms_norm_runs_natively_and_rounds_as_pytorch_does(monkeypatch) 
 
     gen = torch.Generator().manual_seed(8)
     norm = RMSNorm(3072, 1e-5).bfloat16()
+    bind(norm, cpu_backend.ops())  # a standalone module: a model binds its backend's ops when built
     with torch.no_grad():
         norm.weight.copy_((1 + 0.1 * torch.randn(3072, generator=gen)).bfloat16())
     x = (torch.randn(2, 40, 3072, generator=gen) * 3 + 0.5).bfloat16()

@@ -12,7 +12,7 @@ import torch
 from torch.testing import assert_close
 
 import phikit
-from phikit.model.attention import eager_attention, sdpa_attention
+from phikit.ops.attention import eager_attention, sdpa_attention
 from phikit.model.moe import sparsemixer
 
 from .oracle import make_config, pair, randomize

@@ -26,10 +26,15 @@ import torch.nn as nn
 
 import phikit
 from phikit.cpu import kernels as native_kernels
-from phikit.formats.quantize import (BitsAndBytesConfig, Int4Linear, Int4WeightOnlyConfig, Int8Linear, Int8WeightOnlyConfig,
-                             StreamingQuantizer, _cpu_pack, _cpu_unpack, dequantize_int4, linear_from_quantized,
-                             load_quantized_model, pack_nibbles, quantize_int4, quantize_linear_weight,
-                             quantize_model, resolve_quantization_config, unpack_nibbles)
+from phikit.formats.configs import (BitsAndBytesConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig,
+                                    resolve_quantization_config)
+from phikit.formats.int4 import Int4Linear
+from phikit.formats.int8 import Int8Linear
+from phikit.formats.quantize import quantize_model
+from phikit.formats.quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_nibbles, quantize_int4,
+                                          unpack_nibbles)
+from phikit.formats.streaming import StreamingQuantizer, linear_from_quantized, quantize_linear_weight
+from phikit.loading_quantized import load_quantized_model
 from tests.oracle import make_config
 
 CLASSES = {"phi": phikit.PhiForCausalLM, "phi3": phikit.Phi3ForCausalLM, "phimoe": phikit.PhimoeForCausalLM}
@@ -367,7 +372,8 @@ def test_quantization_config_resolution() -> None:
 def test_quantizing_in_row_slices_changes_no_value() -> None:
     """quantize_linear_weight and the int4 CPU packing work in slices of rows (bounded temporaries while loading);
     the result equals the whole-matrix math."""
-    from phikit.formats.quantize import Int4Linear, linear_from_quantized, quantize_linear_weight
+    from phikit.formats.int4 import Int4Linear
+    from phikit.formats.streaming import linear_from_quantized, quantize_linear_weight
     from phikit.formats.quantize_math import (_cpu_pack, pack_int4_native, pack_int8_native, pack_nibbles, quantize_int4,
                                       quantize_int8)
 

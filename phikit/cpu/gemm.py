@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import features
 from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
@@ -39,10 +40,12 @@ def packing_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 linears on this CPU (the test F.linear's own bf16 GEMM dispatch makes)."""
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 linears here: the CPU level (`features.py`) is AVX-512 or above and oneDNN says so
+    (the test F.linear's own bf16 GEMM dispatch makes). Below that PyTorch's bf16 GEMM falls back to a loop ~7x
+    slower than its fp32 GEMM, and oneDNN's weight packing raises, so bf16 products run as fp32 GEMMs instead."""
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return packing_available() and probe is not None and bool(probe())
+    return features.at_least("avx512") and packing_available() and probe is not None and bool(probe())
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,8 +80,11 @@ def _fp32_gemm_wins() -> bool:
 
 
 def prefers_fp32_gemm(rows: int) -> bool:
-    """Whether a bf16 product with this many rows runs faster as fp32 GEMM on converted weight slices (module
-    docstring): long prefills on CPUs without AMX where the fp32 GEMM measured faster."""
+    """Whether a bf16 product with this many rows runs as fp32 GEMM on converted weight slices (module docstring):
+    every product where oneDNN has no bf16 GEMM here, and long prefills on CPUs without AMX where the fp32 GEMM
+    measured faster."""
+    if not onednn_bf16():
+        return True
     return rows >= FP32_GEMM_MIN_ROWS and not _has_amx() and _fp32_gemm_wins()
 
 
@@ -120,7 +126,7 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
-    if bias is not None and bias.dtype == x.dtype and _onednn_bf16():
+    if bias is not None and bias.dtype == x.dtype and onednn_bf16():
         # oneDNN adds the bias inside the GEMM; F.linear (addmm) first copies it into every row of the output, a
         # pass over [M, N] that cost 2.6% of a 512-token phi-1.5 prefill. The same numbers (tested).
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
@@ -136,7 +142,7 @@ class FastLinear(nn.Linear):
     @staticmethod
     def needs_packing() -> bool:
         """Whether decode runs on a oneDNN-prepacked copy (only where the native kernels are unavailable)."""
-        return not native_kernels.available() and packing_available()
+        return not native_kernels.available() and onednn_bf16()
 
     def pack(self) -> None:
         weight = self.weight.detach()

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from . import hugepages
+from . import features, hugepages
 
 SOURCE_DIR = Path(__file__).with_name("native")
 SOURCES = ("phk.h", "kernels.c", "decode_step.c", "attention_prefill.c", "lossless.c")  # compiled together into one library
@@ -63,7 +63,18 @@ def _cache_dir() -> Path:
     return Path(base) / "phikit" / "native"
 
 
-def _build(sources: dict[str, bytes], target: Path) -> None:
+def compile_flags(level: str) -> list[str] | None:
+    """The compiler's target flags for the kernels of a CPU level (`features.py`), or None for a level that has no
+    native kernels yet. The host's own level compiles with -march=native (its exact ISA and tuning); a lower level
+    forced on a bigger CPU with that level's ISA only, so its kernels are the ones a CPU of that level runs."""
+    if level not in ("avx512", "avx512_bf16"):
+        return None
+    if level == features.level_choice().host:
+        return ["-march=native"]
+    return ["-march=x86-64-v4", "-mtune=native"]  # AVX-512 F/BW/CD/DQ/VL, no BF16 (only avx512 can be below host)
+
+
+def _build(sources: dict[str, bytes], target: Path, flags: list[str]) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
@@ -73,7 +84,7 @@ def _build(sources: dict[str, bytes], target: Path) -> None:
             (Path(tmp) / name).write_bytes(text)
         objects = [str(Path(tmp) / (name[:-2] + ".o")) for name in sources if name.endswith(".c")]
         out = Path(tmp) / "kernels.so"
-        compile_cmds = [[compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-c",
+        compile_cmds = [[compiler, "-O3", *flags, "-ffp-contract=off", "-fopenmp", "-fPIC", "-c",
                          obj[:-2] + ".c", "-o", obj] for obj in objects]
         runtime = _torch_openmp_runtime()  # link torch's own libgomp: one OpenMP thread pool, not two
         link_cmd = [compiler, "-shared", *objects, "-o", str(out)] + (
@@ -100,21 +111,29 @@ def _torch_openmp_runtime() -> str | None:
 @lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL | None:
     global build_error
-    if os.environ.get("PHIKIT_NATIVE", "1") == "0":
-        build_error = "disabled by PHIKIT_NATIVE=0"
+    try:
+        level = features.level()
+    except features.CpuLevelError as e:
+        build_error = str(e)
+        raise
+    flags = compile_flags(level)
+    if flags is None:
+        build_error = (f"CPU level {level} has no native kernels yet ({features.level_choice().reason or 'this CPU'});"
+                       " PyTorch's kernels run")
         return None
     try:
         sources = {name: (SOURCE_DIR / name).read_bytes() for name in SOURCES}
-        key = hashlib.sha256(b"".join(sources.values()) + f"{torch.__version__} {_torch_openmp_runtime()}".encode())
+        key = hashlib.sha256(b"".join(sources.values()) + f"{torch.__version__} {_torch_openmp_runtime()} "
+                             f"{' '.join(flags)}".encode())
         target = _cache_dir() / key.hexdigest()[:16] / "kernels.so"
         if not target.is_file():
-            _build(sources, target)
+            _build(sources, target, flags)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         build_error = str(e)
         return None
     if not lib.phk_available():
-        build_error = "this CPU or compiler has no AVX-512; using PyTorch's kernels"
+        build_error = "this compiler built no AVX-512 kernels; using PyTorch's kernels"
         return None
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..backends.cpu import decode_step as native_decode
 from ..arch import Architecture
-from .attention import ATTENTION_FUNCTIONS
+from ..ops import REFERENCE, Ops
+from ..ops.attention import ATTENTION_FUNCTIONS
 from .cache import DynamicCache, KVCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
@@ -23,7 +23,7 @@ from .rope import RopeSpec, RotaryTables, choose_long, cos_sin, rope_spec_from_c
 
 @dataclass
 class StepContext:
-    """What every layer of one forward shares: rope tables, mask, cache and the attention kernel."""
+    """What every layer of one forward shares: rope tables, mask, cache, the attention kernel and the model's ops."""
 
     rotary: RotaryTables  # cos/sin of every position, applied to each layer's q and k
     bias: torch.Tensor  # [B or 1, 1, T, S] additive mask
@@ -32,10 +32,11 @@ class StepContext:
     cache: KVCache | None
     attn_implementation: str
     output_attentions: bool
+    ops: Ops
 
 
 class Attention(nn.Module):
-    owns_dropout = True  # training mode changes its numbers (native_decode.py checks this)
+    owns_dropout = True  # training mode changes its numbers (a fused decode step checks this)
 
     def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
         super().__init__()
@@ -82,7 +83,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
-        q, k = ctx.rotary.apply(q), ctx.rotary.apply(k)
+        q, k = ctx.rotary.apply(q, ctx.ops), ctx.rotary.apply(k, ctx.ops)
         bias = ctx.bias
         if keep_last:
             q, bias, t = q[:, :, -keep_last:], bias[:, :, -keep_last:], keep_last  # the last queries see every key
@@ -92,7 +93,7 @@ class Attention(nn.Module):
             k, v = k[:, :, ctx.first_key:], v[:, :, ctx.first_key:]
         kernel = "eager" if ctx.output_attentions else ctx.attn_implementation
         out, weights = ATTENTION_FUNCTIONS[kernel](q, k, v, bias, self.scale, self.dropout, self.training,
-                                                   plain_causal=ctx.plain_causal)
+                                                   plain_causal=ctx.plain_causal, ops=ctx.ops)
         out = out.reshape(b, t, self.num_heads * self.head_dim)  # [B, T, H*D]
         return self._modules[self.out_name](out), weights
 
@@ -159,6 +160,8 @@ class TrunkOutput:
 class Decoder(nn.Module):
     """Embedding -> layers -> final norm. The trunk every family shares (transformers' `XModel`)."""
 
+    ops: Ops = REFERENCE
+
     def __init__(self, config) -> None:
         super().__init__()
         arch = config.architecture()
@@ -197,9 +200,10 @@ class Decoder(nn.Module):
             per_sequence = self.rope.original_max_positions is not None and self.rope.static_long is None
             cache.prepare(position_ids, start, b, inputs_embeds if per_sequence else None)
             cache.rope_long = long
-            if t == 1 and b == 1 and not (output_attentions or output_hidden_states or output_router_logits):
-                x = native_decode.step(self, inputs_embeds, attention_mask, position_ids, long, cache, start)
-                if x is not None:  # every layer ran in one native call (native_decode.py)
+            fused = self.ops.decode_step
+            if fused is not None and t == 1 and not (output_attentions or output_hidden_states or output_router_logits):
+                x = fused(self, inputs_embeds, attention_mask, position_ids, long, cache, start)
+                if x is not None:  # every layer ran in one call of the backend's fused step
                     return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)
         num_slots = cache.num_slots if cache is not None else t
         query_slots = torch.arange(start, start + t, device=device)
@@ -216,7 +220,7 @@ class Decoder(nn.Module):
             bias = bias[..., first_key:]
         cos, sin = cos_sin(self.rope, position_ids, long, inputs_embeds.dtype)
         ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim), bias, plain_causal, first_key, cache,
-                          self.config._attn_implementation, output_attentions)
+                          self.config._attn_implementation, output_attentions, self.ops)
 
         x = self.embed_dropout(inputs_embeds)
         if not 0 < keep_last < t or output_attentions or output_hidden_states or output_router_logits:

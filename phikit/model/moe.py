@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import ACTIVATIONS
+from ..ops import REFERENCE, Ops
 
 
 class _Multiplier(torch.autograd.Function):
@@ -68,15 +68,17 @@ def sparsemixer(scores: torch.Tensor, jitter_eps: float, training: bool = False)
 class Expert(nn.Module):
     """w2(act(w1 x) * w3 x): the checkpoint's per-expert names (w1 gate, w3 up, w2 down)."""
 
+    ops: Ops = REFERENCE
+
     def __init__(self, hidden_size: int, intermediate_size: int, act: str) -> None:
         super().__init__()
         self.w1 = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.w2 = nn.Linear(intermediate_size, hidden_size, bias=False)
         self.w3 = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.act = ACTIVATIONS[act]
+        self.act_name = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.act(self.w1(x)) * self.w3(x))
+        return self.w2(self.ops.activations[self.act_name](self.w1(x)) * self.w3(x))
 
 
 class SparseMoE(nn.Module):

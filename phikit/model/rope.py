@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cpu import kernels as native_kernels
+from ..ops import REFERENCE, Ops
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,6 @@ class RotaryTables:
         partner = torch.where(index < rotary, (index + half) % max(rotary, 1), index)
         return cls(cos_full, sin_signed, partner, rotary)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, heads, T, D] -> rotated x, equal to `apply_rotary(x, cos, sin)`. A bf16 prefill runs the four ops
-        in one native pass (`native_kernels.rotary`, the same numbers)."""
-        fast = native_kernels.rotary(x, self.cos_full, self.sin_signed, self.rotary)
-        if fast is not None:
-            return fast
-        r, half = self.rotary, self.rotary // 2
-        # x[..., partner] by slices: a gather (index_select) over the last dim took ~17x longer on a 512-token prefill
-        partnered = torch.cat((x[..., half:r], x[..., :half], x[..., r:]), dim=-1)
-        return x * self.cos_full + partnered * self.sin_signed
+    def apply(self, x: torch.Tensor, ops: Ops = REFERENCE) -> torch.Tensor:
+        """x [B, heads, T, D] -> rotated x, equal to `apply_rotary(x, cos, sin)` (`ops.rotary`)."""
+        return ops.rotary(x, self.cos_full, self.sin_signed, self.rotary)

@@ -29,9 +29,10 @@ import torch.nn as nn
 from ...cpu import kernels as native_kernels
 from ...model.cache import StaticCache
 from ...cpu.gemm import FastLinear
-from ...model.layers import FcMLP, GatedMLP, RMSNorm, gelu_new
+from ...model.layers import FcMLP, GatedMLP, RMSNorm
 from ...formats.lossless import LosslessBf16Linear
-from ...formats.quantize import Int4Linear, Int8Linear
+from ...formats.int4 import Int4Linear
+from ...formats.int8 import Int8Linear
 from ...model.rope import RotaryTables, cos_sin
 
 _I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
@@ -203,16 +204,16 @@ class _Plan:
             if not arch.parallel_residual:
                 out.norm2_w, out.norm2_b, _ = self._norm(layer, "post_attention_layernorm", rms, e)
             mlp = self._module(layer, layer.mlp_name)
-            if type(mlp) is FcMLP and mlp.act is gelu_new and arch.parallel_residual:
+            if type(mlp) is FcMLP and mlp.act_name in ("gelu_new", "gelu_fast") and arch.parallel_residual:
                 model.act = 0
                 self._linear(mlp, "fc1", out.up, inter, e)
                 self._linear(mlp, "fc2", out.down, e, inter)
-            elif type(mlp) is GatedMLP and mlp.act is torch.nn.functional.silu and not arch.parallel_residual:
+            elif type(mlp) is GatedMLP and mlp.act_name in ("silu", "swish") and not arch.parallel_residual:
                 model.act = 1
                 self._linear(mlp, "gate_up_proj", out.up, 2 * inter, e)
                 self._linear(mlp, "down_proj", out.down, e, inter)
             else:
-                raise Unsupported(f"layer {i}'s MLP ({type(mlp).__name__}, {getattr(mlp.act, '__name__', mlp.act)})")
+                raise Unsupported(f"layer {i}'s MLP ({type(mlp).__name__}, {getattr(mlp, 'act_name', '?')})")
 
     def bind_cache(self, cache: StaticCache) -> bool:
         """Point every layer at its slots in `cache` (batch row 0); False where the cache's tensors do not fit."""
@@ -262,7 +263,7 @@ def step(decoder: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | Non
          long: torch.Tensor, cache, start: int) -> torch.Tensor | None:
     """x [1, 1, hidden] (the new token's embedding), already `cache.prepare`d into slot `start` -> the last layer's
     output [1, 1, hidden] (before the final norm), or None where the module path must run (module docstring)."""
-    if (type(cache) is not StaticCache or x.dtype != _BF16 or x.device.type != "cpu" or decoder.training
+    if (type(cache) is not StaticCache or x.shape[:2] != (1, 1) or x.dtype != _BF16 or x.device.type != "cpu" or decoder.training
             or torch.is_grad_enabled() or decoder.config._attn_implementation != "sdpa" or not enabled()
             or torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks):
         return None

@@ -1,8 +1,10 @@
-"""Scaled dot-product attention kernels behind one signature: eager, sdpa and flash_attention_2.
+"""The attention implementations a config names (`attn_implementation`): eager, sdpa and flash_attention_2.
 
-Each takes q [B, H, T, D], k/v [B, KV, S, D] and an additive bias [B or 1, 1, T, S] and returns the output
-[B, T, H, D] and, for eager, the attention weights [B, H, T, S]. fp16 is computed in fp32 (phi-2's attention
-scores overflow fp16; on CPUs fp16 matmuls are also far slower than fp32).
+Each takes q [B, H, T, D], k/v [B, KV, S, D], an additive bias [B or 1, 1, T, S] and the model's `Ops`, and returns
+the output [B, T, H, D] and, for eager, the attention weights [B, H, T, S]. fp16 is computed in fp32 (phi-2's
+attention scores overflow fp16; on CPUs fp16 matmuls are also far slower than fp32). Where the bias is plain
+causality (`plain_causal`: no padding, no active window), sdpa hands a decode step to `ops.decode_attention` and a
+whole prompt to `ops.causal_attention`, the two places a backend's attention kernels plug in.
 """
 
 from __future__ import annotations
@@ -13,21 +15,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..cpu import kernels as native_kernels
+from .reference import repeat_kv, sdpa
+from .table import REFERENCE, Ops
 
 AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, KV, S, D] -> [B, KV*groups, S, D]: each kv head serves `groups` consecutive query heads."""
-    if groups == 1:
-        return x
-    b, kv, s, d = x.shape
-    return x[:, :, None].expand(b, kv, groups, s, d).reshape(b, kv * groups, s, d)
-
-
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
-                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False, ops: Ops = REFERENCE
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = q.dtype
     if dtype == torch.float16:
@@ -42,39 +37,31 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
-                   dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                   dropout: float = 0.0, training: bool = False, plain_causal: bool = False, ops: Ops = REFERENCE
                    ) -> tuple[torch.Tensor, None]:
-    dtype = q.dtype
-    if plain_causal and q.shape[2] == 1 and not (training and dropout):  # a decode step: every cached key is visible
-        out = native_kernels.attention_decode(q, k, v, scale)
-        if out is not None:
-            return out, None
-    # Without padding or window the bias is plain causality: one query (a decode step) sees every key, and a
-    # whole-sequence forward may let the kernel skip the masked blocks instead of adding the bias to them.
-    causal = plain_causal and q.shape[2] == k.shape[2] and q.shape[2] > 1
-    if causal and not (training and dropout):  # a bf16 CPU prefill: 2.3x PyTorch's flash kernel on 2 cores
-        out = native_kernels.attention_prefill(q, k, v, scale)
-        if out is not None:
-            return out, None
-    if dtype == torch.float16 and q.device.type == "cpu":
-        q, k, v, bias = q.float(), k.float(), v.float(), bias.float()
-    groups = q.shape[1] // k.shape[1]
-    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    mask = None if causal or (plain_causal and q.shape[2] == 1) else bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0, scale=scale,
-                                         is_causal=causal)
-    return out.transpose(1, 2).contiguous().to(dtype), None
+    dropout = dropout if training else 0.0
+    if plain_causal and not dropout:
+        # Without padding or window the bias is plain causality: one query (a decode step) sees every key, and a
+        # whole-sequence forward may let the kernel skip the masked blocks instead of adding the bias to them.
+        if q.shape[2] == 1:
+            return ops.decode_attention(q, k, v, scale), None
+        if q.shape[2] == k.shape[2]:
+            return ops.causal_attention(q, k, v, scale), None
+    if plain_causal and q.shape[2] == 1:
+        return sdpa(q, k, v, scale, dropout=dropout), None
+    causal = plain_causal and q.shape[2] == k.shape[2]
+    return sdpa(q, k, v, scale, None if causal else bias, causal=causal, dropout=dropout), None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
-                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False
+                    dropout: float = 0.0, training: bool = False, plain_causal: bool = False, ops: Ops = REFERENCE
                     ) -> tuple[torch.Tensor, None]:
     """flash-attn 2 when the mask is purely causal (no padding, no active window, no unused static slots);
     anything else falls back to sdpa with the exact mask, so numbers never change with the kernel."""
-    from flash_attn import flash_attn_func  # checked by `check_attention_implementation`
+    from flash_attn import flash_attn_func  # optional (CUDA only); `check_attention_implementation` checked it
 
     if not plain_causal:
-        return sdpa_attention(q, k, v, bias, scale, dropout, training)
+        return sdpa_attention(q, k, v, bias, scale, dropout, training, ops=ops)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout if training
                           else 0.0, softmax_scale=scale, causal=q.shape[2] > 1)
     return out, None

@@ -1,0 +1,118 @@
+"""`Int4Linear`: int4 weights, asymmetric per group of `group_size` input columns (`Int4WeightOnlyConfig`).
+
+Format (W [N, K] = [out_features, in_features]; the gpt-fast / torchao "tinygemm" form): per group
+scale = (max - min) / 15 and zero = min + 8 * scale, q = round((W - min) / scale) in [0, 15], and
+W ~ (q - 8) * scale + zero (`quantize_math.quantize_int4`). `scales_and_zeros` is [K / group_size, N, 2]
+(scale, zero), the layout of `aten._weight_int4pack_mm_for_cpu`. Checkpoints store a portable form, `qweight` uint8
+[N, K / 2] with column 2j in the low nibble and 2j+1 in the high one, and modules repack it for the kernel that runs
+it when they are placed on the CPU: phikit's native kernel (`native/kernels.c`: bf16 dot-product instructions; on
+the 2-core Zen 4 host one weight streams at 23-25 GB/s against aten's ~19; `benchmarks/RESULTS.md`) for bf16 models
+on CPUs with AVX512-BF16, else aten's (whose layout depends on the ISA: AVX-512 packs rows n and n+32 into one byte,
+AVX2 n and n+16).
+
+Kernel constraints (torch 2.13, CPU): native int4 needs N % 4 == 0, K % 128 == 0, group_size in {64, 128, 256};
+aten's int4 needs N % 16 == 0 and group_size in {32, 64, 128, 256} with K divisible by it. A layer no int4 kernel
+takes, and any layer off the CPU, runs the dequantize fallback (`quant_linear.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..cpu import kernels as native_kernels
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized
+from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
+from .quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_int4_native, pack_nibbles,
+                            unpack_int4_native, unpack_nibbles)
+
+_HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr(_OPS, "_weight_int4pack_mm_for_cpu")
+
+
+class Int4Linear(_QuantLinear):
+    """Linear layer with int4 weights `qweight` uint8 [N, K/2] and `scales_and_zeros` [K/g, N, 2].
+
+    On the CPU `qweight` holds a kernel's layout in memory (`layout`): phikit's native one (bf16 models on CPUs with
+    AVX512-BF16; N % 4 == 0, K % 128 == 0, g in 64/128/256) or else aten's `_weight_int4pack_mm_for_cpu` one
+    (N % 16 == 0); checkpoints hold the portable nibble form (`_QuantLinear`). A layer neither kernel takes runs
+    the dequantize fallback.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool | torch.Tensor | None = True,
+                 group_size: int = 128, dtype: torch.dtype = torch.bfloat16, device: Any = None) -> None:
+        super().__init__()
+        if in_features % group_size or in_features % 2:
+            raise ValueError(f"Int4Linear: in_features={in_features} must be a multiple of group_size={group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("qweight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8,
+                                                   device=device))
+        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2, dtype=dtype,
+                                                             device=device))
+        self._init_bias(bias, dtype, device)
+        self._init_layout()
+
+    @property
+    def _scales(self) -> torch.Tensor:
+        return self.scales_and_zeros
+
+    @property
+    def native_ok(self) -> bool:
+        """Whether phikit's native int4 kernel can run this layer (`native_kernels.has_int4`)."""
+        return (self.qweight.device.type == "cpu" and self.scales_and_zeros.dtype == torch.bfloat16
+                and self.out_features % 4 == 0 and self.in_features % 128 == 0 and self.group_size in (64, 128, 256)
+                and native_kernels.has_int4())
+
+    @property
+    def kernel_ok(self) -> bool:
+        """Whether aten's CPU int4 kernel can run this layer."""
+        return (_HAS_INT4_CPU and self.qweight.device.type == "cpu" and self.out_features % 16 == 0
+                and self.scales_and_zeros.dtype in _KERNEL_DTYPES)
+
+    def _kernel_layout(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        if self.native_ok:
+            return "phikit", lambda rows: pack_int4_native(unpack_nibbles(rows))
+        return ("aten", lambda rows: _cpu_pack(unpack_nibbles(rows))) if self.kernel_ok else None
+
+    def unpacked(self) -> torch.Tensor:
+        """q uint8 [N, K] in 0..15, whatever the layout held."""
+        unpack = {"portable": unpack_nibbles, "phikit": unpack_int4_native, "aten": _cpu_unpack}[self.layout]
+        return unpack(self.qweight)
+
+    def portable_qweight(self) -> torch.Tensor:
+        """uint8 [N, K/2] in the portable nibble layout (a copy when a kernel layout is held)."""
+        return self.qweight if self.layout == "portable" else pack_nibbles(self.unpacked())
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] these int4 values stand for, in the scales' dtype."""
+        return dequantize_int4(self.unpacked(), self.scales_and_zeros, self.group_size)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        if self._native(x) and x.shape[0] < FP32_GEMM_MIN_ROWS and (bias is None or bias.dtype == torch.bfloat16):
+            return native_kernels.linear_int4(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales_and_zeros,
+                                              self.group_size, bias)  # decode: the bias is added in the kernel
+        return super()._linear(x)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.scales_and_zeros.dtype
+        if self._native(x):
+            x = x.to(dtype).contiguous()
+            if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
+                q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
+                return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
+                                        self.out_features,
+                                        lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype))
+            return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
+        if self.layout == "aten" and x.device.type == "cpu":
+            return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,
+                                                    self.scales_and_zeros)
+        return F.linear(x.to(dtype), self.dequantize())
+
+    def extra_repr(self) -> str:
+        kernel = {"portable": "dequant", "phikit": "native", "aten": "aten"}[self.layout]
+        return super().extra_repr() + f", group_size={self.group_size}, kernel={kernel}"
+
+
+__all__ = ["Int4Linear"]
