@@ -1,14 +1,14 @@
 """phikit: Microsoft's Phi models (phi-1/1.5/2, Phi-3/3.5/4-mini, Phi-3.5-MoE) on plain PyTorch."""
 
-from .auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+from .hf.auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                    AutoModelForTokenClassification)
 from .model.cache import DynamicCache, KVCache, StaticCache
-from .checkpoint import CheckpointError
+from .weights.checkpoint import CheckpointError
 from .generation_config import GenerationConfig, merge_eos_ids
 from .hub import HubError
-from .batch_encoding import BatchEncoding
-from .chat_template import ChatTemplateError
-from .tokenization import AutoTokenizer, PhiTokenizer
+from .tokenizer.batch_encoding import BatchEncoding
+from .tokenizer.chat_template import ChatTemplateError
+from .tokenizer.tokenization import AutoTokenizer, PhiTokenizer
 from .pipelines import pipeline, TextGenerationPipeline
 from .formats.configs import BitsAndBytesConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
 from .formats.int4 import Int4Linear
@@ -28,7 +28,7 @@ from .generation.stopping_criteria import (EosTokenCriteria, MaxLengthCriteria, 
                                            StoppingCriteriaList, StopStringCriteria)
 from .generation.streamers import TextIteratorStreamer, TextStreamer
 from .config import CONFIG_CLASSES, ConfigError, Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
-from .modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
+from .hf.modeling import (Phi3ForCausalLM, Phi3ForSequenceClassification, Phi3ForTokenClassification, Phi3Model,
                        PhiForCausalLM, PhiForSequenceClassification, PhiForTokenClassification, PhiModel,
                        PhimoeForCausalLM, PhimoeForSequenceClassification, PhimoeModel)
 

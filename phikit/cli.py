@@ -121,8 +121,8 @@ def default_model_path() -> str:
 
 
 def _load(args: argparse.Namespace):
-    from .auto import AutoModelForCausalLM
-    from .tokenization import AutoTokenizer
+    from .hf.auto import AutoModelForCausalLM
+    from .tokenizer.tokenization import AutoTokenizer
 
     if args.model is None:
         args.model = default_model_path()

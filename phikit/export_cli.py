@@ -47,11 +47,11 @@ def _is_phikit_quantized(folder: str) -> bool:
 
 def run_export(args: argparse.Namespace) -> int:
     """Load `args.model`, export it, print what was written to stderr; 0 on success (errors raise)."""
-    from .auto import AutoModelForCausalLM
+    from .hf.auto import AutoModelForCausalLM
     from .config import config_from_folder
     from .gguf_export import export_gguf
     from .hub import resolve_folder
-    from .tokenization import AutoTokenizer
+    from .tokenizer.tokenization import AutoTokenizer
 
     if args.format != "gguf":
         raise ValueError(f"--format {args.format!r} is not supported; phikit exports {FORMATS}")
@@ -59,8 +59,8 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"phikit: loading {args.model} ...", file=sys.stderr, flush=True)
     folder = resolve_folder(args.model, args.revision, False)
     if _is_phikit_quantized(folder):
-        from .modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
-        from .loading_quantized import load_quantized_model
+        from .hf.modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
+        from .weights.loading_quantized import load_quantized_model
 
         classes = {"phi": PhiForCausalLM, "phi3": Phi3ForCausalLM, "phimoe": PhimoeForCausalLM}
         model = load_quantized_model(classes[config_from_folder(folder).model_type], folder)

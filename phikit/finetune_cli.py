@@ -95,9 +95,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     _check_args(args)
     import torch
 
-    from .auto import AutoModelForCausalLM
+    from .hf.auto import AutoModelForCausalLM
     from .lora import apply_lora
-    from .tokenization import AutoTokenizer
+    from .tokenizer.tokenization import AutoTokenizer
     from .training import Trainer, TrainingConfig, load_dataset
 
     torch.manual_seed(args.seed)

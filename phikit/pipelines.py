@@ -77,8 +77,8 @@ def pipeline(task: str = "text-generation", model: Any = None, tokenizer: Any = 
     """Build a text-generation pipeline from a model path / hub id (or a loaded model and tokenizer)."""
     if task != "text-generation":
         raise ValueError(f"task={task!r} is not supported; phikit pipelines do 'text-generation'")
-    from .auto import AutoModelForCausalLM
-    from .tokenization import AutoTokenizer
+    from .hf.auto import AutoModelForCausalLM
+    from .tokenizer.tokenization import AutoTokenizer
 
     if model is None:
         raise ValueError("pipeline needs model=: a folder or hub id of a Phi checkpoint, or a loaded model")

@@ -9,8 +9,8 @@ from functools import lru_cache
 import pytest
 from tokenizers import Tokenizer
 
-from phikit.chat_template import ChatTemplateError, render_chat
-from phikit.tokenization import AutoTokenizer, PhiTokenizer
+from phikit.tokenizer.chat_template import ChatTemplateError, render_chat
+from phikit.tokenizer.tokenization import AutoTokenizer, PhiTokenizer
 from tests.tokenizer_cases import LLAMA_CPP, TOKENIZERS, phi_cases, require_fixtures
 
 require_fixtures()

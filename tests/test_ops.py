@@ -97,3 +97,74 @@ def test_bf16_linears_never_use_pytorch_bf16_gemm_without_bf16_instructions(tmp_
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 9)
+
+
+class SlotRowCache:
+    """A cache written against `CacheProtocol` alone (no phikit base class): one contiguous row of slots per layer,
+    as a serving engine's slot pool holds them."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.length, self.start, self.end = capacity, 0, 0, 0
+        self.rope_long = None
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.positions = None
+
+    @property
+    def num_slots(self) -> int:
+        return self.end
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def prepare(self, position_ids, start, batch, inputs=None) -> None:
+        self.start, self.end = start, start + position_ids.shape[-1]
+        if self.positions is None:
+            self.positions = torch.zeros(batch, self.capacity, dtype=torch.long)
+        self.positions[:, start:self.end] = position_ids.expand(batch, -1)
+        self.length = max(self.length, self.end)
+
+    def update(self, layer_idx, key, value):
+        if layer_idx == len(self.keys):
+            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
+            self.keys.append(key.new_zeros(shape))
+            self.values.append(value.new_zeros(shape))
+        self.keys[layer_idx][:, :, self.start:self.end] = key
+        self.values[layer_idx][:, :, self.start:self.end] = value
+        return self.keys[layer_idx][:, :, :self.end], self.values[layer_idx][:, :, :self.end]
+
+    def layer0_inputs(self):
+        return None, self.positions[:, :self.length]
+
+    def replace_rows(self, rows, other) -> None:
+        raise NotImplementedError("no LongRoPE model in this test")
+
+    def slot_buffers(self):
+        return self.keys, self.values
+
+
+def test_a_cache_that_implements_only_the_protocol_serves_generation(monkeypatch) -> None:
+    """Decoding through a protocol-only cache equals decoding through StaticCache, token by token, in fp32 and in
+    bf16; in bf16 the backend's fused step (where this level has one) runs on it too: it reads `slot_buffers()`,
+    not a cache class."""
+    from phikit.backends.cpu import decode_step
+    from phikit.generation.step import forward_step
+    from phikit.model.cache import CacheProtocol
+
+    assert isinstance(SlotRowCache(4), CacheProtocol)
+    ran = []
+    real = decode_step.step
+    monkeypatch.setattr(decode_step, "step", lambda *a: ran.append(1) or real(*a))
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny(3).to(dtype)
+        ids = torch.randint(1, 128, (1, 7))
+        results = []
+        for cache in (phikit.StaticCache(max_cache_len=32), SlotRowCache(32)):
+            seq, mask = ids, torch.ones_like(ids)
+            with torch.no_grad():
+                for _ in range(6):
+                    token = forward_step(model, seq, mask, cache)[:, -1].argmax(-1, keepdim=True)
+                    seq, mask = torch.cat((seq, token), 1), torch.cat((mask, torch.ones_like(token)), 1)
+            results.append(seq)
+        assert torch.equal(results[0], results[1])
+    assert bool(ran) == (bound(tiny()).decode_step is not None)

@@ -34,7 +34,7 @@ from phikit.formats.quantize import quantize_model
 from phikit.formats.quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_nibbles, quantize_int4,
                                           unpack_nibbles)
 from phikit.formats.streaming import StreamingQuantizer, linear_from_quantized, quantize_linear_weight
-from phikit.loading_quantized import load_quantized_model
+from phikit.weights.loading_quantized import load_quantized_model
 from tests.oracle import make_config
 
 CLASSES = {"phi": phikit.PhiForCausalLM, "phi3": phikit.Phi3ForCausalLM, "phimoe": phikit.PhimoeForCausalLM}
@@ -312,8 +312,8 @@ def test_saved_quantized_checkpoint_reloads_to_identical_logits(name, config, tm
 
 def test_streaming_quantization_while_loading_equals_the_pass(tmp_path) -> None:
     """What from_pretrained(quantization_config=...) does: quantize each weight as it is read from the file."""
-    from phikit.checkpoint import CheckpointReader, find_weight_files
-    from phikit.loading import _set_tensor, _skip_init
+    from phikit.weights.checkpoint import CheckpointReader, find_weight_files
+    from phikit.weights.loading import _set_tensor, _skip_init
 
     model = build("phi-3-128k")
     model.save_pretrained(tmp_path)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from phikit.gguf_vocab import GGUFError, read_gguf_metadata
-from phikit.sentencepiece_model import SentencePieceError, read_sentencepiece_model
-from phikit.tokenization import AutoTokenizer, PhiTokenizer
+from phikit.tokenizer.gguf_vocab import GGUFError, read_gguf_metadata
+from phikit.tokenizer.sentencepiece_model import SentencePieceError, read_sentencepiece_model
+from phikit.tokenizer.tokenization import AutoTokenizer, PhiTokenizer
 from tests.tokenizer_cases import LLAMA_CPP, TOKENIZERS, llama_cpp_cases, phi_cases, require_fixtures
 
 require_fixtures()

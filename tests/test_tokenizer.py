@@ -10,7 +10,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from phikit.tokenization import AutoTokenizer, BatchEncoding, PhiTokenizer
+from phikit.tokenizer.tokenization import AutoTokenizer, BatchEncoding, PhiTokenizer
 from tests.tokenizer_cases import LLAMA_CPP, TOKENIZERS, llama_cpp_cases, phi_cases, require_fixtures
 
 require_fixtures()

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..auto import AutoModelForCausalLM
+from ..hf.auto import AutoModelForCausalLM
 from ..gguf_export import export_gguf
-from ..tokenization import AutoTokenizer
+from ..tokenizer.tokenization import AutoTokenizer
 from .engines import write_checkpoint
 
 # llama.cpp's format for each phikit weight format ("lossless": bf16 values in phikit's lossless 12-bit layout)

@@ -14,8 +14,8 @@ import torch
 import phikit
 
 from ..config import config_from_dict
-from ..loading import _skip_init
-from ..modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
+from ..weights.loading import _skip_init
+from ..hf.modeling import Phi3ForCausalLM, PhiForCausalLM, PhimoeForCausalLM
 
 SHAPES: dict[str, dict[str, Any]] = {
     "phi-1.5": dict(model_type="phi", vocab_size=51200, hidden_size=2048, intermediate_size=8192,

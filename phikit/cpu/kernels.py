@@ -25,35 +25,12 @@ from typing import Callable
 
 import torch
 
-from . import features, hugepages
+from . import abi, features, hugepages
 
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCES = ("phk.h", "kernels.c", "decode_step.c", "attention_prefill.c", "lossless.c")  # compiled together into one library
+SOURCES = ("phk_abi.h", "phk.h", "kernels.c", "decode_step.c", "attention_prefill.c",
+           "lossless.c")  # compiled together into one library; the ABI (phk_abi.h) is mirrored in abi.py
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
-_P, _I = ctypes.c_void_p, ctypes.c_int64
-_SIGNATURES = {
-    "phk_linear_bf16": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
-    "phk_linear_int8": [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
-    "phk_attention_decode": [_P, _P, _P, _P] + [_I] * 11 + [ctypes.c_float, ctypes.c_int],
-    "phk_linear_int4": [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
-    "phk_dequant_int4_f32": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
-    "phk_dequant_int4_bf16": [_P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int],
-    "phk_dequant_int8_bf16": [_P, _P, _P, _I, _I, _I, ctypes.c_int],
-    "phk_decode_step": [_P, _P, _P, _P, _P, _P, _I, ctypes.c_int],
-    "phk_gelu_new": [_P, _P, _I],  # the decode step's elementwise pieces, exported for tests
-    "phk_silu_gated": [_P, _P, _I],
-    "phk_layer_norm": [_P, _P, _P, _P, _I, ctypes.c_float],
-    "phk_rms_norm": [_P, _P, _P, _I, ctypes.c_float],
-    "phk_attention_prefill": [_P, _P, _P, _P] + [_I] * 14 + [ctypes.c_float, _I, ctypes.c_int],
-    "phk_lookup_bf16": [_P, _P, _P, _I, ctypes.c_int],
-    "phk_silu_gated_lookup": [_P, _P, _P, _I, _I, ctypes.c_int],
-    "phk_rotary": [_P, _P, _P, _P] + [_I] * 9 + [ctypes.c_int],
-    "phk_rms_norm_rows": [_P, _P, _P, _I, _I, ctypes.c_float, ctypes.c_int],
-    "phk_c12_encode": [_P, _P, _P, _P, _I, _I, ctypes.c_int],
-    "phk_c12_exceptions": [_P, _P, _I, _I, ctypes.c_int],
-    "phk_linear_c12": [_P, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int],
-    "phk_c12_decode_rows": [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
-}
 MIN_ELEMENTWISE = 1 << 16  # values from which the activations run natively (a prefill; a decode step has its own)
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`
 
@@ -96,6 +73,21 @@ def _build(sources: dict[str, bytes], target: Path, flags: list[str]) -> None:
         os.replace(out, target)  # atomic: concurrent builders each write a complete file
 
 
+def _status_check(lib: ctypes.CDLL) -> Callable:
+    """The ctypes `errcheck` of the functions that return an `abi.Status` (on every call, whoever calls):
+    MemoryError naming the function and the bytes of the allocation that failed, RuntimeError for a stub."""
+    def errcheck(status: int, fn, args) -> int:
+        if status == abi.Status.OK:
+            return status
+        if status == abi.Status.ERR_NOMEM:
+            raise MemoryError(f"{fn.__name__}: could not allocate {int(lib.phk_failed_alloc_bytes())} bytes")
+        if status == abi.Status.ERR_UNSUPPORTED:
+            raise RuntimeError(f"{fn.__name__} is a stub in this build of the native kernels (CPU level "
+                               f"{features.level()} lacks its instructions)")
+        raise RuntimeError(f"{fn.__name__} returned unknown status {status}")
+    return errcheck
+
+
 def _torch_openmp_runtime() -> str | None:
     """The GNU OpenMP library torch has loaded (wheels bundle their own, in torch/lib or torch.libs), or None."""
     torch_dir = os.path.dirname(torch.__file__)
@@ -132,12 +124,19 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         build_error = str(e)
         return None
+    try:
+        abi.check(lib)  # before any call that passes a struct or trusts a signature
+    except RuntimeError as e:
+        build_error = str(e)
+        raise
     if not lib.phk_available():
         build_error = "this compiler built no AVX-512 kernels; using PyTorch's kernels"
         return None
-    for name, argtypes in _SIGNATURES.items():
+    for name, (restype, argtypes) in abi.SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        fn.argtypes, fn.restype = argtypes, restype
+        if name in abi.STATUS_FUNCTIONS:
+            fn.errcheck = _status_check(lib)
     return lib
 
 

@@ -10,19 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model.cache import DynamicCache, KVCache
+from .step import forward_step
 from ..generation_config import GenerationConfig
 from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-
-
-def next_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None,
-                keep: int = 1) -> torch.Tensor:
-    """fp32 logits [B, keep, V] of the last `keep` positions; feeds only the tokens `cache` lacks."""
-    seen = cache.get_seq_length() if cache is not None else 0
-    positions = attention_mask.long().cumsum(-1) - 1
-    positions = positions.masked_fill(attention_mask == 0, 1)
-    out = model(input_ids[:, seen:], attention_mask=attention_mask, position_ids=positions[:, seen:],
-                past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep)
-    return out.logits.float()
 
 
 def _extend(mask: torch.Tensor, n: int = 1) -> torch.Tensor:
@@ -37,7 +27,7 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: Ge
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     scores, raw = [], []
     while True:
-        logits = next_logits(model, input_ids, attention_mask, cache)[:, -1]  # [B, V]
+        logits = forward_step(model, input_ids, attention_mask, cache)[:, -1]  # [B, V]
         processed = processors(input_ids, logits)
         if gen.output_scores:
             scores.append(processed)
@@ -94,7 +84,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ge
     cur_len = prompt_len
     while True:
         flat = running[:, :, :cur_len].reshape(flat_batch, cur_len)
-        logits = next_logits(model, flat, attention_mask, cache)[:, -1]  # [B*beams, V]
+        logits = forward_step(model, flat, attention_mask, cache)[:, -1]  # [B*beams, V]
         attention_mask = _extend(attention_mask)
         log_probs = processors(flat, F.log_softmax(logits, dim=-1))
         if gen.output_logits:
@@ -198,12 +188,12 @@ def assisted_decode(model, assistant, input_ids: torch.Tensor, attention_mask: t
         room = gen.max_length - length
         proposal, ext, ext_mask = [], input_ids, attention_mask
         for _ in range(min(draft_len, room - 1)):
-            logits = next_logits(assistant, ext, ext_mask, draft_cache)[:, -1]
+            logits = forward_step(assistant, ext, ext_mask, draft_cache)[:, -1]
             token = logits.argmax(dim=-1, keepdim=True)
             proposal.append(token)
             ext, ext_mask = torch.cat((ext, token), dim=1), _extend(ext_mask)
         drafted += len(proposal)
-        logits = next_logits(model, ext, ext_mask, cache, keep=len(proposal) + 1)  # [1, n+1, V]
+        logits = forward_step(model, ext, ext_mask, cache, keep=len(proposal) + 1)  # [1, n+1, V]
         for j in range(len(proposal) + 1):
             prefix = ext[:, :length + j]
             processed = processors(prefix, logits[:, j])

@@ -1,9 +1,14 @@
-"""KV caches behind one narrow interface: `prepare` once per forward, `update` once per layer.
+"""KV caches behind one narrow protocol (`CacheProtocol`): what the decoder, the generation step and a backend's
+fused step may use, and all a batched cache with per-row state needs to implement.
 
     cache.prepare(position_ids, start, batch, inputs)  # new tokens take slots [start, start + T)
     keys, values = cache.update(layer, k, v)            # store this layer's k/v [B, KV, T, D]; get all S slots
     cache.num_slots                                      # S, what the attention mask must cover
     cache.get_seq_length()                               # slots filled so far
+    cache.rope_long                                      # [B] bool: the LongRoPE regime the cached rows were computed in
+    cache.layer0_inputs()                                # (inputs [B, S, hidden] | None, positions [B, S]) of the slots
+    cache.replace_rows(rows, other)                      # overwrite rows' first slots (a LongRoPE crossing)
+    cache.slot_buffers()                                 # (keys, values): per layer [B, KV, capacity, D] contiguous, or None
 
 `DynamicCache` grows by concatenation; `StaticCache` preallocates `max_cache_len` slots (the fast decode path and a
 batching server both want fixed shapes). Both remember each slot's rope position and the LongRoPE regime each row's
@@ -14,7 +19,33 @@ row that crosses `original_max_position_embeddings` can be recomputed in the lon
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
+
+
+@runtime_checkable
+class CacheProtocol(Protocol):
+    """The members of a cache the model, the step and fused backends use (module docstring); nothing else."""
+
+    rope_long: torch.Tensor | None
+
+    @property
+    def num_slots(self) -> int: ...
+
+    def get_seq_length(self, layer_idx: int = 0) -> int: ...
+
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int,
+                inputs: torch.Tensor | None = None) -> None: ...
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+    def replace_rows(self, rows: torch.Tensor, other: "CacheProtocol") -> None: ...
+
+    def slot_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None: ...
 
 
 class KVCache:
@@ -47,6 +78,17 @@ class KVCache:
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(inputs [B, S, hidden] or None where not kept, rope positions [B, S]) of the filled slots."""
+        n = self.length
+        inputs = None if self.inputs is None or self.inputs.shape[1] < n else self.inputs[:, :n]
+        return inputs, None if self.positions is None else self.positions[:, :n]
+
+    def slot_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Each layer's key and value storage as contiguous [B, KV, capacity, D] tensors written in place (what a
+        fused kernel may point at), or None where the cache reallocates as it grows."""
+        return None
 
     def replace_rows(self, rows: torch.Tensor, other: "KVCache") -> None:
         """Overwrite the first `other.length` slots of batch rows `rows` [b] with `other`'s keys and values."""
@@ -154,6 +196,9 @@ class StaticCache(KVCache):
         self.keys[layer_idx][:, :, self.start:self.end] = key
         self.values[layer_idx][:, :, self.start:self.end] = value
         return self.keys[layer_idx][:, :, :self.end], self.values[layer_idx][:, :, :self.end]
+
+    def slot_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        return self.keys, self.values  # [B, KV, max_cache_len, D] each, allocated on the first update
 
     def _crop_tensors(self, length: int) -> None:
         pass  # slots past `length` lie beyond every later query: causality masks them until overwritten

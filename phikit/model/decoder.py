@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..arch import Architecture
 from ..ops import REFERENCE, Ops
 from ..ops.attention import ATTENTION_FUNCTIONS
-from .cache import DynamicCache, KVCache
+from .cache import CacheProtocol, DynamicCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
 from .moe import SparseMoE
@@ -29,7 +29,7 @@ class StepContext:
     bias: torch.Tensor  # [B or 1, 1, T, S] additive mask
     plain_causal: bool  # no padding and no active window: kernels may use their own causal mask
     first_key: int  # keys before this slot are outside an active sliding window: attention skips them
-    cache: KVCache | None
+    cache: CacheProtocol | None
     attn_implementation: str
     output_attentions: bool
     ops: Ops
@@ -177,7 +177,7 @@ class Decoder(nn.Module):
         self.gradient_checkpointing = False
 
     def run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
-            position_ids: torch.Tensor | None, cache: KVCache | None, start: int,
+            position_ids: torch.Tensor | None, cache: CacheProtocol | None, start: int,
             output_attentions: bool, output_hidden_states: bool, output_router_logits: bool,
             long: torch.Tensor | None = None, keep_last: int = 0) -> TrunkOutput:
         """inputs_embeds [B, T, hidden] into slots [start, start + T) of `cache`; attention_mask [B, L] 1 = real.
@@ -193,7 +193,7 @@ class Decoder(nn.Module):
         if long is None:
             long = choose_long(self.rope, position_ids, b)  # [B]
         if cache is not None:
-            if cache.rope_long is not None and cache.length > 0:
+            if cache.rope_long is not None and cache.get_seq_length() > 0:
                 self._recompute_crossing_rows(cache, long, attention_mask)
             # Under the per-sequence policy a row may switch regime later (grow past the boundary, or be cropped
             # back below it): keep layer-0 inputs so its keys and values can be recomputed then.
@@ -245,7 +245,7 @@ class Decoder(nn.Module):
             all_hidden[-1] = x  # the reference reports the normed output in place of the last layer's
         return TrunkOutput(x, _tuple(all_hidden), _tuple(all_attn), _tuple(all_router))
 
-    def _recompute_crossing_rows(self, cache: KVCache, long: torch.Tensor, attention_mask: torch.Tensor | None
+    def _recompute_crossing_rows(self, cache: CacheProtocol, long: torch.Tensor, attention_mask: torch.Tensor | None
                                  ) -> None:
         """Rows whose LongRoPE regime changes (a sequence grew past original_max_position_embeddings) get their
         cached keys and values recomputed once in the new regime, exactly as an uncached forward would see them.
@@ -253,15 +253,15 @@ class Decoder(nn.Module):
         changed = cache.rope_long != long  # [B]
         if not bool(changed.any()):
             return
-        past = cache.length
-        if cache.inputs is None or cache.inputs.shape[1] < past:
+        past = cache.get_seq_length()
+        inputs, positions = cache.layer0_inputs()  # [B, past, hidden], [B, past]
+        if inputs is None:
             raise RuntimeError("this cache was filled without the layer-0 inputs needed to switch LongRoPE regime; "
                                "build a fresh cache (or use longrope_policy='static')")
         rows = changed.nonzero().squeeze(1)  # [b]
         fresh = DynamicCache()
         mask = attention_mask[rows, :past] if attention_mask is not None else None
-        self.run(cache.inputs[rows, :past], mask, cache.positions[rows, :past], fresh, 0,
-                 False, False, False, long=long[rows])
+        self.run(inputs[rows], mask, positions[rows], fresh, 0, False, False, False, long=long[rows])
         cache.replace_rows(rows, fresh)
 
 

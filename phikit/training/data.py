@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..losses import IGNORE_INDEX
+from ..hf.losses import IGNORE_INDEX
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".py", ".rst")
 CHAT_SUFFIXES = (".jsonl",)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..losses import IGNORE_INDEX, causal_lm_loss
+from ..hf.losses import IGNORE_INDEX, causal_lm_loss
 from ..lora import load_adapter, lora_modules, merge_lora, save_adapter
 from .data import DataCollator
 

@@ -8,8 +8,8 @@ fp32 rounding inside norms and tanh/exp (see the C file). The embedding, rope ta
 Python.
 
 When it applies (else `step` returns None and the modules run): bf16 on the CPU, no autograd, eval mode, one row
-and one new token, a `StaticCache` (what `generate()` uses by default), no padding in the attention mask, the
-`sdpa` attention implementation, no hooks, and every layer of a supported kind: phi (parallel block, LayerNorm,
+and one new token, a cache with contiguous slot buffers (`slot_buffers()`: `StaticCache`, what `generate()` uses
+by default), no padding in the attention mask, the `sdpa` attention implementation, no hooks, and every layer of a supported kind: phi (parallel block, LayerNorm,
 gelu_new, optional qk_layernorm) or phi3 (sequential, RMSNorm, silu-gated MLP), with linears that are plain bf16
 (`nn.Linear` / `FastLinear`), or `Int8Linear` / `Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns
 it off. The plan (pointers to every weight) is built once per model and checked on each call: replaced modules
@@ -27,7 +27,9 @@ import torch
 import torch.nn as nn
 
 from ...cpu import kernels as native_kernels
-from ...model.cache import StaticCache
+from ...cpu.abi import Act, LinearKind
+from ...cpu.abi import Layer as _Layer, Lin as _Lin, Model as _Model  # phk_abi.h's structs, checked on load
+from ...model.cache import CacheProtocol
 from ...cpu.gemm import FastLinear
 from ...model.layers import FcMLP, GatedMLP, RMSNorm
 from ...formats.lossless import LosslessBf16Linear
@@ -35,25 +37,7 @@ from ...formats.int4 import Int4Linear
 from ...formats.int8 import Int8Linear
 from ...model.rope import RotaryTables, cos_sin
 
-_I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 _BF16 = torch.bfloat16
-
-
-class _Lin(ctypes.Structure):
-    _fields_ = [("kind", _I64), ("n", _I64), ("k", _I64), ("group", _I64), ("w", _P), ("scales", _P), ("bias", _P),
-                ("aux", _P)]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [("qkv", _Lin * 3), ("o", _Lin), ("up", _Lin), ("down", _Lin)] + [
-        (name, _P) for name in ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "qnorm_w", "qnorm_b", "knorm_w",
-                                "knorm_b", "k_cache", "v_cache")]
-
-
-class _Model(ctypes.Structure):
-    _fields_ = [(name, _I64) for name in ("n_layers", "hidden", "heads", "kv_heads", "head_dim", "inter", "rmsnorm",
-                                          "parallel", "act", "fused_qkv", "cache_head_stride", "window")] + [
-        ("eps", _F), ("qk_eps", _F), ("scale", _F)]
 
 
 class Unsupported(Exception):
@@ -140,18 +124,19 @@ class _Plan:
         into.n, into.k = n, k
         into.bias = self._tensor(module, "bias", optional=True, shape=(n,))
         if cls in (nn.Linear, FastLinear):
-            into.kind, into.w, multiple = 1, self._tensor(module, "weight", shape=(n, k)), 16
+            into.kind, into.w, multiple = LinearKind.BF16, self._tensor(module, "weight", shape=(n, k)), 16
         elif cls is Int8Linear and module.layout == "phikit":
-            into.kind, into.w, multiple = 2, self._tensor(module, "qweight", shape=(n, k), dtype=torch.int8), 64
+            into.kind, into.w = LinearKind.INT8, self._tensor(module, "qweight", shape=(n, k), dtype=torch.int8)
+            multiple = 64
             into.scales = self._tensor(module, "scales", shape=(n,))
         elif cls is Int4Linear and module.layout == "phikit" and native_kernels.has_int4():
-            into.kind, into.w, multiple = 3, self._tensor(module, "qweight", shape=(n, k // 2),
-                                                         dtype=torch.uint8), 128
+            into.kind, into.w = LinearKind.INT4, self._tensor(module, "qweight", shape=(n, k // 2), dtype=torch.uint8)
+            multiple = 128
             g = module.group_size
             into.scales, into.group = self._tensor(module, "scales_and_zeros", shape=(k // g, n, 2)), g
         elif cls is LosslessBf16Linear and n % 8 == 0 and native_kernels.has_c12():
             b, g = n // 8, k // 64
-            into.kind, multiple = 4, 64
+            into.kind, multiple = LinearKind.C12, 64
             into.w = self._tensor(module, "data", shape=(b, g, 768), dtype=torch.uint8)
             into.scales = self._tensor(module, "bases", shape=(b, g, 8), dtype=torch.uint8)
             into.aux = self._tensor(module, "aux", dtype=torch.int64)
@@ -205,29 +190,37 @@ class _Plan:
                 out.norm2_w, out.norm2_b, _ = self._norm(layer, "post_attention_layernorm", rms, e)
             mlp = self._module(layer, layer.mlp_name)
             if type(mlp) is FcMLP and mlp.act_name in ("gelu_new", "gelu_fast") and arch.parallel_residual:
-                model.act = 0
+                model.act = Act.GELU_NEW
                 self._linear(mlp, "fc1", out.up, inter, e)
                 self._linear(mlp, "fc2", out.down, e, inter)
             elif type(mlp) is GatedMLP and mlp.act_name in ("silu", "swish") and not arch.parallel_residual:
-                model.act = 1
+                model.act = Act.SILU_GATED
                 self._linear(mlp, "gate_up_proj", out.up, 2 * inter, e)
                 self._linear(mlp, "down_proj", out.down, e, inter)
             else:
                 raise Unsupported(f"layer {i}'s MLP ({type(mlp).__name__}, {getattr(mlp, 'act_name', '?')})")
 
-    def bind_cache(self, cache: StaticCache) -> bool:
-        """Point every layer at its slots in `cache` (batch row 0); False where the cache's tensors do not fit."""
-        tensors = (*cache.keys, *cache.values)
+    def bind_cache(self, cache: CacheProtocol) -> bool:
+        """Point every layer at its slots in the cache's contiguous buffers (batch row 0); False where the cache
+        has none (`slot_buffers` is None) or its tensors do not fit."""
+        buffers = cache.slot_buffers()
+        if buffers is None:
+            return False
+        keys, values = buffers
+        tensors = (*keys, *values)
         if len(tensors) == len(self.cache_tensors) and all(a is b() for a, b in zip(tensors, self.cache_tensors)):
             return True
         model = self.model
-        shape = (1, model.kv_heads, cache.max_cache_len, model.head_dim)
-        if len(cache.keys) != model.n_layers or any(t.dtype != _BF16 or tuple(t.shape) != shape
-                                                     or not t.is_contiguous() for t in tensors):
+        if len(keys) != model.n_layers or len(values) != model.n_layers:
             return False
-        for layer, k, v in zip(self.layers, cache.keys, cache.values):
+        capacity = keys[0].shape[2]
+        shape = (1, model.kv_heads, capacity, model.head_dim)
+        if any(t.dtype != _BF16 or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous()
+               for t in tensors):
+            return False
+        for layer, k, v in zip(self.layers, keys, values):
             layer.k_cache, layer.v_cache = k.data_ptr(), v.data_ptr()
-        model.cache_head_stride = cache.max_cache_len * model.head_dim
+        model.cache_head_stride = capacity * model.head_dim
         self.cache_tensors = tuple(weakref.ref(t) for t in tensors)  # weak: a dropped cache is freed
         return True
 
@@ -263,7 +256,7 @@ def step(decoder: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | Non
          long: torch.Tensor, cache, start: int) -> torch.Tensor | None:
     """x [1, 1, hidden] (the new token's embedding), already `cache.prepare`d into slot `start` -> the last layer's
     output [1, 1, hidden] (before the final norm), or None where the module path must run (module docstring)."""
-    if (type(cache) is not StaticCache or x.shape[:2] != (1, 1) or x.dtype != _BF16 or x.device.type != "cpu" or decoder.training
+    if (x.shape[:2] != (1, 1) or x.dtype != _BF16 or x.device.type != "cpu" or decoder.training
             or torch.is_grad_enabled() or decoder.config._attn_implementation != "sdpa" or not enabled()
             or torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks):
         return None

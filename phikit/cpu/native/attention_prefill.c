@@ -14,6 +14,7 @@
    (head, 8-row block) items, the blocks that see the most keys first. 512-token phi-1.5 layer (32 heads of 64
    dims) on the 2-core host: 7.3 ms with one thread packing each head in turn, 4.1 ms so. */
 #include "phk.h"
+#include <omp.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define QROWS 8  /* query rows per block */
@@ -136,20 +137,32 @@ static void block(const uint16_t *const *q, const uint16_t *kp, const uint16_t *
             }
 }
 
-void phk_attention_prefill(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
-                           int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D,
-                           int64_t qb, int64_t qh, int64_t qt, int64_t kb, int64_t kh, int64_t ks,
-                           int64_t vb, int64_t vh, int64_t vs, float scale, int64_t pack_bytes, int threads) {
+phk_status_t phk_attention_prefill(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                   int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D,
+                                   int64_t qb, int64_t qh, int64_t qt, int64_t kb, int64_t kh, int64_t ks,
+                                   int64_t vb, int64_t vh, int64_t vs, float scale, int64_t pack_bytes, int threads) {
     int64_t SP = (T + 31) / 32 * 32, G = H / KV, blocks = (T + QROWS - 1) / QROWS, head = SP * D;
     /* kv heads are packed a group at a time, as many as `pack_bytes` of packed copies hold (at least one; 32 MB
        from Python: a 512-token prompt packs every head at once, a 128k-token one of 96 dims one head, 2 x 25 MB) */
     int64_t group = pack_bytes / (head * 4) > 0 ? pack_bytes / (head * 4) : 1;
     group = group < B * KV ? group : B * KV;
-    uint16_t *kp = (uint16_t *)malloc((size_t)(group * head) * 2), *vp = (uint16_t *)malloc((size_t)(group * head) * 2);
+    /* every buffer up front, so that a failure returns before any work: the packed group, and each thread's scores
+       (fp32) and probabilities (bf16) for one block */
+    size_t packed = (size_t)(group * head) * 2, rows = (size_t)(QROWS * SP);
+    size_t team = (size_t)(threads > 0 ? threads : 1);
+    uint16_t *kp = (uint16_t *)phk_malloc(packed), *vp = kp ? (uint16_t *)phk_malloc(packed) : NULL;
+    float *sc_all = vp ? (float *)phk_malloc(sizeof(float) * rows * team) : NULL;
+    uint16_t *pb_all = sc_all ? (uint16_t *)phk_malloc(2 * rows * team) : NULL;
+    if (!pb_all) {
+        free(kp);
+        free(vp);
+        free(sc_all);
+        return PHK_ERR_NOMEM;
+    }
     #pragma omp parallel num_threads(threads)
     {
-        float *sc = (float *)malloc(sizeof(float) * (size_t)(QROWS * SP));
-        uint16_t *pb = (uint16_t *)malloc((size_t)(QROWS * SP) * 2);
+        float *sc = sc_all + (size_t)omp_get_thread_num() * rows;
+        uint16_t *pb = pb_all + (size_t)omp_get_thread_num() * rows;
         for (int64_t g0 = 0; g0 < B * KV; g0 += group) {
             int64_t n = B * KV - g0 < group ? B * KV - g0 : group, chunks = SP / 32;
             #pragma omp for schedule(static)
@@ -173,12 +186,18 @@ void phk_attention_prefill(const uint16_t *q, const uint16_t *k, const uint16_t 
                 block(qr, kp + (bk - g0) * head, vp + (bk - g0) * head, i0, SP, D, scale, sc, pb, orow);
             }
         }
-        free(sc);
-        free(pb);
     }
+    free(sc_all);
+    free(pb_all);
     free(kp);
     free(vp);
+    return PHK_OK;
 }
 #else
-void phk_attention_prefill(void) {}
+phk_status_t phk_attention_prefill(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                   int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D,
+                                   int64_t qb, int64_t qh, int64_t qt, int64_t kb, int64_t kh, int64_t ks,
+                                   int64_t vb, int64_t vh, int64_t vs, float scale, int64_t pack_bytes, int threads) {
+    return PHK_ERR_UNSUPPORTED;
+}
 #endif

@@ -14,30 +14,7 @@
    the attention use `threads` OpenMP threads, as the per-module path does. */
 #include "phk.h"
 
-typedef struct {
-    int64_t kind;  /* 0 none, 1 bf16, 2 int8 per channel, 3 int4 (phikit layout), 4 lossless 12-bit bf16 */
-    int64_t n, k, group;
-    const void *w, *scales;  /* kind 4: data, bases (lossless.c) */
-    const uint16_t *bias;
-    const int64_t *aux;  /* kind 4: the exception index and records */
-} phk_lin;
-
-typedef struct {
-    phk_lin qkv[3];  /* fused: qkv[0] holds q, k and v rows; else q, k, v */
-    phk_lin o, up, down;  /* up: fc1 [I, hidden] (phi) or gate_up [2I, hidden] (phi3) */
-    const uint16_t *norm1_w, *norm1_b, *norm2_w, *norm2_b;  /* *_b NULL for RMSNorm; norm2 unused when parallel */
-    const uint16_t *qnorm_w, *qnorm_b, *knorm_w, *knorm_b;  /* qk_layernorm (phi), else NULL */
-    uint16_t *k_cache, *v_cache;
-} phk_layer;
-
-typedef struct {
-    int64_t n_layers, hidden, heads, kv_heads, head_dim, inter;
-    int64_t rmsnorm;  /* 1: RMSNorm (phi3), 0: LayerNorm (phi) */
-    int64_t parallel;  /* 1: x + attn(ln(x)) + mlp(ln(x)) (phi); 0: sequential residuals (phi3) */
-    int64_t act;  /* 0: fc1 -> gelu_new -> fc2; 1: gate_up -> up * silu(gate) -> down */
-    int64_t fused_qkv, cache_head_stride, window;  /* window 0: none */
-    float eps, qk_eps, scale;
-} phk_model;
+/* phk_lin, phk_layer and phk_model: phk_abi.h (mirrored in phikit/cpu/abi.py) */
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 int phk_has_decode_step(void) { return 1; }
@@ -243,29 +220,38 @@ void phk_rotary(const uint16_t *x, const uint16_t *cosf, const uint16_t *sins, u
     }
 }
 
-static void linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads) {
+static phk_status_t linear(const phk_lin *l, const uint16_t *x, uint16_t *y, int threads) {
     const uint16_t *s = (const uint16_t *)l->scales;
-    if (l->kind == 1) phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
-    else if (l->kind == 2) phk_linear_int8(x, (const int8_t *)l->w, s, l->bias, y, 1, l->n, l->k, threads);
-    else if (l->kind == 3) phk_linear_int4(x, (const uint8_t *)l->w, s, l->bias, y, 1, l->n, l->k, l->group, threads);
-    else if (l->kind == 4)
+    if (l->kind == PHK_LINEAR_BF16)
+        return phk_linear_bf16(x, (const uint16_t *)l->w, l->bias, y, 1, l->n, l->k, threads);
+    if (l->kind == PHK_LINEAR_INT8)
+        return phk_linear_int8(x, (const int8_t *)l->w, s, l->bias, y, 1, l->n, l->k, threads);
+    if (l->kind == PHK_LINEAR_INT4)
+        return phk_linear_int4(x, (const uint8_t *)l->w, s, l->bias, y, 1, l->n, l->k, l->group, threads);
+    if (l->kind == PHK_LINEAR_C12)
         phk_linear_c12(x, (const uint8_t *)l->w, (const uint8_t *)l->scales, l->aux, l->bias, y, 1, l->n, l->k, threads);
+    return PHK_OK;
 }
 
-void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,
-                     const uint16_t *sins, const int64_t *partner, int64_t slot, int threads) {
+/* PHK_ERR_NOMEM: a buffer or a kernel's allocation failed; x and the cache are then partly updated (Python raises) */
+phk_status_t phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,
+                             const uint16_t *sins, const int64_t *partner, int64_t slot, int threads) {
     int64_t E = md->hidden, D = md->head_dim, H = md->heads, KV = md->kv_heads, I = md->inter;
     int64_t qs = H * D, kvs = KV * D, stride = md->cache_head_stride;
-    int64_t up_n = md->act == 1 ? 2 * I : I;
+    int64_t up_n = md->act == PHK_ACT_SILU_GATED ? 2 * I : I;
     size_t total = (size_t)(E + qs + 2 * kvs + qs + E + up_n + I + E + D + 64);
-    uint16_t *buf = (uint16_t *)malloc(total * 2), *h = buf, *qkv = h + E, *att = qkv + qs + 2 * kvs;
+    uint16_t *buf = (uint16_t *)phk_malloc(total * 2);
+    if (!buf) return PHK_ERR_NOMEM;
+    uint16_t *h = buf, *qkv = h + E, *att = qkv + qs + 2 * kvs;
     uint16_t *a = att + qs, *up = a + E, *act = up + up_n, *mo = act + I, *tmp = mo + E;
+    phk_status_t status = PHK_OK;  /* the first failing kernel's */
+#define PHK_TRY(call) do { if ((status = (call)) != PHK_OK) goto done; } while (0)
     int64_t first = md->window > 0 && slot + 1 > md->window ? slot + 1 - md->window : 0;  /* oldest visible slot */
     for (int64_t li = 0; li < md->n_layers; li++) {
         const phk_layer *L = layers + li;
         norm(md, x, L->norm1_w, L->norm1_b, h);
-        if (md->fused_qkv) linear(&L->qkv[0], h, qkv, threads);
-        else for (int j = 0; j < 3; j++) linear(&L->qkv[j], h, qkv + (j ? qs + (j - 1) * kvs : 0), threads);
+        if (md->fused_qkv) PHK_TRY(linear(&L->qkv[0], h, qkv, threads));
+        else for (int j = 0; j < 3; j++) PHK_TRY(linear(&L->qkv[j], h, qkv + (j ? qs + (j - 1) * kvs : 0), threads));
         uint16_t *q = qkv, *k = qkv + qs, *v = qkv + qs + kvs;
         if (L->qnorm_w) {
             for (int64_t i = 0; i < H + KV; i++) {  /* q heads, then k heads (contiguous in qkv) */
@@ -280,27 +266,37 @@ void phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, 
             memcpy(L->k_cache + i * stride + slot * D, k + i * D, (size_t)D * 2);
             memcpy(L->v_cache + i * stride + slot * D, v + i * D, (size_t)D * 2);
         }
-        phk_attention_decode(q, L->k_cache + first * D, L->v_cache + first * D, att, 1, H, KV, slot + 1 - first, D,
-                             0, stride, D, 0, stride, D, md->scale, threads);
-        linear(&L->o, att, a, threads);
+        PHK_TRY(phk_attention_decode(q, L->k_cache + first * D, L->v_cache + first * D, att, 1, H, KV,
+                                     slot + 1 - first, D, 0, stride, D, 0, stride, D, md->scale, threads));
+        PHK_TRY(linear(&L->o, att, a, threads));
         add(x, a, x, E);  /* parallel: (x + attn) + mlp, the MLP reading the same h; sequential: norm x + attn again */
         if (!md->parallel) norm(md, x, L->norm2_w, L->norm2_b, h);
-        linear(&L->up, h, up, threads);
-        if (md->act == 1) silu_gated(up, act, I); else gelu_new(up, act, I);
-        linear(&L->down, act, mo, threads);
+        PHK_TRY(linear(&L->up, h, up, threads));
+        if (md->act == PHK_ACT_SILU_GATED) silu_gated(up, act, I); else gelu_new(up, act, I);
+        PHK_TRY(linear(&L->down, act, mo, threads));
         add(x, mo, x, E);
     }
+#undef PHK_TRY
+done:
     free(buf);
+    return status;
 }
 #else
+/* stubs of the same signatures (phk_abi.h): phk_has_decode_step() is 0, so Python calls none of them */
 int phk_has_decode_step(void) { return 0; }
-void phk_decode_step(void) {}
-void phk_gelu_new(void) {}
-void phk_silu_gated(void) {}
-void phk_layer_norm(void) {}
-void phk_rms_norm(void) {}
-void phk_lookup_bf16(void) {}
-void phk_silu_gated_lookup(void) {}
-void phk_rotary(void) {}
-void phk_rms_norm_rows(void) {}
+phk_status_t phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,
+                             const uint16_t *sins, const int64_t *partner, int64_t slot, int threads) {
+    return PHK_ERR_UNSUPPORTED;
+}
+void phk_gelu_new(const uint16_t *x, uint16_t *y, int64_t n) {}
+void phk_silu_gated(const uint16_t *gate_up, uint16_t *y, int64_t n) {}
+void phk_layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *y, int64_t n, float eps) {}
+void phk_rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {}
+void phk_lookup_bf16(const uint16_t *x, const uint16_t *table, uint16_t *y, int64_t n, int threads) {}
+void phk_silu_gated_lookup(const uint16_t *gate_up, const uint16_t *table, uint16_t *y, int64_t rows, int64_t n,
+                           int threads) {}
+void phk_rotary(const uint16_t *x, const uint16_t *cosf, const uint16_t *sins, uint16_t *out, int64_t B, int64_t H,
+                int64_t T, int64_t D, int64_t R, int64_t xb, int64_t xh, int64_t xt, int64_t tb, int threads) {}
+void phk_rms_norm_rows(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t rows, int64_t n, float eps,
+                       int threads) {}
 #endif

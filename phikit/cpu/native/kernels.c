@@ -12,6 +12,60 @@
    torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler
    (-O3 -march=native); without AVX-512 `phk_available` returns 0 and phikit keeps its PyTorch paths. */
 #include "phk.h"
+#include <stddef.h>
+#include <omp.h>
+
+/* ---- the ABI (phk_abi.h), at every level: phikit/cpu/abi.py compares these with its mirror on load ---- */
+int64_t phk_abi_version(void) { return PHK_ABI_VERSION; }
+
+int64_t phk_struct_size(int64_t which) {
+    switch (which) {
+        case PHK_STRUCT_LIN: return (int64_t)sizeof(phk_lin);
+        case PHK_STRUCT_LAYER: return (int64_t)sizeof(phk_layer);
+        case PHK_STRUCT_MODEL: return (int64_t)sizeof(phk_model);
+        default: return -1;
+    }
+}
+
+/* each struct's fields in declaration order, as abi.py lists them */
+static const int64_t lin_offsets[] = {
+    offsetof(phk_lin, kind), offsetof(phk_lin, n), offsetof(phk_lin, k), offsetof(phk_lin, group),
+    offsetof(phk_lin, w), offsetof(phk_lin, scales), offsetof(phk_lin, bias), offsetof(phk_lin, aux)};
+static const int64_t layer_offsets[] = {
+    offsetof(phk_layer, qkv), offsetof(phk_layer, o), offsetof(phk_layer, up), offsetof(phk_layer, down),
+    offsetof(phk_layer, norm1_w), offsetof(phk_layer, norm1_b), offsetof(phk_layer, norm2_w),
+    offsetof(phk_layer, norm2_b), offsetof(phk_layer, qnorm_w), offsetof(phk_layer, qnorm_b),
+    offsetof(phk_layer, knorm_w), offsetof(phk_layer, knorm_b), offsetof(phk_layer, k_cache),
+    offsetof(phk_layer, v_cache)};
+static const int64_t model_offsets[] = {
+    offsetof(phk_model, n_layers), offsetof(phk_model, hidden), offsetof(phk_model, heads),
+    offsetof(phk_model, kv_heads), offsetof(phk_model, head_dim), offsetof(phk_model, inter),
+    offsetof(phk_model, rmsnorm), offsetof(phk_model, parallel), offsetof(phk_model, act),
+    offsetof(phk_model, fused_qkv), offsetof(phk_model, cache_head_stride), offsetof(phk_model, window),
+    offsetof(phk_model, eps), offsetof(phk_model, qk_eps), offsetof(phk_model, scale)};
+#define PHK_COUNT(a) ((int64_t)(sizeof(a) / sizeof((a)[0])))
+
+int64_t phk_struct_offset(int64_t which, int64_t field) {
+    const int64_t *t = which == PHK_STRUCT_LIN ? lin_offsets : which == PHK_STRUCT_LAYER ? layer_offsets
+                       : which == PHK_STRUCT_MODEL ? model_offsets : NULL;
+    int64_t n = which == PHK_STRUCT_LIN ? PHK_COUNT(lin_offsets) : which == PHK_STRUCT_LAYER ? PHK_COUNT(layer_offsets)
+                : which == PHK_STRUCT_MODEL ? PHK_COUNT(model_offsets) : 0;
+    return t && field >= 0 && field < n ? t[field] : -1;
+}
+
+static _Thread_local int64_t failed_bytes;  /* per thread: Python asks right after the call that failed */
+int64_t phk_failed_alloc_bytes(void) { return failed_bytes; }
+void *phk_malloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) failed_bytes = (int64_t)bytes;
+    return p;
+}
+void *phk_aligned_alloc(size_t align, size_t bytes) {  /* bytes rounded up to a multiple of align (C11) */
+    size_t rounded = (bytes + align - 1) / align * align;
+    void *p = aligned_alloc(align, rounded ? rounded : align);
+    if (!p) failed_bytes = (int64_t)rounded;
+    return p;
+}
 
 #if defined(__AVX512F__)
 #define ROWS 4
@@ -29,8 +83,9 @@ static inline __m512 load_i8x16(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-static float *x_to_f32(const uint16_t *x, int64_t n) {
-    float *xf = (float *)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+static float *x_to_f32(const uint16_t *x, int64_t n) {  /* NULL: no memory */
+    float *xf = (float *)phk_aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    if (!xf) return NULL;
     for (int64_t i = 0; i < n; i++) xf[i] = f32_of_bf16(x[i]);
     return xf;
 }
@@ -64,8 +119,8 @@ static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float
             acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_maskz_loadu_epi16(0xffff, w0 + r * K + k), xv);       \
     }                                                                                                                 \
 } while (0)
-void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int threads) {
+phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n0 = 0; n0 < N; n0 += ROWS16) {
         int64_t rows = N - n0 < ROWS16 ? N - n0 : ROWS16;
@@ -79,12 +134,14 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
             for (int r = 0; r < rows; r++) store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]), bias);
         }
     }
+    return PHK_OK;
 }
 #else
 /* Without AVX512-BF16: widen each bf16 to fp32 (a shift) and fmadd, 4 rows at a time. */
-void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int threads) {
+phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
+    if (!xf) return PHK_ERR_NOMEM;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
         int64_t rows = N - n0 < ROWS ? N - n0 : ROWS;
@@ -110,6 +167,7 @@ void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
         }
     }
     free(xf);
+    return PHK_OK;
 }
 #endif
 
@@ -146,16 +204,18 @@ static void int8_block_rows(const float *xf, const int8_t *wn, int64_t M, int64_
     }
 }
 
-void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int threads) {
+phk_status_t phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias,
+                             uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
     float *xf = x_to_f32(x, M * K);
+    if (!xf) return PHK_ERR_NOMEM;
     #pragma omp parallel num_threads(threads)
     {
-        __m512 *many = M > 1 ? (__m512 *)aligned_alloc(64, (size_t)(M * 4) * sizeof(__m512)) : NULL;
+        /* a thread without memory for the M x 4 accumulators takes the rows one at a time (the same sums) */
+        __m512 *many = M > 1 ? (__m512 *)phk_aligned_alloc(64, (size_t)(M * 4) * sizeof(__m512)) : NULL;
         #pragma omp for schedule(static)
         for (int64_t n0 = 0; n0 < N; n0 += 4) {
             const int8_t *wn = w + n0 * K;
-            if (M > 1) {
+            if (many) {
                 int8_block_rows(xf, wn, M, K, many);
                 for (int64_t m = 0; m < M; m++)
                     for (int r = 0; r < 4; r++)
@@ -163,26 +223,30 @@ void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales,
                                   _mm512_reduce_add_ps(many[m * 4 + r]) * f32_of_bf16(scales[n0 + r]), bias);
                 continue;
             }
-            __m512 acc[4];
-            for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < K; k += 64) {
-                __m512 x0 = _mm512_loadu_ps(xf + k), x1 = _mm512_loadu_ps(xf + k + 16);
-                __m512 x2 = _mm512_loadu_ps(xf + k + 32), x3 = _mm512_loadu_ps(xf + k + 48);
-                for (int r = 0; r < 4; r++) {
-                    const int8_t *p = wn + k * 4 + r * 64;
-                    _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
-                    acc[r] = _mm512_fmadd_ps(load_i8x16(p), x0, acc[r]);
-                    acc[r] = _mm512_fmadd_ps(load_i8x16(p + 16), x1, acc[r]);
-                    acc[r] = _mm512_fmadd_ps(load_i8x16(p + 32), x2, acc[r]);
-                    acc[r] = _mm512_fmadd_ps(load_i8x16(p + 48), x3, acc[r]);
+            for (int64_t m = 0; m < M; m++) {  /* M == 1 (or no memory for `many`) */
+                const float *xm = xf + m * K;
+                __m512 acc[4];
+                for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+                for (int64_t k = 0; k < K; k += 64) {
+                    __m512 x0 = _mm512_loadu_ps(xm + k), x1 = _mm512_loadu_ps(xm + k + 16);
+                    __m512 x2 = _mm512_loadu_ps(xm + k + 32), x3 = _mm512_loadu_ps(xm + k + 48);
+                    for (int r = 0; r < 4; r++) {
+                        const int8_t *p = wn + k * 4 + r * 64;
+                        _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p), x0, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 16), x1, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 32), x2, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 48), x3, acc[r]);
+                    }
                 }
+                for (int r = 0; r < 4; r++)
+                    store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
             }
-            for (int r = 0; r < 4; r++)
-                store_row(y, 0, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
         }
         free(many);
     }
     free(xf);
+    return PHK_OK;
 }
 
 /* rows [r0, r1) of an int8 weight in phikit's layout -> bf16 out [r1 - r0, K], q * scale rounded to bf16 once (as
@@ -202,23 +266,27 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
     }
 }
 #else
-void phk_dequant_int8_bf16(void) {}
+void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
+                           int threads) {}
 #endif
 
 /* ---- attention of one new token over the cache (a decode step without padding) ---- */
 /* out[b, h, :] = softmax(scale * q[b, h] . k[b, h / G, s]) over s < S, weighted sum of v[b, h / G, s]; G = H / KV.
    q [B, H, D] contiguous; k, v element strides (batch, head, position), last dim contiguous; D % 16 == 0.
    fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
-void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
-                          int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
-                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
-                          int threads) {
+phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                  int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                  int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
+                                  int threads) {
     int64_t G = H / KV;
+    /* scores of S + 16 floats per thread, allocated here so that a failure returns before any work */
+    float *scores = (float *)phk_malloc(sizeof(float) * (size_t)(S + 16) * (size_t)(threads > 0 ? threads : 1));
+    if (!scores) return PHK_ERR_NOMEM;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
-        float *p = (float *)malloc(sizeof(float) * (size_t)(S + 16));
+        float *p = scores + (size_t)omp_get_thread_num() * (size_t)(S + 16);
         __m512 qv[16];  /* D <= 256 */
         for (int64_t d = 0; d < D; d += 16) qv[d / 16] = load_bf16x16(q + bh * D + d);
         float top = -INFINITY;
@@ -254,8 +322,9 @@ void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *
             _mm512_storeu_ps(o, _mm512_mul_ps(acc[d / 16], _mm512_set1_ps(inv)));
             for (int j = 0; j < 16; j++) out[bh * D + d + j] = bf16_of_f32(o[j]);
         }
-        free(p);
     }
+    free(scores);
+    return PHK_OK;
 }
 
 
@@ -311,10 +380,11 @@ int phk_has_int4(void) { return 1; }
     }                                                                                                                  \
 } while (0)
 
-void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
+phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
     int64_t NG = K / GS, KB = K / 2;
-    float *xsum = (float *)malloc(sizeof(float) * (size_t)(M * NG));  /* [M, NG] sum of x over each group */
+    float *xsum = (float *)phk_malloc(sizeof(float) * (size_t)(M * NG));  /* [M, NG] sum of x over each group */
+    if (!xsum) return PHK_ERR_NOMEM;
     for (int64_t i = 0; i < M * NG; i++) {
         __m512 t = _mm512_setzero_ps();
         for (int64_t k = 0; k < GS; k += 16) t = _mm512_add_ps(t, load_bf16x16(x + i * GS + k));
@@ -347,6 +417,7 @@ void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, co
         }
     }
     free(xsum);
+    return PHK_OK;
 }
 
 /* rows [r0, r1) of an int4 weight in phikit's layout -> out [r1 - r0, K], (q - 8) * scale + zero rounded as torch
@@ -386,9 +457,12 @@ void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, 
 }
 #else
 int phk_has_int4(void) { return 0; }
-void phk_linear_int4(void) {}
-void phk_dequant_int4_f32(void) {}
-void phk_dequant_int4_bf16(void) {}
+phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int64_t GS, int threads) { return PHK_ERR_UNSUPPORTED; }
+void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
+                          int64_t K, int64_t GS, int threads) {}
+void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
+                           int64_t K, int64_t GS, int threads) {}
 #endif
 
 #else

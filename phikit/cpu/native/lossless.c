@@ -179,9 +179,13 @@ void phk_c12_decode_rows(const uint8_t *data, const uint8_t *bases, const int64_
     }
 }
 #else
+/* stubs of the same signatures (phk_abi.h): phk_has_c12() is 0, so Python calls none of them */
 int phk_has_c12(void) { return 0; }
-void phk_c12_encode(void) {}
-void phk_c12_exceptions(void) {}
-void phk_linear_c12(void) {}
-void phk_c12_decode_rows(void) {}
+void phk_c12_encode(const uint16_t *w, uint8_t *data, uint8_t *bases, int64_t *counts, int64_t N, int64_t K,
+                    int threads) {}
+void phk_c12_exceptions(const uint16_t *w, int64_t *aux, int64_t N, int64_t K, int threads) {}
+void phk_linear_c12(const uint16_t *x, const uint8_t *data, const uint8_t *bases, const int64_t *aux,
+                    const uint16_t *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {}
+void phk_c12_decode_rows(const uint8_t *data, const uint8_t *bases, const int64_t *aux, uint16_t *out,
+                         int64_t r0, int64_t r1, int64_t N, int64_t K, int threads) {}
 #endif

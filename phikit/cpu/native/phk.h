@@ -1,11 +1,17 @@
 /* Shared by phikit's native sources (kernels.c, decode_step.c, attention_prefill.c, lossless.c): bf16 conversions,
-   exp, and the kernels' prototypes. */
+   exp and checked allocation; the exported prototypes and structs are in phk_abi.h. */
 #ifndef PHK_H
 #define PHK_H
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "phk_abi.h"
+
+/* malloc / aligned_alloc that record a failure's size for phk_failed_alloc_bytes (kernels.c); NULL on failure. An
+   exported function that allocates checks the result and returns PHK_ERR_NOMEM, having freed what it holds. */
+__attribute__((visibility("hidden"))) void *phk_malloc(size_t bytes);
+__attribute__((visibility("hidden"))) void *phk_aligned_alloc(size_t align, size_t bytes);
 
 static inline float f32_of_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN stays NaN (as torch) */
@@ -35,19 +41,5 @@ static inline __m512 phk_exp16(__m512 x) {  /* inline: a call spills every zmm r
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
-void phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int threads);
-void phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int threads);
-void phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
-                          int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
-                          int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
-                          int threads);
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-void phk_linear_c12(const uint16_t *x, const uint8_t *data, const uint8_t *bases, const int64_t *aux,
-                    const uint16_t *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads);
-void phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
-                     int64_t M, int64_t N, int64_t K, int64_t GS, int threads);
-#endif
 #endif
 #endif

@@ -16,7 +16,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer
 
 from .gguf_vocab import gguf_to_tokenizer
-from .hub import resolve_folder
+from ..hub import resolve_folder
 from .sentencepiece_model import build_sentencepiece_tokenizer, read_sentencepiece_model, sentencepiece_settings
 
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model")

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import config_from_folder
+from ..config import config_from_folder
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
-from .formats.streaming import finalize_quantized_model, prepare_quantized_model
-from .generation_config import GenerationConfig
+from ..formats.streaming import finalize_quantized_model, prepare_quantized_model
+from ..generation_config import GenerationConfig
 from .loading import _set_tensor, _skip_init
 
 

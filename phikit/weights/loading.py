@@ -20,18 +20,18 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
-from .config import PhiKitConfig, config_from_folder
-from .cpu import hugepages
-from .formats import lossless
-from .cpu.gemm import FastLinear
-from .ops.backends import prepare as prepare_for_device
-from .generation_config import GenerationConfig
-from .hub import resolve_folder
-from .formats.lossless import LosslessBf16Config
+from ..config import PhiKitConfig, config_from_folder
+from ..cpu import hugepages
+from ..formats import lossless
+from ..cpu.gemm import FastLinear
+from ..ops.backends import prepare as prepare_for_device
+from ..generation_config import GenerationConfig
+from ..hub import resolve_folder
+from ..formats.lossless import LosslessBf16Config
 from .name_maps import plan_sources
-from .formats.configs import config_from_dict as quant_config_from_dict
-from .formats.configs import resolve_quantization_config
-from .formats.streaming import StreamingQuantizer, finalize_quantized_model, prepare_quantized_model
+from ..formats.configs import config_from_dict as quant_config_from_dict
+from ..formats.configs import resolve_quantization_config
+from ..formats.streaming import StreamingQuantizer, finalize_quantized_model, prepare_quantized_model
 
 HEAD_PREFIXES = ("lm_head.", "score.")
 DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from . import modeling
-from .config import PhiKitConfig, config_from_dict, config_from_folder
-from .hub import resolve_folder
+from ..config import PhiKitConfig, config_from_dict, config_from_folder
+from ..hub import resolve_folder
 
 class AutoConfig:
     @staticmethod

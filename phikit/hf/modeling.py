@@ -12,20 +12,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .ops import bind
-from .ops.attention import check_attention_implementation
-from .ops.backends import default_ops
-from .model.cache import DynamicCache, KVCache
-from .config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
-from .model.decoder import Decoder, TrunkOutput
-from .generation.utils import GenerationMixin
-from .generation_config import GenerationConfig
-from .model.layers import RMSNorm
-from .loading import load_pretrained, save_pretrained
+from ..ops import bind
+from ..ops.attention import check_attention_implementation
+from ..ops.backends import default_ops
+from ..model.cache import CacheProtocol, DynamicCache, KVCache
+from ..config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
+from ..model.decoder import Decoder, TrunkOutput
+from ..generation.utils import GenerationMixin
+from ..generation_config import GenerationConfig
+from ..model.layers import RMSNorm
+from ..weights.loading import load_pretrained, save_pretrained
 from .losses import (causal_lm_loss, load_balancing_loss, sequence_classification_loss,
                      token_classification_loss)
-from .model.moe import SparseMoE
-from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput, MoeCausalLMOutputWithPast,
+from ..model.moe import SparseMoE
+from ..outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput, MoeCausalLMOutputWithPast,
                       MoeModelOutputWithPast, SequenceClassifierOutputWithPast, TokenClassifierOutput)
 
 
@@ -185,8 +185,9 @@ class DecoderModel(PreTrainedMixin, Decoder):
                 raise ValueError(f"input_ids holds token id {int(input_ids.max())} outside the embedding "
                                  f"(vocab_size={config.vocab_size}); the tokenizer does not match this model")
             inputs_embeds = self.embed_tokens(input_ids)
-        if past_key_values is not None and not isinstance(past_key_values, KVCache):
-            raise TypeError(f"past_key_values must be a phikit cache (DynamicCache or StaticCache), got "
+        if past_key_values is not None and not isinstance(past_key_values, CacheProtocol):
+            raise TypeError(f"past_key_values must be a phikit cache (DynamicCache, StaticCache, or a class with "
+                            f"every member of phikit.model.cache.CacheProtocol), got "
                             f"{type(past_key_values).__name__}; pass back the `past_key_values` a forward returned")
         use_cache = config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
@@ -194,7 +195,7 @@ class DecoderModel(PreTrainedMixin, Decoder):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         cache = past_key_values if use_cache or past_key_values is not None else None
-        start = int(cache_position[0]) if cache_position is not None else (cache.get_seq_length() if cache else 0)
+        start = int(cache_position[0]) if cache_position is not None else (cache.get_seq_length() if cache is not None else 0)
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be 2D [batch, past + new tokens] of 1s and 0s, got shape "
                              f"{tuple(attention_mask.shape)}")

@@ -1,0 +1,1 @@
+"""Tokenizers: `AutoTokenizer` on tokenizer.json, SentencePiece, GGUF and tiktoken vocabularies; chat templates."""
