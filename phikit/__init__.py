@@ -2,7 +2,7 @@
 
 from .hf.auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                    AutoModelForTokenClassification)
-from .model.cache import DynamicCache, KVCache, StaticCache
+from .model.cache import CacheProtocol, DynamicCache, KVCache, StaticCache
 from .weights.checkpoint import CheckpointError
 from .generation_config import GenerationConfig, merge_eos_ids
 from .hub import HubError
@@ -49,7 +49,7 @@ __all__ = [
     "StoppingCriteriaList", "StopStringCriteria",
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "CheckpointError", "GenerationConfig", "HubError", "merge_eos_ids",
-    "CONFIG_CLASSES", "ConfigError", "DynamicCache", "KVCache", "StaticCache",
+    "CONFIG_CLASSES", "ConfigError", "CacheProtocol", "DynamicCache", "KVCache", "StaticCache",
     "PhiConfig", "PhiKitConfig", "Phi3Config", "PhimoeConfig",
     "PhiModel", "PhiForCausalLM", "PhiForSequenceClassification", "PhiForTokenClassification",
     "Phi3Model", "Phi3ForCausalLM", "Phi3ForSequenceClassification", "Phi3ForTokenClassification",

@@ -22,6 +22,7 @@ first no-grad bf16 forward, or eagerly by the loader, which then drops the file 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable
 
 import torch
@@ -75,7 +76,7 @@ def _fp32_gemm_wins() -> bool:
 
     with torch.no_grad():
         bf16 = best(lambda: F.linear(x, w))
-        fp32 = best(lambda: gemm_via_fp32(x, lambda a, b: w[a:b].float(), w.shape[0], None))
+        fp32 = best(lambda: gemm_via_fp32(x, widened(w), w.shape[0], None))
     return fp32 < bf16
 
 
@@ -104,6 +105,29 @@ def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Te
     return out
 
 
+_SCRATCH = threading.local()  # each thread's reused fp32 buffer for widened weight slices
+
+
+def widened(weight: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """`weight_rows` for `gemm_via_fp32`: rows [start, stop) of a bf16 (or fp16) weight [N, K] widened to fp32 into
+    this thread's reused buffer (exact: the same values as `weight[start:stop].float()`). A fresh tensor per slice
+    page-faults 4 bytes per weight each time: one-row products over 8192 x 2048 weights streamed from memory, PyTorch
+    capped to AVX2, took 10.4 ms a weight so, 3.7 ms with the reused buffer, and 4.8 ms as an fp32 GEMM on fp32
+    weights (`python benchmarks/widen_fp32.py`)."""
+    k = weight.shape[1]
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        need = (stop - start) * k
+        buf = getattr(_SCRATCH, "buf", None)
+        if buf is None or buf.numel() < need:
+            buf = _SCRATCH.buf = torch.empty(need, dtype=torch.float32)
+        out = buf[:need].view(stop - start, k)
+        out.copy_(weight[start:stop])
+        return out
+
+    return rows
+
+
 def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,
                   bias: torch.Tensor | None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T (+ bias) computed in fp32, W produced `weight_rows(start, stop)` -> fp32 rows at a
@@ -125,7 +149,7 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if native_kernels.usable(x) and (bias is None or bias.dtype == torch.bfloat16):
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
-        return gemm_via_fp32(x, lambda a, b: weight[a:b].float(), weight.shape[0], bias)
+        return gemm_via_fp32(x, widened(weight), weight.shape[0], bias)
     if bias is not None and bias.dtype == x.dtype and onednn_bf16():
         # oneDNN adds the bias inside the GEMM; F.linear (addmm) first copies it into every row of the output, a
         # pass over [M, N] that cost 2.6% of a 512-token phi-1.5 prefill. The same numbers (tested).

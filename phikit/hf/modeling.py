@@ -185,7 +185,8 @@ class DecoderModel(PreTrainedMixin, Decoder):
                 raise ValueError(f"input_ids holds token id {int(input_ids.max())} outside the embedding "
                                  f"(vocab_size={config.vocab_size}); the tokenizer does not match this model")
             inputs_embeds = self.embed_tokens(input_ids)
-        if past_key_values is not None and not isinstance(past_key_values, CacheProtocol):
+        if past_key_values is not None and not (isinstance(past_key_values, KVCache)  # the fast check first
+                                                or isinstance(past_key_values, CacheProtocol)):
             raise TypeError(f"past_key_values must be a phikit cache (DynamicCache, StaticCache, or a class with "
                             f"every member of phikit.model.cache.CacheProtocol), got "
                             f"{type(past_key_values).__name__}; pass back the `past_key_values` a forward returned")
