@@ -10,6 +10,11 @@ first in odd), printed with its lowest and highest, and whether both sides chose
     python benchmarks/against_commit_paired.py --base 3a83389 --checkpoint ~/.cache/phikit/bench/phi-1.5 \\
         --weights bf16 --rounds 10
 
+`--steps P` measures finer instead, which this host's drift needs for a 3% question: P decode steps of each side
+taking turns token by token (each side on its own static cache, refilled every 480 tokens) and P // 8 prefill
+forwards of PROMPT_LEN tokens taking turns, each reported as the median of the pairs' ratios and its interquartile
+range.
+
 The checkpoint is the folder `phikit bench` writes (`phikit.bench.engines.write_checkpoint`). Both models are in
 memory at once: a bf16 Phi-3-mini pair needs ~16 GB. `benchmarks/against_commit.py` measures the same in fresh
 processes instead.
@@ -54,6 +59,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=0, help="pairs of single decode steps (and P // 8 prefill pairs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import phikit
@@ -82,6 +88,8 @@ def main() -> int:
             return (args.prompt_len / (times[1] - start), args.new_tokens / (times[-1] - times[1]),
                     out[0, args.prompt_len:].tolist())
 
+        if args.steps:
+            return fine(models, {"old": old, "new": phikit}, ids, args)
         for name in models:
             run(name)  # warm-up: kernels built, one-time GEMM choice timed
         prefill, decode, same = [], [], True
@@ -98,6 +106,52 @@ def main() -> int:
 
     print(f"{Path(args.checkpoint).name} {args.weights}: prefill new/old {span(prefill)}, decode new/old "
           f"{span(decode)}, same tokens: {same} ({args.rounds} rounds, base {args.base})")
+    return 0
+
+
+def fine(models: dict, modules: dict, ids: torch.Tensor, args: argparse.Namespace) -> int:
+    """`--steps`: decode steps and prefill forwards taking turns one at a time (module docstring)."""
+    state: dict = {}
+
+    def refill(name: str) -> None:
+        cache = modules[name].StaticCache(max_cache_len=512)
+        with torch.no_grad():
+            out = models[name](ids[:, :32], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        state[name] = [cache, out.logits[:, -1].argmax(-1, keepdim=True)]
+
+    def step(name: str) -> float:
+        if state[name][0].get_seq_length() >= 480:
+            refill(name)
+        cache, token = state[name]
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = models[name](token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        state[name][1] = out.logits[:, -1].argmax(-1, keepdim=True)
+        return time.perf_counter() - start
+
+    def prefill(name: str) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            models[name](ids, logits_to_keep=1)
+        return time.perf_counter() - start
+
+    def pairs(measure, count: int) -> str:
+        ratios = []
+        for i in range(count):
+            took = {name: measure(name) for name in (("old", "new") if i % 2 == 0 else ("new", "old"))}
+            ratios.append(took["old"] / took["new"])  # new speed / old speed
+        q = statistics.quantiles(ratios, n=4)
+        return f"{statistics.median(ratios):.3f}x (IQR {q[0]:.3f}-{q[2]:.3f}, {count} pairs)"
+
+    for name in models:
+        refill(name)
+        for _ in range(5):
+            step(name)
+        prefill(name)
+    decode = pairs(step, args.steps)
+    pre = pairs(prefill, max(4, args.steps // 8))
+    print(f"{Path(args.checkpoint).name} {args.weights}: decode steps new/old {decode}; prefill {args.prompt_len} "
+          f"new/old {pre} (base {args.base})")
     return 0
 
 
