@@ -63,6 +63,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import phikit
+    from phikit.bench.engines import Clock  # the same streamer `phikit bench` times with
 
     with tempfile.TemporaryDirectory() as tmp:
         old = import_old(args.base, Path(tmp))
@@ -72,19 +73,12 @@ def main() -> int:
         ids = torch.randint(100, 30000, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
 
         def run(name: str) -> tuple[float, float, list[int]]:
-            times: list[float] = []
-
-            class Clock:  # a streamer: generate() hands it the prompt, then each token as it is chosen
-                def put(self, value) -> None:
-                    times.append(time.perf_counter())
-
-                def end(self) -> None:
-                    pass
-
+            clock = Clock()  # records the time of the prompt and of each token as generate() streams it
             start = time.perf_counter()
             with torch.no_grad():
                 out = models[name].generate(ids, max_new_tokens=args.new_tokens + 1, min_new_tokens=args.new_tokens + 1,
-                                            do_sample=False, streamer=Clock())
+                                            do_sample=False, streamer=clock)
+            times = clock.times
             return (args.prompt_len / (times[1] - start), args.new_tokens / (times[-1] - times[1]),
                     out[0, args.prompt_len:].tolist())
 

@@ -63,7 +63,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phikit", description="Run Microsoft's Phi models locally.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,generate,chat,finetune,export,bench,doctor}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,generate,chat,finetune,export,bench,doctor}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")

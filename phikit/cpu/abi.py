@@ -141,7 +141,8 @@ def check(lib) -> None:
         c_size, py_size = int(size(int(which))), ctypes.sizeof(struct)
         if c_size != py_size:
             raise RuntimeError(f"native ABI mismatch: struct {c_name} is {c_size} bytes in C ({where}) but "
-                               f"{py_size} in phikit.cpu.abi.{struct.__name__}; {_DISAGREE}; where they agree, {_REBUILD}")
+                               f"{py_size} in phikit.cpu.abi.{struct.__name__}; {_DISAGREE}; where they agree, "
+                               f"{_REBUILD}")
         names = [field[0] for field in struct._fields_]
         for i, name in enumerate(names + [None]):
             c_off = int(offset(int(which), i))

@@ -4,7 +4,7 @@ At batch 1 a decode step is almost all matrix-vector products bound by how fast 
 prefill is matrix-matrix products bound by arithmetic. Measured on the 2-core AVX-512 (no AMX) development host,
 one 8192x2048 bf16 weight, 2 threads:
 
-* decode (<= 8 rows): phikit's native kernel (`native_kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
+* decode (<= 8 rows): phikit's native kernel (`kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
   `F.linear` ~12 GB/s.
 * prefill (512 rows): on the Xeon host, MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks
   ~300 GFLOP/s against oneDNN's bf16 GEMM ~110-200 GFLOP/s; on the Zen 4 host the reverse, oneDNN's bf16 GEMM
@@ -15,8 +15,10 @@ one 8192x2048 bf16 weight, 2 threads:
 Every path multiplies the same bf16 values exactly in fp32, accumulates in fp32 and rounds once to bf16, so results
 differ from `nn.Linear` only by summation order. The pass swaps the class of each `nn.Linear` to `FastLinear` (a
 subclass: state_dict, LoRA and quantization passes see a Linear). Training (grad enabled), other dtypes and other
-devices use `F.linear`. Without the native kernels, decode uses a oneDNN-prepacked copy of the weight (made on the
-first no-grad bf16 forward, or eagerly by the loader, which then drops the file pages of the original).
+devices use `F.linear`. Without the native kernels but with oneDNN's bf16 GEMM, decode uses a oneDNN-prepacked copy
+of the weight (made on the first no-grad bf16 forward, or eagerly by the loader, which then drops the file pages of
+the original). Where oneDNN has no bf16 GEMM (CPU levels below avx512) every product, decode included, is an fp32
+GEMM on weight slices `widened` into one reused buffer, rounded to bf16 once.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ def widened(weight: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
     """`weight_rows` for `gemm_via_fp32`: rows [start, stop) of a bf16 (or fp16) weight [N, K] widened to fp32 into
     this thread's reused buffer (exact: the same values as `weight[start:stop].float()`). A fresh tensor per slice
     page-faults 4 bytes per weight each time: one-row products over 8192 x 2048 weights streamed from memory, PyTorch
-    capped to AVX2, took 10.4 ms a weight so, 3.7 ms with the reused buffer, and 4.8 ms as an fp32 GEMM on fp32
-    weights (`python benchmarks/widen_fp32.py`)."""
+    capped to AVX2, took 7.58 ms a weight so, 2.66 ms with the reused buffer, and 4.62 ms as an fp32 GEMM on fp32
+    weights (`python benchmarks/widen_fp32.py`, `benchmarks/RESULTS.md`)."""
     k = weight.shape[1]
 
     def rows(start: int, stop: int) -> torch.Tensor:

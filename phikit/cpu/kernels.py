@@ -5,10 +5,11 @@ kernels in `native/kernels.c` (bf16, int8-per-channel and int4-group-wise linear
 over the cache; fp32 accumulation) read each weight row once for all rows of a small batch. More pieces speed up a
 bf16 prefill: causal attention of a whole prompt (`native/attention_prefill.c`), and in `native/decode_step.c` the MLP
 activations (a lookup in a table of PyTorch's own results for all 65536 bf16 inputs), the rotary embedding and
-RMSNorm. They are compiled on first use with `cc -O3 -march=native -fopenmp` into `~/.cache/phikit/native/<hash>/`,
-linked against the OpenMP runtime torch loaded (one thread pool), and called through ctypes on tensors' memory with
-torch.get_num_threads() threads. Where there is no compiler, no AVX-512, or PHIKIT_NATIVE=0, `available()` is False
-and callers keep PyTorch's kernels: results differ only in fp32 summation order.
+RMSNorm. They are compiled on first use for the CPU level in use (`features.py`; `compile_flags`) with
+`cc -O3 <flags> -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked against the OpenMP runtime torch loaded (one
+thread pool), checked against `abi.py` when loaded, and called through ctypes on tensors' memory with
+torch.get_num_threads() threads. Below the avx512 level (or without a compiler) `available()` is False and callers
+keep PyTorch's kernels: results differ only in fp32 summation order.
 """
 
 from __future__ import annotations

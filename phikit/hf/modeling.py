@@ -196,7 +196,10 @@ class DecoderModel(PreTrainedMixin, Decoder):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         cache = past_key_values if use_cache or past_key_values is not None else None
-        start = int(cache_position[0]) if cache_position is not None else (cache.get_seq_length() if cache is not None else 0)
+        if cache_position is not None:
+            start = int(cache_position[0])
+        else:
+            start = cache.get_seq_length() if cache is not None else 0
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be 2D [batch, past + new tokens] of 1s and 0s, got shape "
                              f"{tuple(attention_mask.shape)}")

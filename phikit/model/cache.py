@@ -5,7 +5,7 @@ fused step may use, and all a batched cache with per-row state needs to implemen
     keys, values = cache.update(layer, k, v)            # store this layer's k/v [B, KV, T, D]; get all S slots
     cache.num_slots                                      # S, what the attention mask must cover
     cache.get_seq_length()                               # slots filled so far
-    cache.rope_long                                      # [B] bool: the LongRoPE regime the cached rows were computed in
+    cache.rope_long                                      # [B] bool: LongRoPE regime the cached rows were computed in
     cache.layer0_inputs()                                # (inputs [B, S, hidden] | None, positions [B, S]) of the slots
     cache.replace_rows(rows, other)                      # overwrite rows' first slots (a LongRoPE crossing)
     cache.slot_buffers()                                 # (keys, values): per layer [B, KV, capacity, D] contiguous, or None

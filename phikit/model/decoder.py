@@ -201,7 +201,8 @@ class Decoder(nn.Module):
             cache.prepare(position_ids, start, b, inputs_embeds if per_sequence else None)
             cache.rope_long = long
             fused = self.ops.decode_step
-            if fused is not None and t == 1 and not (output_attentions or output_hidden_states or output_router_logits):
+            reported = output_attentions or output_hidden_states or output_router_logits
+            if fused is not None and t == 1 and not reported:
                 x = fused(self, inputs_embeds, attention_mask, position_ids, long, cache, start)
                 if x is not None:  # every layer ran in one call of the backend's fused step
                     return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)

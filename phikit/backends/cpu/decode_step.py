@@ -9,11 +9,11 @@ Python.
 
 When it applies (else `step` returns None and the modules run): bf16 on the CPU, no autograd, eval mode, one row
 and one new token, a cache with contiguous slot buffers (`slot_buffers()`: `StaticCache`, what `generate()` uses
-by default), no padding in the attention mask, the `sdpa` attention implementation, no hooks, and every layer of a supported kind: phi (parallel block, LayerNorm,
-gelu_new, optional qk_layernorm) or phi3 (sequential, RMSNorm, silu-gated MLP), with linears that are plain bf16
-(`nn.Linear` / `FastLinear`), or `Int8Linear` / `Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns
-it off. The plan (pointers to every weight) is built once per model and checked on each call: replaced modules
-or tensors, hooks, or a layout change rebuild it.
+by default), no padding in the attention mask, the `sdpa` attention implementation, no hooks, and every layer of a
+supported kind: phi (parallel block, LayerNorm, gelu_new, optional qk_layernorm) or phi3 (sequential, RMSNorm,
+silu-gated MLP), with linears that are plain bf16 (`nn.Linear` / `FastLinear`), lossless 12-bit, or `Int8Linear` /
+`Int4Linear` in phikit's native layout. PHIKIT_NATIVE_STEP=0 turns it off. The plan (pointers to every weight) is
+built once per model and checked on each call: replaced modules or tensors, hooks, or a layout change rebuild it.
 """
 
 from __future__ import annotations
