@@ -195,22 +195,23 @@ def test_failed_allocation_is_a_memory_error():
     # one thread's scores: S + 16 floats
     with pytest.raises(MemoryError, match=rf"phk_attention_decode: could not allocate {(HUGE + 16) * 4} bytes"):
         lib.phk_attention_decode(p, p, p, y.data_ptr(), 1, 1, 1, HUGE, 16, 0, 0, 16, 0, 0, 16, 1.0, 1)
-    if not kernels.has_int4():
-        return
-    # the sums of x per group: M x (256 / 64) floats
-    with pytest.raises(MemoryError, match=rf"phk_linear_int4: could not allocate {HUGE * 4} bytes"):
-        lib.phk_linear_int4(p, p, p, None, y.data_ptr(), HUGE // 4, 4, 256, 64, 1)
+    if kernels.has_bf16_dot():  # the AVX512-BF16 kernel: the sums of x per group, M x (256 / 64) floats
+        with pytest.raises(MemoryError, match=rf"phk_linear_int4: could not allocate {HUGE * 4} bytes"):
+            lib.phk_linear_int4(p, p, p, None, y.data_ptr(), HUGE // 4, 4, 256, 64, 1)
+    else:  # the portable kernel: x as 16-bit integers (M x 256) and the blocks' scales and sums (M x 8 floats)
+        with pytest.raises(MemoryError, match=r"phk_linear_int4: could not allocate [1-9]\d{15,} bytes"):
+            lib.phk_linear_int4(p, p, p, None, y.data_ptr(), HUGE // 1024, 4, 256, 64, 1)
 
 
 def test_failed_allocation_in_the_decode_step_and_prefill():
     lib = _library()
-    if not kernels.has_decode_step():
-        pytest.skip("the decode step and the prefill attention need AVX512-BF16 (stubs at this level)")
     model = abi.Model(n_layers=1, hidden=HUGE, heads=1, kv_heads=1, head_dim=16, inter=16, act=abi.Act.GELU_NEW)
     x = torch.zeros(64, dtype=torch.bfloat16)
     p = x.data_ptr()
     with pytest.raises(MemoryError, match=r"phk_decode_step: could not allocate \d+ bytes"):
         lib.phk_decode_step(ctypes.addressof(model), p, p, p, p, p, 0, 1)
+    if not kernels.has_bf16_dot():
+        return  # the prefill attention is a stub below avx512_bf16 (test_stubs_fail_visibly)
     t = HUGE // 16  # the packed keys of one head: T rounded up to 32, times D = 16, in bf16
     with pytest.raises(MemoryError, match=rf"phk_attention_prefill: could not allocate {t * 16 * 2} bytes"):
         lib.phk_attention_prefill(p, p, p, p, 1, 1, 1, t, 16, 0, 0, 16, 0, 0, 16, 0, 0, 16, 1.0, 32 << 20, 1)
@@ -218,10 +219,8 @@ def test_failed_allocation_in_the_decode_step_and_prefill():
 
 def test_stubs_fail_visibly():
     lib = _library()
-    if kernels.has_decode_step():
-        pytest.skip("this build has the real decode step (the stubs are built at PHIKIT_CPU_LEVEL=avx512)")
+    if kernels.has_bf16_dot():
+        pytest.skip("this build has the real prefill attention (its stub is built below PHIKIT_CPU_LEVEL=avx512_bf16)")
     x = torch.zeros(64, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match=r"phk_decode_step is a stub"):
-        lib.phk_decode_step(*([x.data_ptr()] * 6), 0, 1)
     with pytest.raises(RuntimeError, match=r"phk_attention_prefill is a stub"):
         lib.phk_attention_prefill(*([x.data_ptr()] * 4), *([1] * 14), 1.0, 1, 1)

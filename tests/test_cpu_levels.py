@@ -67,12 +67,12 @@ def test_forcing_a_level_the_cpu_cannot_run_is_a_clear_error() -> None:
 def test_level_is_what_runs(level: str) -> None:
     """At each level the native library holds that level's kernels and no others, and PyTorch's own capping
     variables lower the level as they lower PyTorch."""
-    out = run_level(level, "from phikit.cpu import features, kernels as k; "
-                           "print(features.level(), k.available(), k.has_decode_step(), k.has_int4(), k.has_c12())")
-    name, native, bf16, int4, c12 = out.split()
+    out = run_level(level, "from phikit.cpu import features, kernels as k; print(features.level(), k.available(), "
+                           "k.has_decode_step(), k.has_int4(), k.has_bf16_dot(), k.has_c12())")
+    name, native, step, int4, bf16, c12 = out.split()
     assert name == level
-    assert native == str(level in ("avx512", "avx512_bf16"))
-    assert bf16 == int4 == c12 == str(level == "avx512_bf16")
+    assert native == step == int4 == str(level != "reference")  # the portable kernels: every level above reference
+    assert bf16 == c12 == str(level == "avx512_bf16")
 
 
 def test_pytorch_capped_to_avx2_caps_the_level() -> None:
@@ -106,6 +106,8 @@ def test_doctor_says_what_runs_and_why_not(level: str) -> None:
     if level != "avx512_bf16":  # every op the level lacks says which level it needs
         assert "PyTorch (reference): needs CPU level avx512_bf16" in out
     if level in ("reference", "avx2"):
-        assert "fp32 GEMM on weights widened" in out and "oneDNN bf16 GEMM here: no" in out
+        assert "oneDNN bf16 GEMM here: no" in out and "fp32 GEMM on widened weight slices" in out
+    if level == "reference":
+        assert "fp32 GEMM on weights widened" in out and "native kernels: not in use" in out
     else:
-        assert "native matrix-vector kernel" in out
+        assert "native matrix-vector kernel" in out and "fused native step" in out

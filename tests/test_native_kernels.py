@@ -1,4 +1,5 @@
-"""phikit's native CPU kernels (phikit/native/kernels.c) against fp32 math, and the paths that pick them."""
+"""phikit's native CPU kernels (phikit/cpu/native/portable.c, kernels.c) against fp32 math, and the paths that pick
+them. test_cpu_levels.py reruns this file at every CPU level the host can run."""
 
 from __future__ import annotations
 
@@ -130,6 +131,20 @@ def test_int8_linear_uses_exact_dequantized_weights(rows: int) -> None:
 
 
 @needs_native
+def test_int8_rows_dequantize_exactly_into_the_buffer_given() -> None:
+    """The fp32 rows a prefill's fp32 GEMM multiplies: q * scale bit for bit, from phikit's layout, into `out`."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-127, 128, (24, 192), generator=gen, dtype=torch.int8)
+    s = (torch.rand(24, generator=gen) * 0.01).bfloat16()
+    out = torch.full((13, 192), float("nan"))
+    rows = native_kernels.dequantize_int8_rows_f32(pack_int8_native(q), s, 6, 19, out)
+    assert rows.data_ptr() == out.data_ptr()
+    assert torch.equal(rows, q[6:19].float() * s[6:19, None].float())
+    with pytest.raises(ValueError, match=r"out must be contiguous torch.float32 \(13, 192\)"):
+        native_kernels.dequantize_int8_rows_f32(pack_int8_native(q), s, 6, 19, out[:, :100])
+
+
+@needs_native
 @pytest.mark.parametrize("heads,kv_heads,positions", [(4, 4, 37), (8, 2, 16), (6, 3, 1)])
 def test_decode_attention_equals_fp32_softmax_attention(heads: int, kv_heads: int, positions: int) -> None:
     """One query per row over a cache slice (strided views, grouped kv heads, two rows), as a decode step runs it."""
@@ -146,7 +161,7 @@ def test_decode_attention_equals_fp32_softmax_attention(heads: int, kv_heads: in
     assert native_kernels.attention_decode(q.float(), k.float(), v.float(), 0.1) is None  # fp32: not this kernel
 
 
-@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill attention kernel needs AVX512-BF16")
+@pytest.mark.skipif(not native_kernels.has_bf16_dot(), reason="the prefill attention kernel needs AVX512-BF16")
 @pytest.mark.parametrize("batch,heads,kv_heads,positions,dim", [(1, 4, 4, 37, 64), (2, 8, 2, 100, 96),
                                                                 (1, 6, 3, 1, 32), (1, 2, 1, 70, 80)])
 def test_prefill_attention_equals_fp32_causal_attention(batch, heads, kv_heads, positions, dim) -> None:
@@ -195,7 +210,7 @@ def test_bf16_decode_with_native_attention_matches_sdpa(monkeypatch) -> None:
         torch.testing.assert_close(a.float(), b.float(), rtol=2**-6, atol=2**-5)
 
 
-@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill attention kernel needs AVX512-BF16")
+@pytest.mark.skipif(not native_kernels.has_bf16_dot(), reason="the prefill attention kernel needs AVX512-BF16")
 @pytest.mark.parametrize("arch", ["phi-1.5", "phi-4-mini"])  # phi-4-mini: grouped kv heads
 def test_bf16_prefill_with_native_attention_matches_sdpa(arch: str, monkeypatch) -> None:
     """A bf16 model's whole-prompt forward takes the native causal attention in every layer and gives the logits
@@ -223,14 +238,16 @@ def test_kernels_build_wherever_the_cpu_and_a_compiler_allow() -> None:
 
     if not (os.environ.get("CC") or shutil.which("cc")):
         pytest.skip("no C compiler")
-    if not features.at_least("avx512"):
-        pytest.skip(f"CPU level {features.level()} has no native kernels yet")
+    if features.level() == "reference":
+        pytest.skip("CPU level reference runs no native code")
     assert native_kernels.available(), native_kernels.build_error
+    assert native_kernels.has_int4()  # the portable kernel (portable.c) at every level
     bf16 = features.at_least("avx512_bf16")
-    assert native_kernels.has_int4() == native_kernels.has_decode_step() == native_kernels.has_c12() == bf16
+    assert native_kernels.has_decode_step()  # decode_step.c is portable too
+    assert native_kernels.has_bf16_dot() == native_kernels.has_c12() == bf16
 
 
-@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="the prefill rotary kernel needs AVX512-BF16")
+@pytest.mark.skipif(not native_kernels.has_decode_step(), reason="CPU level reference runs no native kernels")
 @pytest.mark.parametrize("batch,heads,positions,dim,rotary,table_rows", [
     (1, 32, 300, 64, 32, 1),  # phi-1.5: half the dims rotate
     (2, 8, 200, 80, 32, 2),  # phi-2 (0.4), one table per row (left padding)

@@ -18,6 +18,8 @@ rounds 0.7-1.8): read a paired median within a few percent of 1 as level.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -68,6 +70,20 @@ def format_report(shape: str, medians: dict[str, dict[str, float]], prompt_len: 
     return "\n".join(lines)
 
 
+def set_cpu_level(level: str) -> None:
+    """Make every engine process of this run use CPU level `level` (checked here, in a child, so that an unknown
+    or too high level is the error features.py gives, before any checkpoint is written)."""
+    env = {**os.environ, "PHIKIT_CPU_LEVEL": level}
+    if level in ("reference", "avx2"):
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    done = subprocess.run([sys.executable, "-c", "from phikit.cpu import features; print(features.level())"],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"phikit bench: error: --cpu-level {level}: {done.stderr.strip().splitlines()[-1]}")
+    os.environ.update({k: v for k, v in env.items() if k in ("PHIKIT_CPU_LEVEL", "ATEN_CPU_CAPABILITY",
+                                                             "ONEDNN_MAX_CPU_ISA")})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="phikit bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paired", action="store_true",
                    help="load phikit and each peer in one process and let them take turns, --repeats rounds (10 or "
                         "more): ratios measured seconds apart; no peak RSS (see run_paired)")
+    p.add_argument("--cpu-level", default=None,
+                   help="run phikit at this CPU level (PHIKIT_CPU_LEVEL; below avx512 PyTorch is capped to AVX2 as "
+                        "well, as on an AVX2 CPU): reference, avx2, avx512, avx512_bf16 or neon")
+    p.add_argument("--llama-cpp", default=None, metavar="DIR",
+                   help="a folder holding a llama-cpp-python build (pip install --target DIR), e.g. one built for "
+                        "the same level with GGML_NATIVE=OFF; put first on the engines' PYTHONPATH")
     args = p.parse_args(argv)
+    if args.cpu_level:
+        set_cpu_level(args.cpu_level)
+    if args.llama_cpp:
+        if not os.path.isdir(os.path.join(args.llama_cpp, "llama_cpp")):
+            raise SystemExit(f"phikit bench: error: --llama-cpp {args.llama_cpp!r} holds no llama_cpp package; "
+                             "install one there with `pip install --target DIR llama-cpp-python`")
+        sys.path.insert(0, os.path.abspath(args.llama_cpp))  # this process exports the GGUF files with its gguf
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [os.path.abspath(args.llama_cpp), *filter(None, [os.environ.get("PYTHONPATH")])])
     engines = args.engines.split(",") if args.engines else None
     start = time.perf_counter()
     weights = tuple(args.weights.split(","))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from enum import IntEnum
 
-ABI_VERSION = 1  # PHK_ABI_VERSION in native/phk_abi.h
+ABI_VERSION = 2  # PHK_ABI_VERSION in native/phk_abi.h
 
 _REBUILD = "rebuild: delete ~/.cache/phikit/native (phikit builds the library again on next use)"
 _DISAGREE = "the sources and abi.py disagree: change native/phk_abi.h and phikit/cpu/abi.py together"
@@ -90,11 +90,13 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
     "phk_has_int4": (_INT, []),
     "phk_has_decode_step": (_INT, []),
     "phk_has_c12": (_INT, []),
+    "phk_has_bf16_dot": (_INT, []),
     "phk_linear_bf16": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_linear_int8": (_INT, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_attention_decode": (_INT, [_P, _P, _P, _P] + [_I64] * 11 + [_F, _INT]),
     "phk_linear_int4": (_INT, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]),
     "phk_dequant_int4_f32": (None, [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]),
+    "phk_dequant_int8_f32": (None, [_P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_dequant_int4_bf16": (None, [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]),
     "phk_dequant_int8_bf16": (None, [_P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_decode_step": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _INT]),

@@ -119,15 +119,19 @@ def widened(weight: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
     k = weight.shape[1]
 
     def rows(start: int, stop: int) -> torch.Tensor:
-        need = (stop - start) * k
-        buf = getattr(_SCRATCH, "buf", None)
-        if buf is None or buf.numel() < need:
-            buf = _SCRATCH.buf = torch.empty(need, dtype=torch.float32)
-        out = buf[:need].view(stop - start, k)
-        out.copy_(weight[start:stop])
-        return out
+        return scratch_f32(stop - start, k).copy_(weight[start:stop])
 
     return rows
+
+
+def scratch_f32(rows: int, k: int) -> torch.Tensor:
+    """This thread's reused fp32 buffer as a [rows, K] tensor, for one weight slice of `gemm_via_fp32` at a time
+    (`widened`, and the quantized formats' dequantized rows): valid until the next call on this thread."""
+    need = rows * k
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < need:
+        buf = _SCRATCH.buf = torch.empty(need, dtype=torch.float32)
+    return buf[:need].view(rows, k)
 
 
 def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,

@@ -29,7 +29,7 @@ import torch
 from . import abi, features, hugepages
 
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCES = ("phk_abi.h", "phk.h", "kernels.c", "decode_step.c", "attention_prefill.c",
+SOURCES = ("phk_abi.h", "phk.h", "vec.h", "portable.c", "kernels.c", "decode_step.c", "attention_prefill.c",
            "lossless.c")  # compiled together into one library; the ABI (phk_abi.h) is mirrored in abi.py
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 MIN_ELEMENTWISE = 1 << 16  # values from which the activations run natively (a prefill; a decode step has its own)
@@ -41,15 +41,24 @@ def _cache_dir() -> Path:
     return Path(base) / "phikit" / "native"
 
 
+# the instruction sets of each level below the host's own (features.X86_NEEDS), for a lower level forced on a bigger
+# CPU: its kernels are then the ones a CPU of that level runs
+LEVEL_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-march=x86-64-v4"],  # AVX-512 F/BW/CD/DQ/VL, no BF16
+    "neon": ["-march=armv8-a"],  # Advanced SIMD is part of armv8-a
+}
+
+
 def compile_flags(level: str) -> list[str] | None:
-    """The compiler's target flags for the kernels of a CPU level (`features.py`), or None for a level that has no
-    native kernels yet. The host's own level compiles with -march=native (its exact ISA and tuning); a lower level
-    forced on a bigger CPU with that level's ISA only, so its kernels are the ones a CPU of that level runs."""
-    if level not in ("avx512", "avx512_bf16"):
+    """The compiler's target flags for the kernels of a CPU level (`features.py`), or None for `reference` (no native
+    code). The host's own level compiles with -march=native (its exact ISA and tuning); a lower level with that
+    level's instruction sets only (`LEVEL_FLAGS`), tuned for the host."""
+    if level == "reference":
         return None
     if level == features.level_choice().host:
         return ["-march=native"]
-    return ["-march=x86-64-v4", "-mtune=native"]  # AVX-512 F/BW/CD/DQ/VL, no BF16 (only avx512 can be below host)
+    return [*LEVEL_FLAGS[level], "-mtune=native"]
 
 
 def _build(sources: dict[str, bytes], target: Path, flags: list[str]) -> None:
@@ -131,7 +140,7 @@ def _library() -> ctypes.CDLL | None:
         build_error = str(e)
         raise
     if not lib.phk_available():
-        build_error = "this compiler built no AVX-512 kernels; using PyTorch's kernels"
+        build_error = f"this compiler built no vector kernels for CPU level {level} (flags {' '.join(flags)})"
         return None
     for name, (restype, argtypes) in abi.SIGNATURES.items():
         fn = getattr(lib, name)
@@ -147,15 +156,23 @@ def available() -> bool:
 
 
 def has_int4() -> bool:
-    """Whether the native int4 kernels run here (they need AVX512-BF16 dot products)."""
+    """Whether the native int4 kernels run here (every level with native kernels)."""
     lib = _library()
     return lib is not None and bool(lib.phk_has_int4())
 
 
 def has_decode_step() -> bool:
-    """Whether the native batch-1 decode step (`native/decode_step.c`, driven by `native_decode.py`) runs here."""
+    """Whether the native batch-1 decode step and the elementwise kernels (`native/decode_step.c`, driven by
+    `backends/cpu/decode_step.py`) run here: every level with native kernels."""
     lib = _library()
     return lib is not None and bool(lib.phk_has_decode_step())
+
+
+def has_bf16_dot() -> bool:
+    """Whether the kernels built on AVX512-BF16's dot products run here: the prefill attention, the bf16 rows of
+    dequantized weights (for oneDNN's bf16 GEMM) and the lossless 12-bit kernels."""
+    lib = _library()
+    return lib is not None and bool(lib.phk_has_bf16_dot())
 
 
 def has_c12() -> bool:
@@ -213,7 +230,7 @@ def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.
 def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> torch.Tensor | None:
     """Rows [start, stop) of an int8 weight in phikit's layout -> bf16 [stop - start, K] (q * scale, rounded once),
     or None without AVX512-BF16."""
-    if not has_decode_step():
+    if not has_bf16_dot():
         return None
     k = qweight.shape[1]
     out = torch.empty(stop - start, k, dtype=torch.bfloat16)
@@ -221,12 +238,34 @@ def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int
     return out
 
 
+def dequantize_int8_rows_f32(qweight: torch.Tensor, scales: torch.Tensor, start: int, stop: int,
+                             out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [start, stop) of an int8 weight in phikit's layout -> fp32 [stop - start, K], q * scale (exact), into
+    `out` (contiguous fp32 of that shape) where given."""
+    k = qweight.shape[1]
+    out = _rows_out(out, stop - start, k, torch.float32)
+    _library().phk_dequant_int8_f32(_ptr(qweight), _ptr(scales), _ptr(out), start, stop, k, torch.get_num_threads())
+    return out
+
+
+def _rows_out(out: torch.Tensor | None, rows: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    if out is None:
+        return torch.empty(rows, k, dtype=dtype)
+    if out.dtype != dtype or tuple(out.shape) != (rows, k) or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous {dtype} {(rows, k)}, got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
 def dequantize_int4_rows(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, start: int,
-                         stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                         stop: int, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """Rows [start, stop) of an int4 weight in phikit's layout -> [stop - start, K] ((q - 8) * scale + zero in fp32,
-    as torch computes it; `dtype=torch.bfloat16`: those values rounded to bf16, as `.to(torch.bfloat16)` would)."""
+    as torch computes it; `dtype=torch.bfloat16`: those values rounded to bf16, as `.to(torch.bfloat16)` would, at
+    the avx512_bf16 level only), into `out` (contiguous, of that dtype and shape) where given."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
-    out = torch.empty(stop - start, k, dtype=dtype)
+    if dtype == torch.bfloat16 and not has_bf16_dot():
+        raise RuntimeError(f"bf16 int4 rows need CPU level avx512_bf16; this process runs {features.level()}")
+    out = _rows_out(out, stop - start, k, dtype)
     fn = _library().phk_dequant_int4_bf16 if dtype == torch.bfloat16 else _library().phk_dequant_int4_f32
     fn(_ptr(qweight), _ptr(scales_and_zeros), _ptr(out), start, stop, n, k, group_size, torch.get_num_threads())
     return out
@@ -369,7 +408,7 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     if not (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[2] == t
             and v.shape[2] == t and d % 16 == 0 and h % kv == 0 and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-            and has_decode_step()):
+            and has_bf16_dot()):
         return None
     out = torch.empty(b, t, h, d, dtype=torch.bfloat16, device="cpu")
     _library().phk_attention_prefill(_ptr(q), _ptr(k), _ptr(v), _ptr(out), b, h, kv, t, d, q.stride(0), q.stride(1),

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, scratch_f32
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_int4_native, pack_nibbles,
                             unpack_int4_native, unpack_nibbles)
@@ -101,9 +101,11 @@ class Int4Linear(_QuantLinear):
             x = x.to(dtype).contiguous()
             if x.shape[0] >= FP32_GEMM_MIN_ROWS:  # long prefill: a GEMM on dequantized row slices
                 q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
-                return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b),
-                                        self.out_features,
-                                        lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype))
+                bf16_rows = (lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype)) \
+                    if x.dtype == torch.bfloat16 and native_kernels.has_bf16_dot() else None  # AVX512-BF16
+                return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(
+                                            q, sz, g, a, b, out=scratch_f32(b - a, self.in_features)),
+                                        self.out_features, bf16_rows)
             return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
         if self.layout == "aten" and x.device.type == "cpu":
             return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,

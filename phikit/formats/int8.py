@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, scratch_f32
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import dequantize_int8, pack_int8_native, unpack_int8_native
 
@@ -88,14 +88,20 @@ class Int8Linear(_QuantLinear):
             return native_kernels.linear_int8(x.to(dtype), self.qweight, self.scales, None)
         if (x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
                 and (native or x.shape[0] >= FP32_GEMM_MIN_ROWS)):  # a prefill: a GEMM on dequantized row slices
-            s = self.scales
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
             # slices equal the fp32 ones rounded, at a third of the memory traffic
-            return gemm_dequantized(x.to(dtype), lambda a, b: self.rows(a, b).float() * s[a:b, None].float(),
-                                    self.out_features, self._bf16_rows)
+            return gemm_dequantized(x.to(dtype), self._f32_rows, self.out_features, self._bf16_rows)
         if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
             return _OPS._weight_int8pack_mm(x.to(dtype), self.portable_qweight(), self.scales)
         return F.linear(x.to(dtype), self.dequantize())
+
+    def _f32_rows(self, start: int, stop: int) -> torch.Tensor:
+        """The weight's rows [start, stop) in fp32 (q * scale, exact), for one fp32 GEMM slice: natively from
+        phikit's layout into the reused scratch buffer (`gemm.scratch_f32`), else with torch's ops."""
+        if self.layout == "phikit" and native_kernels.available():
+            return native_kernels.dequantize_int8_rows_f32(self.qweight, self.scales, start, stop,
+                                                           scratch_f32(stop - start, self.in_features))
+        return self.rows(start, stop).float() * self.scales[start:stop, None].float()
 
     def _bf16_rows(self, start: int, stop: int) -> torch.Tensor:
         """The weight's rows [start, stop) in bf16 (q * scale rounded once): natively from phikit's layout (one

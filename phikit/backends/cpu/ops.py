@@ -6,11 +6,11 @@ function, so the numbers are the reference's wherever the kernel does not run:
 
 | op | native from level | kernel |
 |---|---|---|
-| decode_attention | avx512 | one-query attention over the cache (`native/kernels.c`) |
+| decode_attention | every native level | one-query attention over the cache (`native/portable.c`) |
 | causal_attention | avx512_bf16 | causal attention of a whole prompt (`native/attention_prefill.c`) |
-| rms_norm, rotary | avx512_bf16 | row-parallel passes (`native/decode_step.c`) |
-| gelu_new, silu(gate) * up | avx512_bf16 | lookups in a table of PyTorch's own results for all 65536 bf16 inputs |
-| decode_step | avx512_bf16 | every phi / phi3 layer of a batch-1 token in one call (`decode_step.py`) |
+| rms_norm, rotary | every native level | row-parallel passes (`native/decode_step.c`) |
+| gelu_new, silu(gate) * up | every native level | lookups in a table of PyTorch's own results for all 65536 bf16 inputs |
+| decode_step | every native level | every phi / phi3 layer of a batch-1 token in one call (`decode_step.py`) |
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def fused_decode_step(*args) -> torch.Tensor | None:
     return decode_step.step(*args)
 
 
-# op -> the CPU level from which it runs natively (the table in the module docstring)
-NATIVE_FROM = {"decode_attention": "avx512", "causal_attention": "avx512_bf16", "rms_norm": "avx512_bf16",
-               "rotary": "avx512_bf16", "gelu_new": "avx512_bf16", "silu_gated": "avx512_bf16",
-               "decode_step": "avx512_bf16"}
+# op -> the CPU level from which it runs natively (the table in the module docstring); "native": every level but
+# reference (avx2 and up on x86-64, neon on aarch64: the portable kernels)
+NATIVE_FROM = {"decode_attention": "native", "causal_attention": "avx512_bf16", "rms_norm": "native",
+               "rotary": "native", "gelu_new": "native", "silu_gated": "native", "decode_step": "native"}
 KERNELS = {"decode_attention": "native one-query attention (bf16)",
            "causal_attention": "native prefill attention (bf16)", "rms_norm": "native row-parallel (bf16)",
            "rotary": "native one pass (bf16)", "gelu_new": "native table lookup (bf16)",
@@ -79,13 +79,13 @@ log = logging.getLogger("phikit.backends.cpu")
 def why_not_native(op: str) -> str | None:
     """Why `op` runs the reference function in this process, or None where it runs natively."""
     needed = NATIVE_FROM[op]
-    if not features.at_least(needed):
+    if needed == "native" and features.level() == "reference" or needed != "native" and not features.at_least(needed):
         choice = features.level_choice()
         why = f"; {choice.reason}" if choice.reason else ""
         return f"needs CPU level {needed}, this process runs {choice.level}{why}"
     if not native.available():
         return f"the native kernels are unavailable: {native.build_error}"
-    if needed == "avx512_bf16" and not native.has_decode_step():
+    if needed == "avx512_bf16" and not native.has_bf16_dot():
         return "the C compiler built no AVX512-BF16 kernels (a newer gcc or clang would)"
     return None
 

@@ -11,73 +11,76 @@
    Layout (phikit/native_decode.py fills these): x bf16 [hidden] in/out; cos_full / sin_signed bf16 [D] and
    partner int64 [D] are RotaryTables of this token; each layer's k_cache / v_cache point at batch row 0 of its
    static cache [KV, slots, D]. Elementwise work runs on the calling thread (it is microseconds); the linears and
-   the attention use `threads` OpenMP threads, as the per-module path does. */
-#include "phk.h"
+   the attention use `threads` OpenMP threads, as the per-module path does.
+
+   Written once on vec.h (every level with native kernels); the activation lookups use AVX-512's gather where the
+   level has it. */
+#include "vec.h"
 
 /* phk_lin, phk_layer and phk_model: phk_abi.h (mirrored in phikit/cpu/abi.py) */
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#if PHK_VEC
 int phk_has_decode_step(void) { return 1; }
 
-static inline __mmask16 tail(int64_t n, int64_t i) {  /* lanes of [i, i + 16) below n */
-    return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-}
-static inline __m512 ld(const uint16_t *p, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+/* n - i values from p (at most PHK_VL; the lanes past n read 0) as fp32 */
+static inline vf ld(const uint16_t *p, int64_t left) {
+    if (left >= PHK_VL) return vf_load_bf16(p);
+    uint16_t t[PHK_VL] = {0};
+    memcpy(t, p, (size_t)left * 2);
+    return vf_load_bf16(t);
 }
 /* fp32 -> nearest bf16 (ties to even, NaN kept quiet), as fp32 again: torch's rounding after each bf16 op */
-static inline __m512 rnd(__m512 v) {
-    __m512i u = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
-    __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    r = _mm512_and_si512(r, hi);
-    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_and_si512(u, hi), _mm512_set1_epi32(0x400000));
-    return _mm512_castsi512_ps(r);
+static inline vf rnd(vf v) {
+    vu u = (vu)v;
+    vu r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    vu nan = (vu)(v != v);  /* all ones where v is NaN */
+    return (vf)((r & ~nan) | (((u & 0xffff0000u) | 0x400000u) & nan));
 }
-static inline void st(uint16_t *p, __mmask16 m, __m512 rounded) {
-    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(rounded), 16)));
+/* the high halves of a rounded vector's lanes (its bf16 values) -> p, min(left, PHK_VL) of them */
+static inline void st(uint16_t *p, int64_t left, vf rounded) {
+    uint16_t t[PHK_VL];
+    vu u = (vu)rounded >> 16;
+    for (int i = 0; i < PHK_VL; i++) t[i] = (uint16_t)u[i];
+    memcpy(p, t, (size_t)(left < PHK_VL ? left : PHK_VL) * 2);
 }
-#define V1(c) _mm512_set1_ps(c)
+static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vu)mask & (vu)a) | (~(vu)mask & (vu)b)); }
+static inline vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
 
 /* tanh: |x| < 0.625 odd polynomial (Cephes tanhf), else 1 - 2 / (exp(2|x|) + 1) with x's sign; ~1 ulp fp32 */
-static inline __m512 tanh16(__m512 x) {
-    __m512 ax = _mm512_abs_ps(x);
-    __m512 e = phk_exp16(_mm512_min_ps(_mm512_add_ps(ax, ax), V1(88.0f)));
-    __m512 big = _mm512_sub_ps(V1(1.0f), _mm512_div_ps(V1(2.0f), _mm512_add_ps(e, V1(1.0f))));
-    big = _mm512_or_ps(big, _mm512_and_ps(x, V1(-0.0f)));
-    __m512 z = _mm512_mul_ps(x, x), p = V1(-5.70498872745e-3f);
-    p = _mm512_fmadd_ps(p, z, V1(2.06390887954e-2f));
-    p = _mm512_fmadd_ps(p, z, V1(-5.37397155531e-2f));
-    p = _mm512_fmadd_ps(p, z, V1(1.33314422036e-1f));
-    p = _mm512_fmadd_ps(p, z, V1(-3.33332819422e-1f));
-    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, V1(0.625f), _CMP_LT_OQ), big, small);
+static inline vf vtanh(vf x) {
+    vf ax = vabs(x);
+    vf e = vf_exp(vf_min(ax + ax, vf_set1(88.0f)));
+    vf big = vf_set1(1.0f) - vf_set1(2.0f) / (e + 1.0f);
+    big = (vf)((vu)big | ((vu)x & 0x80000000u));
+    vf z = x * x, p = vf_set1(-5.70498872745e-3f);
+    p = vf_fma(p, z, vf_set1(2.06390887954e-2f));
+    p = vf_fma(p, z, vf_set1(-5.37397155531e-2f));
+    p = vf_fma(p, z, vf_set1(1.33314422036e-1f));
+    p = vf_fma(p, z, vf_set1(-3.33332819422e-1f));
+    vf small = vf_fma(p * z, x, x);
+    return vsel(ax < 0.625f, small, big);
 }
 
 /* layers.gelu_new, op by op: 0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * pow(x, 3.0)))) */
 static void gelu_new(const uint16_t *x, uint16_t *y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail(n, i);
-        __m512 v = ld(x + i, m);
-        __m512 t = rnd(_mm512_mul_ps(rnd(_mm512_mul_ps(v, v)), v));  /* torch.pow(bf16, 3.0) rounds x * x first */
-        t = rnd(_mm512_mul_ps(t, V1(0.044715f)));
-        t = rnd(_mm512_add_ps(v, t));
-        t = rnd(_mm512_mul_ps(t, V1(0.7978845608028654f)));
-        t = rnd(tanh16(t));
-        t = rnd(_mm512_add_ps(t, V1(1.0f)));
-        st(y + i, m, rnd(_mm512_mul_ps(rnd(_mm512_mul_ps(v, V1(0.5f))), t)));
+    for (int64_t i = 0; i < n; i += PHK_VL) {
+        vf v = ld(x + i, n - i);
+        vf t = rnd(rnd(v * v) * v);  /* torch.pow(bf16, 3.0) rounds x * x first */
+        t = rnd(t * 0.044715f);
+        t = rnd(v + t);
+        t = rnd(t * 0.7978845608028654f);
+        t = rnd(vtanh(t));
+        t = rnd(t + 1.0f);
+        st(y + i, n - i, rnd(rnd(v * 0.5f) * t));
     }
 }
 
 /* GatedMLP: up * silu(gate), silu(g) = g / (1 + exp(-g)); gate_up = [gate (n), up (n)] */
 static void silu_gated(const uint16_t *gate_up, uint16_t *y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail(n, i);
-        __m512 g = ld(gate_up + i, m), u = ld(gate_up + n + i, m);
-        __m512 s = rnd(_mm512_div_ps(g, _mm512_add_ps(V1(1.0f), phk_exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
-        st(y + i, m, rnd(_mm512_mul_ps(u, s)));
+    for (int64_t i = 0; i < n; i += PHK_VL) {
+        vf g = ld(gate_up + i, n - i), u = ld(gate_up + n + i, n - i);
+        vf s = rnd(g / (vf_set1(1.0f) + vf_exp(vf_zero() - g)));
+        st(y + i, n - i, rnd(u * s));
     }
 }
 
@@ -89,37 +92,28 @@ static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, 
     for (int64_t i = 0; i < n; i++) { double d = (double)f32_of_bf16(x[i]) - mean; sq += d * d; }
     float var = (float)(sq / (double)n);
     float rstd = 1.0f / sqrtf((var > 0.f ? var : 0.f) + eps), shift = -rstd * mean;
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail(n, i);
-        __m512 v = _mm512_add_ps(_mm512_mul_ps(ld(x + i, m), V1(rstd)), V1(shift));
-        st(y + i, m, rnd(_mm512_add_ps(_mm512_mul_ps(v, ld(w + i, m)), ld(b + i, m))));
+    for (int64_t i = 0; i < n; i += PHK_VL) {
+        vf v = ld(x + i, n - i) * rstd + shift;
+        st(y + i, n - i, rnd(v * ld(w + i, n - i) + ld(b + i, n - i)));
     }
 }
 
-/* layers.RMSNorm: h = x * rsqrt(mean(x^2) + eps) in fp32, rounded to bf16, then weight * h rounded */
+/* layers.RMSNorm: h = x * rsqrt(mean(x^2) + eps) in fp32, rounded to bf16, then weight * h rounded. The squares of
+   bf16 values are exact in double, and so (for any realistic row) is their sum, in any order. */
 static void rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();  /* squares of bf16 values are exact in double */
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 v = ld(x + i, tail(n, i));
-        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        s0 = _mm512_fmadd_pd(lo, lo, s0);
-        s1 = _mm512_fmadd_pd(hi, hi, s1);
-    }
-    double sq = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    double s[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) { double v = f32_of_bf16(x[i + j]); s[j] += v * v; }
+    for (; i < n; i++) { double v = f32_of_bf16(x[i]); s[0] += v * v; }
+    double sq = (s[0] + s[1]) + (s[2] + s[3]);
     float r = 1.0f / sqrtf((float)(sq / (double)n) + eps);
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail(n, i);
-        st(y + i, m, rnd(_mm512_mul_ps(ld(w + i, m), rnd(_mm512_mul_ps(ld(x + i, m), V1(r))))));
-    }
+    for (i = 0; i < n; i += PHK_VL) st(y + i, n - i, rnd(ld(w + i, n - i) * rnd(ld(x + i, n - i) * r)));
 }
 
 /* y = a + b rounded to bf16 (in place on a allowed) */
 static void add(const uint16_t *a, const uint16_t *b, uint16_t *y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail(n, i);
-        st(y + i, m, rnd(_mm512_add_ps(ld(a + i, m), ld(b + i, m))));
-    }
+    for (int64_t i = 0; i < n; i += PHK_VL) st(y + i, n - i, rnd(ld(a + i, n - i) + ld(b + i, n - i)));
 }
 
 /* RotaryTables.apply on `heads` heads of D in place: x * cos_full + x[partner] * sin_signed, each op rounded */
@@ -152,32 +146,41 @@ void phk_rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, 
 }
 
 /* The activations over many tokens (a prefill), on `threads` threads. A bf16 activation of one input is a function
-   of 16 bits, so Python computes it once for all 65536 inputs with PyTorch's own ops (`table`, 65537 entries: the
-   kernel reads 32 bits at a time) and these kernels look it up: PyTorch's numbers exactly, and 0.9-1.3 ms where
-   the op-by-op gelu_new above took 4.3 ms (512 x 8192 values, 2 threads; a scalar lookup loop 2.4 ms).
+   of 16 bits, so Python computes it once for all 65536 inputs with PyTorch's own ops (`table`, 65537 entries) and
+   these kernels look it up: PyTorch's numbers exactly, and 0.9-1.3 ms with AVX-512's gather where the op-by-op
+   gelu_new above took 4.3 ms (512 x 8192 values, 2 threads; a scalar lookup loop 2.4 ms).
    y[i] = table[x[i]] for n values; silu_gated: rows of [gate (n), up (n)] -> up * table[gate], rounded to bf16. */
-static inline __m512i lookup16(const uint16_t *x, const uint16_t *table, __mmask16 m) {
-    __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x));
-    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, (const int *)table, 2);  /* low half: entry */
+static inline void lookup_run(const uint16_t *x, const uint16_t *table, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+#if PHK_VL == 16
+    for (; i + 16 <= n; i += 16) {
+        __m512i idx = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + i)));
+        __m512i v = _mm512_i32gather_epi32(idx, (const int *)table, 2);  /* low half: the entry */
+        _mm256_storeu_si256((__m256i *)(y + i), _mm512_cvtepi32_epi16(v));
+    }
+#endif
+    for (; i < n; i++) y[i] = table[x[i]];
 }
 void phk_lookup_bf16(const uint16_t *x, const uint16_t *table, uint16_t *y, int64_t n, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i0 = 0; i0 < n; i0 += 4096)
-        for (int64_t i = i0; i < n && i < i0 + 4096; i += 16) {
-            __mmask16 m = tail(n, i);
-            _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtepi32_epi16(lookup16(x + i, table, m)));
-        }
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) lookup_run(x + i0, table, y + i0, n - i0 < 4096 ? n - i0 : 4096);
 }
 void phk_silu_gated_lookup(const uint16_t *gate_up, const uint16_t *table, uint16_t *y, int64_t rows, int64_t n,
                            int threads) {
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < n; i += 16) {
-            __mmask16 m = tail(n, i);
+    #pragma omp parallel num_threads(threads)
+    {
+        uint16_t s[512];
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
             const uint16_t *g = gate_up + r * 2 * n;
-            __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(lookup16(g + i, table, m), 16));
-            st(y + r * n + i, m, rnd(_mm512_mul_ps(ld(g + n + i, m), s)));
+            for (int64_t i0 = 0; i0 < n; i0 += 512) {
+                int64_t m = n - i0 < 512 ? n - i0 : 512;
+                lookup_run(g + i0, table, s, m);
+                for (int64_t i = 0; i < m; i += PHK_VL)
+                    st(y + r * n + i0 + i, m - i, rnd(ld(g + n + i0 + i, m - i) * ld(s + i, m - i)));
+            }
         }
+    }
 }
 
 /* RMSNorm over the rows of a prefill (layers.RMSNorm on bf16 x and weight), on `threads` threads: the decode step's
@@ -210,11 +213,10 @@ void phk_rotary(const uint16_t *x, const uint16_t *cosf, const uint16_t *sins, u
             memcpy(p, xr + half, (size_t)half * 2);
             memcpy(p + half, xr, (size_t)half * 2);
             memcpy(p + R, xr + R, (size_t)(D - R) * 2);
-            for (int64_t i = 0; i < D; i += 16) {
-                __mmask16 m = tail(D, i);
-                __m512 a = rnd(_mm512_mul_ps(ld(xr + i, m), ld(c + i, m)));
-                __m512 e = rnd(_mm512_mul_ps(ld(p + i, m), ld(sn + i, m)));
-                st(o + i, m, rnd(_mm512_add_ps(a, e)));
+            for (int64_t i = 0; i < D; i += PHK_VL) {
+                vf a = rnd(ld(xr + i, D - i) * ld(c + i, D - i));
+                vf e = rnd(ld(p + i, D - i) * ld(sn + i, D - i));
+                st(o + i, D - i, rnd(a + e));
             }
         }
     }

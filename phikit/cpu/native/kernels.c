@@ -1,16 +1,14 @@
-/* phikit's CPU kernels for decoding: matrix-vector products y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for small M,
-   and the attention of one new token over the KV cache (phk_attention_decode, below).
-
-   At batch 1 a decode step streams every weight once; these loops read each weight row once for all M rows of x,
-   multiply exactly and accumulate in fp32 (4 or 8 output rows at a time, prefetching ahead). Weights:
-     bf16  W bf16 [N, K]                      (K % 16 == 0; bf16 dot-product instructions where the CPU has them)
-     int8  W in phikit's blocked layout, int8 [N, K], scales bf16 [N] (N % 4 == 0, K % 64 == 0), w = q * scale
-     int4  W in phikit's nibble layout, scales_and_zeros bf16 [K/GS, N, 2], w = (q - 8) * scale + zero (below;
-           bf16 dot-product instructions, so AVX512-BF16 CPUs only)
-   x, bias and y are bf16; each output is rounded to bf16 once, after the bias is added.
+/* The ABI functions of phikit's native library (at every level), and the decode kernels that need AVX512-BF16's
+   dot products: matrix-vector products y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for small M, with weights
+     bf16  W bf16 [N, K] (K % 16 == 0)
+     int4  W in phikit's nibble layout, scales_and_zeros bf16 [K/GS, N, 2], w = (q - 8) * scale + zero (below)
+   and the bf16 forms of dequantized rows for oneDNN's bf16 GEMM. At batch 1 a decode step streams every weight
+   once; these loops read each weight row once for all M rows of x, multiply exactly and accumulate in fp32 (4 or 8
+   output rows at a time, prefetching ahead). x, bias and y are bf16; each output is rounded to bf16 once, after the
+   bias is added. The same kernels for every other level, and the int8 and attention kernels for all, are written
+   once in portable.c (on vec.h).
    Threads: OpenMP over output rows, as many as torch.get_num_threads() (passed in); the library links the libgomp
-   torch has loaded, so both share one thread pool. Built by phikit/native_kernels.py with the host compiler
-   (-O3 -march=native); without AVX-512 `phk_available` returns 0 and phikit keeps its PyTorch paths. */
+   torch has loaded, so both share one thread pool. Built by phikit/cpu/kernels.py for the CPU level in use. */
 #include "phk.h"
 #include <stddef.h>
 #include <omp.h>
@@ -67,7 +65,11 @@ void *phk_aligned_alloc(size_t align, size_t bytes) {  /* bytes rounded up to a 
     return p;
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* What only AVX512-BF16 has: vdpbf16ps, 32 bf16 products per instruction. Every other kernel, and these ones at
+   the levels without it, are written once in portable.c. */
+#include <immintrin.h>
+int phk_has_bf16_dot(void) { return 1; }
 #define ROWS 4
 #ifndef BF16_AHEAD
 #define BF16_AHEAD 2048 /* bytes prefetched ahead of each row's read position, into L2 (T1): +30% over L1 (T0) on a
@@ -77,25 +79,11 @@ void *phk_aligned_alloc(size_t align, size_t bytes) {  /* bytes rounded up to a 
 #define INT4_AHEAD 8192 /* the int4 kernel reads one stream; into L2 this far ahead: 23-25 GB/s here, 17 with 1 KB into L1 */
 #endif
 
-int phk_available(void) { return 1; }
-
 static inline __m512 load_i8x16(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-static float *x_to_f32(const uint16_t *x, int64_t n) {  /* NULL: no memory */
-    float *xf = (float *)phk_aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
-    if (!xf) return NULL;
-    for (int64_t i = 0; i < n; i++) xf[i] = f32_of_bf16(x[i]);
-    return xf;
-}
-
-static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float v, const uint16_t *bias) {
-    y[m * N + n] = bf16_of_f32(v + (bias ? f32_of_bf16(bias[n]) : 0.f));
-}
-
 /* ---- bf16 ---- */
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
 /* vdpbf16ps: 32 bf16 products per instruction, each exact in fp32 and accumulated in fp32 (pairs added in turn), so
    only the summation order differs from the fp32 loop below; no conversions, so the loop keeps up with memory.
    8 rows at a time, one cache line of each per step: 47 GB/s from memory on the Zen 4 host against 40 for the
@@ -136,122 +124,9 @@ phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_
     }
     return PHK_OK;
 }
-#else
-/* Without AVX512-BF16: widen each bf16 to fp32 (a shift) and fmadd, 4 rows at a time. */
-phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                             int64_t M, int64_t N, int64_t K, int threads) {
-    float *xf = x_to_f32(x, M * K);
-    if (!xf) return PHK_ERR_NOMEM;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
-        int64_t rows = N - n0 < ROWS ? N - n0 : ROWS;
-        for (int64_t m = 0; m < M; m++) {
-            const float *xm = xf + m * K;
-            __m512 acc[ROWS];
-            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
-            if (rows == ROWS) {
-                const uint16_t *w0 = w + n0 * K;
-                for (int64_t k = 0; k < K; k += 16) {
-                    __m512 xv = _mm512_loadu_ps(xm + k);
-                    for (int r = 0; r < ROWS; r++) {
-                        if (m == 0) _mm_prefetch((const char *)(w0 + r * K + k) + BF16_AHEAD, _MM_HINT_T1);
-                        acc[r] = _mm512_fmadd_ps(load_bf16x16(w0 + r * K + k), xv, acc[r]);
-                    }
-                }
-            } else {
-                for (int r = 0; r < rows; r++)
-                    for (int64_t k = 0; k < K; k += 16)
-                        acc[r] = _mm512_fmadd_ps(load_bf16x16(w + (n0 + r) * K + k), _mm512_loadu_ps(xm + k), acc[r]);
-            }
-            for (int r = 0; r < rows; r++) store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]), bias);
-        }
-    }
-    free(xf);
-    return PHK_OK;
-}
-#endif
-
-/* ---- int8, per output channel, in phikit's layout (quantize_math.pack_int8_native; N % 4 == 0, K % 64 == 0) ----
-   Blocks of 4 rows interleaved 64 columns at a time, [N/4, K/64, 4, 64]: a thread streams one contiguous run of
-   memory, prefetched INT8_AHEAD bytes ahead into L2. On the Zen 4 host, one weight from memory: 31 GB/s against 24
-   for 8 row-major rows read side by side (read roofline 32, same run). */
-#ifndef INT8_AHEAD
-#define INT8_AHEAD 8192
-#endif
-/* Several rows of x (M > 1): each 64-column chunk of the 4-row block is widened to fp32 once, in registers, for all
-   M rows; the M x 4 accumulators live in memory (L1). */
-static void int8_block_rows(const float *xf, const int8_t *wn, int64_t M, int64_t K, __m512 *acc) {
-    for (int64_t i = 0; i < M * 4; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 64) {
-        __m512 wv[4][4];
-        for (int r = 0; r < 4; r++) {
-            const int8_t *p = wn + k * 4 + r * 64;
-            _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
-            for (int c = 0; c < 4; c++) wv[r][c] = load_i8x16(p + 16 * c);
-        }
-        for (int64_t m = 0; m < M; m++) {
-            const float *xm = xf + m * K + k;
-            __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
-            __m512 x2 = _mm512_loadu_ps(xm + 32), x3 = _mm512_loadu_ps(xm + 48);
-            for (int r = 0; r < 4; r++) {
-                __m512 a = acc[m * 4 + r];
-                a = _mm512_fmadd_ps(wv[r][0], x0, a);
-                a = _mm512_fmadd_ps(wv[r][1], x1, a);
-                a = _mm512_fmadd_ps(wv[r][2], x2, a);
-                acc[m * 4 + r] = _mm512_fmadd_ps(wv[r][3], x3, a);
-            }
-        }
-    }
-}
-
-phk_status_t phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias,
-                             uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
-    float *xf = x_to_f32(x, M * K);
-    if (!xf) return PHK_ERR_NOMEM;
-    #pragma omp parallel num_threads(threads)
-    {
-        /* a thread without memory for the M x 4 accumulators takes the rows one at a time (the same sums) */
-        __m512 *many = M > 1 ? (__m512 *)phk_aligned_alloc(64, (size_t)(M * 4) * sizeof(__m512)) : NULL;
-        #pragma omp for schedule(static)
-        for (int64_t n0 = 0; n0 < N; n0 += 4) {
-            const int8_t *wn = w + n0 * K;
-            if (many) {
-                int8_block_rows(xf, wn, M, K, many);
-                for (int64_t m = 0; m < M; m++)
-                    for (int r = 0; r < 4; r++)
-                        store_row(y, m, N, n0 + r,
-                                  _mm512_reduce_add_ps(many[m * 4 + r]) * f32_of_bf16(scales[n0 + r]), bias);
-                continue;
-            }
-            for (int64_t m = 0; m < M; m++) {  /* M == 1 (or no memory for `many`) */
-                const float *xm = xf + m * K;
-                __m512 acc[4];
-                for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
-                for (int64_t k = 0; k < K; k += 64) {
-                    __m512 x0 = _mm512_loadu_ps(xm + k), x1 = _mm512_loadu_ps(xm + k + 16);
-                    __m512 x2 = _mm512_loadu_ps(xm + k + 32), x3 = _mm512_loadu_ps(xm + k + 48);
-                    for (int r = 0; r < 4; r++) {
-                        const int8_t *p = wn + k * 4 + r * 64;
-                        _mm_prefetch((const char *)p + INT8_AHEAD, _MM_HINT_T1);
-                        acc[r] = _mm512_fmadd_ps(load_i8x16(p), x0, acc[r]);
-                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 16), x1, acc[r]);
-                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 32), x2, acc[r]);
-                        acc[r] = _mm512_fmadd_ps(load_i8x16(p + 48), x3, acc[r]);
-                    }
-                }
-                for (int r = 0; r < 4; r++)
-                    store_row(y, m, N, n0 + r, _mm512_reduce_add_ps(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
-            }
-        }
-        free(many);
-    }
-    free(xf);
-    return PHK_OK;
-}
 
 /* rows [r0, r1) of an int8 weight in phikit's layout -> bf16 out [r1 - r0, K], q * scale rounded to bf16 once (as
-   torch's bf16 multiply of the two); a prefill multiplies them with oneDNN's bf16 GEMM. Needs AVX512-BF16. */
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+   torch's bf16 multiply of the two); a prefill multiplies them with oneDNN's bf16 GEMM. */
 void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
                            int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
@@ -265,68 +140,6 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
                                     (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load_i8x16(row + k * 4 + 16 * c), s)));
     }
 }
-#else
-void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
-                           int threads) {}
-#endif
-
-/* ---- attention of one new token over the cache (a decode step without padding) ---- */
-/* out[b, h, :] = softmax(scale * q[b, h] . k[b, h / G, s]) over s < S, weighted sum of v[b, h / G, s]; G = H / KV.
-   q [B, H, D] contiguous; k, v element strides (batch, head, position), last dim contiguous; D % 16 == 0.
-   fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
-phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
-                                  int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
-                                  int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
-                                  int threads) {
-    int64_t G = H / KV;
-    /* scores of S + 16 floats per thread, allocated here so that a failure returns before any work */
-    float *scores = (float *)phk_malloc(sizeof(float) * (size_t)(S + 16) * (size_t)(threads > 0 ? threads : 1));
-    if (!scores) return PHK_ERR_NOMEM;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        int64_t b = bh / H, h = bh % H;
-        const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
-        float *p = scores + (size_t)omp_get_thread_num() * (size_t)(S + 16);
-        __m512 qv[16];  /* D <= 256 */
-        for (int64_t d = 0; d < D; d += 16) qv[d / 16] = load_bf16x16(q + bh * D + d);
-        float top = -INFINITY;
-        for (int64_t s = 0; s < S; s++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t d = 0; d < D; d += 16) acc = _mm512_fmadd_ps(qv[d / 16], load_bf16x16(kp + s * ks + d), acc);
-            p[s] = _mm512_reduce_add_ps(acc) * scale;
-            top = p[s] > top ? p[s] : top;
-        }
-        __m512 total = _mm512_setzero_ps();
-        int64_t s = 0;
-        for (; s + 16 <= S; s += 16) {
-            __m512 e = phk_exp16(_mm512_sub_ps(_mm512_loadu_ps(p + s), _mm512_set1_ps(top)));
-            _mm512_storeu_ps(p + s, e);
-            total = _mm512_add_ps(total, e);
-        }
-        if (s < S) {
-            __mmask16 m = (__mmask16)((1u << (S - s)) - 1);
-            __m512 e = phk_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top)));
-            e = _mm512_maskz_mov_ps(m, e);
-            _mm512_mask_storeu_ps(p + s, m, e);
-            total = _mm512_add_ps(total, e);
-        }
-        float inv = 1.0f / _mm512_reduce_add_ps(total);
-        __m512 acc[16];
-        for (int64_t d = 0; d < D; d += 16) acc[d / 16] = _mm512_setzero_ps();
-        for (int64_t t = 0; t < S; t++) {
-            __m512 w = _mm512_set1_ps(p[t]);
-            for (int64_t d = 0; d < D; d += 16) acc[d / 16] = _mm512_fmadd_ps(w, load_bf16x16(vp + t * vs + d), acc[d / 16]);
-        }
-        for (int64_t d = 0; d < D; d += 16) {
-            float o[16];
-            _mm512_storeu_ps(o, _mm512_mul_ps(acc[d / 16], _mm512_set1_ps(inv)));
-            for (int j = 0; j < 16; j++) out[bh * D + d + j] = bf16_of_f32(o[j]);
-        }
-    }
-    free(scores);
-    return PHK_OK;
-}
-
 
 /* ---- int4, asymmetric per group of GS columns: w = (q - 8) * scale + zero (GS in 64, 128, 256; K % 128 == 0) ----
    phikit's layout, qweight uint8 [N, K/2] (N % 4 == 0): each 128-column chunk of a row is 32 little-endian 16-bit
@@ -337,8 +150,6 @@ phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const ui
    weights and no lane-crossing shuffles. Per group: scale * sum (128 + q) x + (zero - 136 * scale) * sum x, the sums
    of x per group taken once per call. fp32 keeps ~17 of its 24 bits after the 136x offset cancels, far below the
    bf16 rounding of the output. scales_and_zeros bf16 [K/GS, N, 2] (the tinygemm layout). Needs AVX512-BF16. */
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-int phk_has_int4(void) { return 1; }
 
 /* One 128-column chunk k of the 4-row block at wn: pa[r] (+)= (128 + q) . x over its four 32-column slots. HALF
    (group size 64): each half chunk is a group of its own, flushed into total[r] with its scale; else the chunk's
@@ -420,11 +231,11 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
     return PHK_OK;
 }
 
-/* rows [r0, r1) of an int4 weight in phikit's layout -> out [r1 - r0, K], (q - 8) * scale + zero rounded as torch
-   does it in fp32 (a multiply, then an add): fp32 for MKL's fp32 GEMM, or rounded once more to bf16 (as torch's
-   .to(bfloat16) of those fp32 values) for oneDNN's bf16 GEMM, in one pass instead of two. */
-static void dequant_int4(const uint8_t *w, const uint16_t *sz, void *out, int bf16, int64_t r0, int64_t r1, int64_t N,
-                         int64_t K, int64_t GS, int threads) {
+/* rows [r0, r1) of an int4 weight in phikit's layout -> bf16 out [r1 - r0, K]: (q - 8) * scale + zero computed as
+   torch does it in fp32 (a multiply, then an add), rounded to bf16 as torch's .to(bfloat16) of those values, for
+   oneDNN's bf16 GEMM (portable.c has the fp32 form, for MKL's fp32 GEMM). */
+void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
+                           int64_t K, int64_t GS, int threads) {
     int64_t KB = K / 2;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
@@ -437,35 +248,18 @@ static void dequant_int4(const uint8_t *w, const uint16_t *sz, void *out, int bf
                     const uint16_t *e = sz + ((col / GS) * N + n) * 2;
                     __m512i q = _mm512_and_si512(_mm512_srli_epi32(words, 4 * i), _mm512_set1_epi32(15));
                     __m512 c = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
-                    c = _mm512_add_ps(_mm512_mul_ps(c, _mm512_set1_ps(f32_of_bf16(e[0]))), _mm512_set1_ps(f32_of_bf16(e[1])));
-                    if (bf16)
-                        _mm256_storeu_si256((__m256i *)((uint16_t *)out + (n - r0) * K + col), (__m256i)_mm512_cvtneps_pbh(c));
-                    else
-                        _mm512_storeu_ps((float *)out + (n - r0) * K + col, c);
+                    c = _mm512_add_ps(_mm512_mul_ps(c, _mm512_set1_ps(f32_of_bf16(e[0]))),
+                                      _mm512_set1_ps(f32_of_bf16(e[1])));
+                    _mm256_storeu_si256((__m256i *)(out + (n - r0) * K + col), (__m256i)_mm512_cvtneps_pbh(c));
                 }
             }
         }
     }
 }
-void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
-                          int64_t K, int64_t GS, int threads) {
-    dequant_int4(w, sz, out, 0, r0, r1, N, K, GS, threads);
-}
-void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
-                           int64_t K, int64_t GS, int threads) {
-    dequant_int4(w, sz, out, 1, r0, r1, N, K, GS, threads);
-}
 #else
-int phk_has_int4(void) { return 0; }
-phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
-                             int64_t M, int64_t N, int64_t K, int64_t GS, int threads) { return PHK_ERR_UNSUPPORTED; }
-void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
-                          int64_t K, int64_t GS, int threads) {}
+int phk_has_bf16_dot(void) { return 0; }
+void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
+                           int threads) {}
 void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
                            int64_t K, int64_t GS, int threads) {}
-#endif
-
-#else
-int phk_available(void) { return 0; }
-int phk_has_int4(void) { return 0; }
 #endif

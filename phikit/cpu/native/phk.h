@@ -21,6 +21,11 @@ static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN sta
     return (uint16_t)(u >> 16);
 }
 
+/* y[m, n] = v (+ bias[n]), rounded to bf16 once */
+static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float v, const uint16_t *bias) {
+    y[m * N + n] = bf16_of_f32(v + (bias ? f32_of_bf16(bias[n]) : 0.f));
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline __m512 load_bf16x16(const uint16_t *p) {

@@ -11,7 +11,7 @@
 #define PHK_ABI_H
 #include <stdint.h>
 
-#define PHK_ABI_VERSION 1
+#define PHK_ABI_VERSION 2
 
 /* Returned (as phk_status_t) by the functions that allocate; on PHK_ERR_NOMEM, phk_failed_alloc_bytes() on the same
    thread says how many bytes the failed request was for, and the outputs are unspecified. */
@@ -70,12 +70,13 @@ int64_t phk_struct_offset(int64_t which, int64_t field);
 int64_t phk_failed_alloc_bytes(void);  /* this thread's last failed allocation, in bytes (0: none) */
 
 /* ---- what this build has ---- */
-int phk_available(void);  /* AVX-512 kernels at all; 0: use PyTorch */
+int phk_available(void);  /* the portable kernels (portable.c: AVX-512, AVX2 + FMA or NEON); 0: PyTorch */
 int phk_has_int4(void);
-int phk_has_decode_step(void);
+int phk_has_decode_step(void);  /* the fused decode step and the elementwise kernels (decode_step.c) */
 int phk_has_c12(void);
+int phk_has_bf16_dot(void);  /* AVX512-BF16's dot products: the prefill attention and the bf16 dequantized rows */
 
-/* ---- kernels.c ---- */
+/* ---- portable.c (and kernels.c, where the CPU has AVX512-BF16: phk_linear_bf16, phk_linear_int4) ---- */
 phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                              int64_t M, int64_t N, int64_t K, int threads);
 phk_status_t phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias,
@@ -88,6 +89,9 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
                              int64_t M, int64_t N, int64_t K, int64_t GS, int threads);
 void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
                           int64_t K, int64_t GS, int threads);
+void phk_dequant_int8_f32(const int8_t *w, const uint16_t *scales, float *out, int64_t r0, int64_t r1, int64_t K,
+                          int threads);
+/* ---- kernels.c (AVX512-BF16) ---- */
 void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
                            int64_t K, int64_t GS, int threads);
 void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,

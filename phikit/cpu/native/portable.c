@@ -1,0 +1,375 @@
+/* phikit's decode kernels written once, on the vector layer of vec.h: AVX-512, AVX2 + FMA and aarch64 NEON builds
+   of this file are the same source. kernels.c adds what only AVX512-BF16 has (bf16 dot products); where a level
+   has that, its versions of phk_linear_bf16 and phk_linear_int4 are the ones built (PHK_BF16_DOT below).
+
+     phk_linear_bf16   y = x W^T (+ bias), W bf16 [N, K] (K % 16 == 0): W widened to fp32 (a shift) and fmadd
+     phk_linear_int8   W int8 in phikit's blocked layout [N/4, K/64, 4, 64], scales bf16 [N]: w = q * scale
+     phk_linear_int4   W in phikit's nibble layout, scales_and_zeros bf16 [K/GS, N, 2]: w = (q - 8) * scale + zero
+     phk_attention_decode   one new token per row over the cache
+     phk_dequant_int8_f32, phk_dequant_int4_f32   rows of a quantized weight in fp32, for a prefill's fp32 GEMM
+
+   x, bias and y are bf16 ([M, K], [N], [M, N]); y rounded to bf16 once, after the bias. Products are exact in fp32
+   and summed in fp32 (vec.h). Threads: OpenMP over output rows, `threads` of them (torch.get_num_threads()). */
+#include "vec.h"
+#include <omp.h>
+
+
+#if PHK_VEC
+int phk_available(void) { return 1; }
+int phk_has_int4(void) { return 1; }
+
+#ifndef BF16_AHEAD
+#define BF16_AHEAD 2048 /* bytes prefetched ahead of each row's read position, into L2 (kernels.c says why) */
+#endif
+#ifndef INT8_AHEAD
+#define INT8_AHEAD 8192
+#endif
+#ifndef INT4_AHEAD
+#define INT4_AHEAD 8192
+#endif
+#define NV16 (16 / PHK_VL)  /* vectors per 16 columns */
+
+static float *x_to_f32(const uint16_t *x, int64_t n) {  /* NULL: no memory */
+    float *xf = (float *)phk_aligned_alloc(64, (size_t)n * 4);
+    if (!xf) return NULL;
+    for (int64_t i = 0; i < n; i++) xf[i] = f32_of_bf16(x[i]);
+    return xf;
+}
+
+/* ---- bf16: 4 rows at a time, each weight widened to fp32 and multiplied by x in fp32 ---- */
+#if !(defined(__AVX512BF16__) && defined(__AVX512BW__))
+#define ROWS 4
+phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int threads) {
+    float *xf = x_to_f32(x, M * K);
+    if (!xf) return PHK_ERR_NOMEM;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+        int64_t rows = N - n0 < ROWS ? N - n0 : ROWS;
+        const uint16_t *w0 = w + n0 * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = xf + m * K;
+            vf acc[ROWS];
+            for (int r = 0; r < ROWS; r++) acc[r] = vf_zero();
+            if (rows == ROWS) {
+                for (int64_t k = 0; k < K; k += 16) {
+                    /* past a row's end: the same row of the next block (a thread's blocks are contiguous), whose
+                       first BF16_AHEAD bytes would otherwise come unprefetched */
+                    int64_t ahead = k + BF16_AHEAD / 2;
+                    const uint16_t *pw = ahead < K ? w0 + ahead : w0 + ahead + (ROWS - 1) * K;
+                    for (int r = 0; r < ROWS; r++) {
+                        if (m == 0 && k % 32 == 0) phk_prefetch_l2(pw + r * K);
+                        for (int u = 0; u < NV16; u++)
+                            acc[r] = vf_fma(vf_load_bf16(w0 + r * K + k + u * PHK_VL), vf_load(xm + k + u * PHK_VL),
+                                            acc[r]);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rows; r++)
+                    for (int64_t k = 0; k < K; k += PHK_VL)
+                        acc[r] = vf_fma(vf_load_bf16(w0 + r * K + k), vf_load(xm + k), acc[r]);
+            }
+            for (int r = 0; r < rows; r++) store_row(y, m, N, n0 + r, vf_sum(acc[r]), bias);
+        }
+    }
+    free(xf);
+    return PHK_OK;
+}
+#endif
+
+/* ---- int8, per output channel, in phikit's layout (N % 4 == 0, K % 64 == 0) ----
+   Blocks of 4 rows interleaved 64 columns at a time: a thread streams one contiguous run of memory. */
+#define C64 (64 / PHK_VL)  /* vectors per 64-column chunk */
+
+/* Several rows of x (M > 1): each 64-column chunk of the 4-row block is widened once for all M rows; the M x 4
+   accumulators live in memory (L1). The same sums, in the same order, as the M == 1 loop. */
+static void int8_block_rows(const float *xf, const int8_t *wn, int64_t M, int64_t K, vf *acc) {
+    for (int64_t i = 0; i < M * 4; i++) acc[i] = vf_zero();
+    for (int64_t k = 0; k < K; k += 64) {
+        vf wv[4][C64];
+        for (int r = 0; r < 4; r++) {
+            const int8_t *p = wn + k * 4 + r * 64;
+            phk_prefetch_l2(p + INT8_AHEAD);
+            for (int c = 0; c < C64; c++) wv[r][c] = vf_load_i8(p + PHK_VL * c);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = xf + m * K + k;
+            for (int r = 0; r < 4; r++) {
+                vf a = acc[m * 4 + r];
+                for (int c = 0; c < C64; c++) a = vf_fma(wv[r][c], vf_load(xm + PHK_VL * c), a);
+                acc[m * 4 + r] = a;
+            }
+        }
+    }
+}
+
+phk_status_t phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias,
+                             uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
+    float *xf = x_to_f32(x, M * K);
+    if (!xf) return PHK_ERR_NOMEM;
+    #pragma omp parallel num_threads(threads)
+    {
+        /* a thread without memory for the M x 4 accumulators takes the rows one at a time (the same sums) */
+        vf *many = M > 1 ? (vf *)phk_aligned_alloc(64, (size_t)(M * 4) * sizeof(vf)) : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const int8_t *wn = w + n0 * K;
+            if (many) {
+                int8_block_rows(xf, wn, M, K, many);
+                for (int64_t m = 0; m < M; m++)
+                    for (int r = 0; r < 4; r++)
+                        store_row(y, m, N, n0 + r, vf_sum(many[m * 4 + r]) * f32_of_bf16(scales[n0 + r]), bias);
+                continue;
+            }
+            for (int64_t m = 0; m < M; m++) {  /* M == 1 (or no memory for `many`) */
+                const float *xm = xf + m * K;
+                vf acc[4];
+                for (int r = 0; r < 4; r++) acc[r] = vf_zero();
+                for (int64_t k = 0; k < K; k += 64) {
+                    for (int r = 0; r < 4; r++) {
+                        const int8_t *p = wn + k * 4 + r * 64;
+                        phk_prefetch_l2(p + INT8_AHEAD);
+                        for (int c = 0; c < C64; c++)
+                            acc[r] = vf_fma(vf_load_i8(p + PHK_VL * c), vf_load(xm + k + PHK_VL * c), acc[r]);
+                    }
+                }
+                for (int r = 0; r < 4; r++)
+                    store_row(y, m, N, n0 + r, vf_sum(acc[r]) * f32_of_bf16(scales[n0 + r]), bias);
+            }
+        }
+        free(many);
+    }
+    free(xf);
+    return PHK_OK;
+}
+
+/* rows [r0, r1) of an int8 weight in phikit's layout -> fp32 out [r1 - r0, K], q * scale (exact) */
+void phk_dequant_int8_f32(const int8_t *w, const uint16_t *scales, float *out, int64_t r0, int64_t r1, int64_t K,
+                          int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = r0; n < r1; n++) {
+        const int8_t *row = w + (n / 4) * 4 * K + (n % 4) * 64;  /* + chunk * 256 bytes */
+        vf s = vf_set1(f32_of_bf16(scales[n]));
+        float *o = out + (n - r0) * K;
+        for (int64_t k = 0; k < K; k += 64)
+            for (int c = 0; c < C64; c++) vf_store(o + k + PHK_VL * c, vf_load_i8(row + k * 4 + PHK_VL * c) * s);
+    }
+}
+
+/* ---- attention of one new token over the cache (a decode step without padding) ----
+   out[b, h, :] = softmax(scale * q[b, h] . k[b, h / G, s]) over s < S, weighted sum of v[b, h / G, s]; G = H / KV.
+   q [B, H, D] contiguous; k, v element strides (batch, head, position), last dim contiguous; D % 16 == 0, D <= 256.
+   fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
+phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                  int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                  int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
+                                  int threads) {
+    int64_t G = H / KV;
+    /* scores of S + 16 floats per thread, allocated here so that a failure returns before any work */
+    float *scores = (float *)phk_malloc(sizeof(float) * (size_t)(S + 16) * (size_t)(threads > 0 ? threads : 1));
+    if (!scores) return PHK_ERR_NOMEM;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, h = bh % H, nd = D / PHK_VL;
+        const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
+        float *p = scores + (size_t)omp_get_thread_num() * (size_t)(S + 16);
+        vf qv[256 / PHK_VL];
+        for (int64_t d = 0; d < nd; d++) qv[d] = vf_load_bf16(q + bh * D + d * PHK_VL);
+        float top = -INFINITY;
+        for (int64_t s = 0; s < S; s++) {
+            vf acc = vf_zero();
+            for (int64_t d = 0; d < nd; d++) acc = vf_fma(qv[d], vf_load_bf16(kp + s * ks + d * PHK_VL), acc);
+            p[s] = vf_sum(acc) * scale;
+            top = p[s] > top ? p[s] : top;
+        }
+        vf total = vf_zero();
+        int64_t s = 0;
+        for (; s + PHK_VL <= S; s += PHK_VL) {
+            vf e = vf_exp(vf_load(p + s) - top);
+            vf_store(p + s, e);
+            total += e;
+        }
+        if (s < S) {  /* the last S - s scores; the lanes past them count as 0 */
+            float t[PHK_VL] = {0};
+            memcpy(t, p + s, sizeof(float) * (size_t)(S - s));
+            vf_store(t, vf_exp(vf_load(t) - top));
+            for (int64_t i = S - s; i < PHK_VL; i++) t[i] = 0.f;
+            memcpy(p + s, t, sizeof(float) * (size_t)(S - s));
+            total += vf_load(t);
+        }
+        float inv = 1.0f / vf_sum(total);
+        vf acc[256 / PHK_VL];
+        for (int64_t d = 0; d < nd; d++) acc[d] = vf_zero();
+        for (int64_t t = 0; t < S; t++) {
+            vf wt = vf_set1(p[t]);
+            for (int64_t d = 0; d < nd; d++) acc[d] = vf_fma(wt, vf_load_bf16(vp + t * vs + d * PHK_VL), acc[d]);
+        }
+        for (int64_t d = 0; d < nd; d++) {
+            float o[PHK_VL];
+            vf_store(o, acc[d] * inv);
+            for (int j = 0; j < PHK_VL; j++) out[bh * D + d * PHK_VL + j] = bf16_of_f32(o[j]);
+        }
+    }
+    free(scores);
+    return PHK_OK;
+}
+
+/* ---- int4, asymmetric per group of GS columns (GS in 64, 128, 256; K % 128 == 0) ----
+   phikit's layout (kernels.c): each 128-column chunk of a row is 32 little-endian 16-bit words, word j holding
+   columns j, 32 + j, 64 + j, 96 + j in nibbles 0..3; rows in blocks of 4, chunk by chunk. Integer dot products:
+   nibble i of 2 * PHK_VL words is isolated in 16-bit lanes (one or two ops), and multiplied by x as 16-bit integers
+   with 32-bit pair sums (vi_madd16): 3-4 ops per 16 weights, where fp32 products (128 + q as fp32) took 7-8 and
+   were compute-bound at 13-14 GB/s on the AVX2 host.
+
+   x is scaled per block of 64 columns by a power of two to 16-bit integers, n = round(x * 2^(14 - E)) with E the
+   exponent of the block's largest |x|: exact for every x within 2^-7 of that largest one in magnitude (bf16
+   has 8 significant bits), otherwise rounded by at most 2^(E - 15) -- the one rounding this kernel adds to the fp32
+   reference; tests bound it. The integer sums are exact; per block and row, (their sum as fp32) * scale * 2^(E - 14)
+   is accumulated in fp32. Per group, (zero - 8 * scale) * sum x (the sums of x per group taken once per call,
+   in fp32) adds the rest of w = (q - 8) * scale + zero. */
+#if !(defined(__AVX512BF16__) && defined(__AVX512BW__))
+#define NT (16 / PHK_VL)  /* vectors per 64-byte chunk row */
+#define XB 64  /* columns per block of x's 16-bit form */
+
+/* x [K] bf16 -> xq [K] int16 and xs [K / XB] the blocks' scales 2^(E - 14) (0 for a block of zeros) */
+static void x_to_i16(const uint16_t *x, int64_t K, int16_t *xq, float *xs) {
+    for (int64_t b = 0; b < K / XB; b++) {
+        uint16_t top = 0;  /* the largest |x| as bf16 bits: its exponent is bits 7..14 */
+        for (int j = 0; j < XB; j++) {
+            uint16_t a = x[b * XB + j] & 0x7fff;
+            top = a > top ? a : top;
+        }
+        int e = (top >> 7) - 127;  /* E: 2^E <= max |x| < 2^(E + 1) (a subnormal max: E = -127, fine) */
+        if (top == 0 || e > 127 - 14) {  /* zeros; or Inf / NaN (sum x carries them to the output) */
+            xs[b] = 0.f;
+            memset(xq + b * XB, 0, XB * sizeof(int16_t));
+            continue;
+        }
+        int up = 14 - e < 127 ? 14 - e : 127;  /* scale 2^up, a normal float */
+        uint32_t ub = (uint32_t)(up + 127) << 23, db = (uint32_t)(127 - up) << 23;
+        float scale, inv;
+        memcpy(&scale, &ub, 4);
+        memcpy(&inv, &db, 4);
+        xs[b] = inv;
+        for (int j = 0; j < XB; j++) {
+            float v = f32_of_bf16(x[b * XB + j]) * scale;  /* exact: a power of two */
+            xq[b * XB + j] = (int16_t)lrintf(v);  /* |v| < 2^15; nearest, ties to even */
+        }
+    }
+}
+
+/* the integer sums of one 64-column half chunk (nibbles i0, i0 + 1) of one chunk row: one chain (vpaddd's latency
+   is a cycle; the multiplies are off it) */
+#define INT4_HALF(i0, ia) do {                                                                                   \
+    ia = (vi){0};                                                                                               \
+    for (int t = 0; t < NT; t++) {                                                                              \
+        vw16 q0 = (i0) == 0 ? u[t] & 15 : (u[t] >> 8) & 15;                                                     \
+        vw16 q1 = (i0) == 0 ? (u[t] >> 4) & 15 : u[t] >> 12;                                                    \
+        ia = vi_madd16((vs16)q0, xq16(xk + 32 * (i0) + t * 2 * PHK_VL), ia);                                   \
+        ia = vi_madd16((vs16)q1, xq16(xk + 32 * ((i0) + 1) + t * 2 * PHK_VL), ia);                             \
+    }                                                                                                           \
+} while (0)
+
+static inline vs16 xq16(const int16_t *p) { vs16 v; memcpy(&v, p, sizeof v); return v; }
+
+phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
+    int64_t NG = K / GS, KB = K / 2, NB = K / XB;
+    /* xq [M, K] int16; xs [M, NB] the blocks' scales; xsum [M, NG] fp32 sums of x per group */
+    int16_t *xq = (int16_t *)phk_aligned_alloc(64, sizeof(int16_t) * (size_t)(M * K));
+    float *xs = (float *)phk_malloc(sizeof(float) * (size_t)(M * NB + M * NG));
+    if (!xq || !xs) { free(xq); free(xs); return PHK_ERR_NOMEM; }
+    float *xsum = xs + M * NB;
+    for (int64_t m = 0; m < M; m++) {
+        x_to_i16(x + m * K, K, xq + m * K, xs + m * NB);
+        for (int64_t g = 0; g < NG; g++) {
+            vf t = vf_zero();
+            for (int64_t k = 0; k < GS; k += PHK_VL) t += vf_load_bf16(x + m * K + g * GS + k);
+            xsum[m * NG + g] = vf_sum(t);
+        }
+    }
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        const uint8_t *wn = w + n0 * KB;
+        for (int64_t m = 0; m < M; m++) {
+            const int16_t *xm = xq + m * K;
+            const float *xsm = xs + m * NB, *xgm = xsum + m * NG;
+            vf total[4];
+            float zs[4] = {0}, zz[4] = {0};  /* per row: sum of -8 scale sum_x, and of zero sum_x, over groups */
+            for (int r = 0; r < 4; r++) total[r] = vf_zero();
+            for (int64_t k = 0; k < K; k += 128) {
+                const int16_t *xk = xm + k;
+                for (int64_t g = k / GS; g <= (k + 127) / GS; g++) {  /* the groups that start in this chunk */
+                    if (g * GS < k) continue;
+                    const uint16_t *e = sz + (g * N + n0) * 2;
+                    float mx = xgm[g] * -8.f;
+                    for (int r = 0; r < 4; r++) {
+                        zs[r] = fmaf(f32_of_bf16(e[2 * r]), mx, zs[r]);
+                        zz[r] = fmaf(f32_of_bf16(e[2 * r + 1]), xgm[g], zz[r]);
+                    }
+                }
+                const uint16_t *s0 = sz + ((k / GS) * N + n0) * 2, *s1 = sz + (((k + 64) / GS) * N + n0) * 2;
+                float xs0 = xsm[k / XB], xs1 = xsm[k / XB + 1], sc0[4], sc1[4];  /* per row: scale * x's scale */
+                for (int r = 0; r < 4; r++) {
+                    sc0[r] = f32_of_bf16(s0[2 * r]) * xs0;
+                    sc1[r] = f32_of_bf16(s1[2 * r]) * xs1;
+                }
+                for (int r = 0; r < 4; r++) {
+                    const uint8_t *p = wn + k * 2 + r * 64;
+                    if (m == 0) phk_prefetch_l2(p + INT4_AHEAD);
+                    vw16 u[NT];
+                    for (int t = 0; t < NT; t++) memcpy(&u[t], p + t * PHK_VL * 4, sizeof u[t]);
+                    vi ia;
+                    INT4_HALF(0, ia);  /* columns k .. k + 63 */
+                    total[r] = vf_fma(__builtin_convertvector(ia, vf), vf_set1(sc0[r]), total[r]);
+                    INT4_HALF(2, ia);  /* columns k + 64 .. k + 127 */
+                    total[r] = vf_fma(__builtin_convertvector(ia, vf), vf_set1(sc1[r]), total[r]);
+                }
+            }
+            for (int r = 0; r < 4; r++) store_row(y, m, N, n0 + r, vf_sum(total[r]) + (zs[r] + zz[r]), bias);
+        }
+    }
+    free(xq);
+    free(xs);
+    return PHK_OK;
+}
+#endif
+
+/* rows [r0, r1) of an int4 weight in phikit's layout -> fp32 out [r1 - r0, K], (q - 8) * scale + zero as torch
+   computes it in fp32 (a multiply, then an add) */
+void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
+                          int64_t K, int64_t GS, int threads) {
+    int64_t KB = K / 2;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = r0; n < r1; n++) {
+        const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
+        for (int64_t k = 0; k < K; k += 128)
+            for (int64_t t = 0; t < 32; t += PHK_VL) {  /* words t .. t + PHK_VL of the chunk */
+                vu words = vu_load_u16(row + k + t);
+                for (int i = 0; i < 4; i++) {  /* nibble i: columns k + 32 i + t .. + PHK_VL, inside one group */
+                    int64_t col = k + 32 * i + t;
+                    const uint16_t *e = sz + ((col / GS) * N + n) * 2;
+                    vf c = __builtin_convertvector((vi)((words >> (4 * i)) & 15u) - 8, vf);
+                    vf_store(out + (n - r0) * K + col, c * f32_of_bf16(e[0]) + f32_of_bf16(e[1]));
+                }
+            }
+    }
+}
+#else
+int phk_available(void) { return 0; }
+int phk_has_int4(void) { return 0; }
+phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int threads) { return PHK_ERR_UNSUPPORTED; }
+phk_status_t phk_linear_int8(const uint16_t *x, const int8_t *w, const uint16_t *scales, const uint16_t *bias,
+                             uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) { return PHK_ERR_UNSUPPORTED; }
+phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
+                             int64_t M, int64_t N, int64_t K, int64_t GS, int threads) { return PHK_ERR_UNSUPPORTED; }
+phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                  int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                  int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
+                                  int threads) { return PHK_ERR_UNSUPPORTED; }
+void phk_dequant_int8_f32(const int8_t *w, const uint16_t *scales, float *out, int64_t r0, int64_t r1, int64_t K,
+                          int threads) {}
+void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
+                          int64_t K, int64_t GS, int threads) {}
+#endif

@@ -1,0 +1,167 @@
+/* phikit's thin per-ISA vector layer. The portable kernels (portable.c) are written once on these types and helpers
+   and compiled per CPU level (phikit/cpu/kernels.py, compile_flags): the same source becomes AVX-512 (16 fp32
+   lanes), AVX2 + FMA (8 lanes) or aarch64 NEON (4 lanes) code.
+
+   Almost everything is GCC / clang vector extensions (`+ - * & | << >>` on whole vectors, `__builtin_convertvector`
+   between same-width lanes), which every target compiles to its own instructions; only the widening loads, max and
+   the fused multiply-add are an intrinsic per ISA (the library is built with -ffp-contract=off, so that elementwise
+   kernels round as PyTorch does, and `a * b + c` is never fused behind our back). Without one of these ISAs PHK_VEC is 0 and the portable
+   kernels compile to stubs.
+
+   Rounding: every product of two bf16 values (or of an int8 / 4-bit code and a bf16 value) is exact in fp32, so the
+   kernels differ from PyTorch's fp32 reference only in the order of the fp32 sums: per lane in column order, then
+   across lanes by halving (vf_sum, the order of _mm512_reduce_add_ps). */
+#ifndef PHK_VEC_H
+#define PHK_VEC_H
+#include "phk.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define PHK_VL 16
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PHK_VL 8
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define PHK_VL 4
+#endif
+
+#ifdef PHK_VL
+#define PHK_VEC 1
+typedef float vf __attribute__((vector_size(PHK_VL * 4)));      /* PHK_VL fp32 lanes */
+typedef int32_t vi __attribute__((vector_size(PHK_VL * 4)));
+typedef uint32_t vu __attribute__((vector_size(PHK_VL * 4)));
+typedef uint16_t vu16 __attribute__((vector_size(PHK_VL * 2)));  /* PHK_VL bf16 / 16-bit words */
+typedef int8_t vi8 __attribute__((vector_size(PHK_VL)));
+
+static inline vf vf_set1(float c) {  /* not (vf){0} + c: that adds 0.0 (-0.0 + 0.0 is +0.0), an op per call */
+#if PHK_VL == 16
+    return (vf)_mm512_set1_ps(c);
+#elif PHK_VL == 8
+    return (vf)_mm256_set1_ps(c);
+#else
+    return (vf)vdupq_n_f32(c);
+#endif
+}
+static inline vf vf_zero(void) { return (vf){0}; }
+static inline vf vf_load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vf_store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vu vu_load(const void *p) { vu v; memcpy(&v, p, sizeof v); return v; }
+
+/* The widening loads are intrinsics: GCC 12 builds __builtin_convertvector of narrow lanes out of lane inserts. */
+/* PHK_VL bf16 values -> fp32 (exact: the 16 bits become the high half) */
+static inline vf vf_load_bf16(const uint16_t *p) {
+#if PHK_VL == 16
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#elif PHK_VL == 8
+    return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+#else
+    return (vf)vshll_n_u16(vld1_u16(p), 16);
+#endif
+}
+/* PHK_VL int8 values -> fp32 (exact) */
+static inline vf vf_load_i8(const int8_t *p) {
+#if PHK_VL == 16
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif PHK_VL == 8
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#else
+    int32_t four;
+    memcpy(&four, p, 4);
+    int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
+    return (vf)vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
+#endif
+}
+/* PHK_VL 16-bit words -> 32-bit lanes, in order */
+static inline vu vu_load_u16(const uint16_t *p) {
+#if PHK_VL == 16
+    return (vu)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+#elif PHK_VL == 8
+    return (vu)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+#else
+    return (vu)vmovl_u16(vld1_u16(p));
+#endif
+}
+
+/* a * b + c, rounded once */
+static inline vf vf_fma(vf a, vf b, vf c) {
+#if PHK_VL == 16
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif PHK_VL == 8
+    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#endif
+}
+/* 2 * PHK_VL int16 lanes (one vector's bytes): acc + the products a * b summed in pairs into acc's 32-bit lanes, exact
+   (vpmaddwd; NEON's widening multiply-accumulate sums other pairs, but integers sum exactly in any order) */
+typedef int16_t vs16 __attribute__((vector_size(PHK_VL * 4)));
+typedef uint16_t vw16 __attribute__((vector_size(PHK_VL * 4)));
+static inline vi vi_madd16(vs16 a, vs16 b, vi acc) {
+#if PHK_VL == 16
+    return (vi)_mm512_add_epi32((__m512i)acc, _mm512_madd_epi16((__m512i)a, (__m512i)b));
+#elif PHK_VL == 8
+    return (vi)_mm256_add_epi32((__m256i)acc, _mm256_madd_epi16((__m256i)a, (__m256i)b));
+#else
+    int32x4_t s = vmlal_s16((int32x4_t)acc, vget_low_s16((int16x8_t)a), vget_low_s16((int16x8_t)b));
+    return (vi)vmlal_high_s16(s, (int16x8_t)a, (int16x8_t)b);
+#endif
+}
+
+/* c - a * b, rounded once */
+static inline vf vf_fnma(vf a, vf b, vf c) { return vf_fma(-a, b, c); }
+/* max(a, b) as x86's maxps: b where either is NaN (so max(-87, NaN) stays NaN, as in PyTorch) */
+static inline vf vf_max(vf a, vf b) {
+#if PHK_VL == 16
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif PHK_VL == 8
+    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return (vf)vmaxq_f32((float32x4_t)a, (float32x4_t)b);  /* NaN if either is NaN */
+#endif
+}
+
+/* min(a, b) as x86's minps: b where either is NaN */
+static inline vf vf_min(vf a, vf b) {
+#if PHK_VL == 16
+    return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#elif PHK_VL == 8
+    return (vf)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+    return (vf)vminq_f32((float32x4_t)a, (float32x4_t)b);  /* NaN if either is NaN */
+#endif
+}
+
+/* the sum of the lanes, halving: (lane i) += (lane i + w) for w = PHK_VL / 2, ..., 1 */
+static inline float vf_sum(vf v) {
+    float t[PHK_VL];
+    memcpy(t, &v, sizeof t);
+    for (int w = PHK_VL / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return t[0];
+}
+
+/* exp of each lane, as phk_exp16 (phk.h): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, times 2^n (about
+   1 ulp; x <= 88; NaN stays NaN). The same operations in the same order, so equal lane for lane to phk_exp16. */
+static inline vf vf_exp(vf x) {
+    x = vf_max(vf_set1(-87.0f), x);
+    const vf shifter = vf_set1(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to nearest even */
+    vf n = (x * 1.44269504088896341f + shifter) - shifter;
+    vf r = vf_fnma(n, vf_set1(0.693145751953125f), x);
+    r = vf_fnma(n, vf_set1(1.428606765330187045e-06f), r);
+    vf p = vf_set1(1.0f / 720);
+    p = vf_fma(p, r, vf_set1(1.0f / 120));
+    p = vf_fma(p, r, vf_set1(1.0f / 24));
+    p = vf_fma(p, r, vf_set1(1.0f / 6));
+    p = vf_fma(p, r, vf_set1(0.5f));
+    p = vf_fma(p, r, vf_set1(1.0f));
+    p = vf_fma(p, r, vf_set1(1.0f));
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;  /* 2^n, n in [-126, 127] */
+    return p * (vf)e;
+}
+
+static inline void phk_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+#else
+#define PHK_VEC 0
+#endif
+#endif
