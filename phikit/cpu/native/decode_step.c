@@ -43,7 +43,6 @@ static inline void st(uint16_t *p, int64_t left, vf rounded) {
     for (int i = 0; i < PHK_VL; i++) t[i] = (uint16_t)u[i];
     memcpy(p, t, (size_t)(left < PHK_VL ? left : PHK_VL) * 2);
 }
-static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vu)mask & (vu)a) | (~(vu)mask & (vu)b)); }
 static inline vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
 
 /* tanh: |x| < 0.625 odd polynomial (Cephes tanhf), else 1 - 2 / (exp(2|x|) + 1) with x's sign; ~1 ulp fp32 */

@@ -241,15 +241,19 @@ void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, 
     for (int64_t n = r0; n < r1; n++) {
         const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
         for (int64_t k = 0; k < K; k += 128) {
+            __m512 s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */
+            for (int i = 0; i < 4; i++) {
+                const uint16_t *e = sz + (((k + 32 * i) / GS) * N + n) * 2;
+                s[i] = _mm512_set1_ps(f32_of_bf16(e[0]));
+                z[i] = _mm512_set1_ps(f32_of_bf16(e[1]));
+            }
             for (int half = 0; half < 2; half++) {  /* words 16 * half .. + 16 of the chunk */
                 __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + k + 16 * half)));
                 for (int i = 0; i < 4; i++) {  /* nibble i: columns k + 32 i + 16 half .. + 16 */
                     int64_t col = k + 32 * i + 16 * half;
-                    const uint16_t *e = sz + ((col / GS) * N + n) * 2;
                     __m512i q = _mm512_and_si512(_mm512_srli_epi32(words, 4 * i), _mm512_set1_epi32(15));
                     __m512 c = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
-                    c = _mm512_add_ps(_mm512_mul_ps(c, _mm512_set1_ps(f32_of_bf16(e[0]))),
-                                      _mm512_set1_ps(f32_of_bf16(e[1])));
+                    c = _mm512_add_ps(_mm512_mul_ps(c, s[i]), z[i]);
                     _mm256_storeu_si256((__m256i *)(out + (n - r0) * K + col), (__m256i)_mm512_cvtneps_pbh(c));
                 }
             }

@@ -234,13 +234,16 @@ phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const ui
 /* x [K] bf16 -> xq [K] int16 and xs [K / XB] the blocks' scales 2^(E - 14) (0 for a block of zeros) */
 static void x_to_i16(const uint16_t *x, int64_t K, int16_t *xq, float *xs) {
     for (int64_t b = 0; b < K / XB; b++) {
-        uint16_t top = 0;  /* the largest |x| as bf16 bits: its exponent is bits 7..14 */
-        for (int j = 0; j < XB; j++) {
-            uint16_t a = x[b * XB + j] & 0x7fff;
-            top = a > top ? a : top;
+        const uint16_t *xb = x + b * XB;
+        vu top = (vu){0};  /* the largest |x| as fp32 bits (the order of non-negative floats) */
+        for (int j = 0; j < XB; j += PHK_VL) {
+            vu a = (vu)vf_load_bf16(xb + j) & 0x7fffffffu;
+            top = (vu)vsel((vi)(a > top), (vf)a, (vf)top);
         }
-        int e = (top >> 7) - 127;  /* E: 2^E <= max |x| < 2^(E + 1) (a subnormal max: E = -127, fine) */
-        if (top == 0 || e > 127 - 14) {  /* zeros; or Inf / NaN (sum x carries them to the output) */
+        uint32_t t = 0;
+        for (int i = 0; i < PHK_VL; i++) t = top[i] > t ? top[i] : t;
+        int e = (int)(t >> 23) - 127;  /* E: 2^E <= max |x| < 2^(E + 1) (a subnormal max: E = -127, fine) */
+        if (t == 0 || e > 127 - 14) {  /* zeros; or Inf / NaN (sum x carries them to the output) */
             xs[b] = 0.f;
             memset(xq + b * XB, 0, XB * sizeof(int16_t));
             continue;
@@ -251,10 +254,14 @@ static void x_to_i16(const uint16_t *x, int64_t K, int16_t *xq, float *xs) {
         memcpy(&scale, &ub, 4);
         memcpy(&inv, &db, 4);
         xs[b] = inv;
-        for (int j = 0; j < XB; j++) {
-            float v = f32_of_bf16(x[b * XB + j]) * scale;  /* exact: a power of two */
-            xq[b * XB + j] = (int16_t)lrintf(v);  /* |v| < 2^15; nearest, ties to even */
+        int32_t n[XB];
+        const vf shifter = vf_set1(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to nearest even */
+        for (int j = 0; j < XB; j += PHK_VL) {
+            vf v = vf_load_bf16(xb + j) * scale;  /* exact: a power of two; |v| < 2^15 */
+            vi r = __builtin_convertvector((v + shifter) - shifter, vi);
+            memcpy(n + j, &r, sizeof r);
         }
+        for (int j = 0; j < XB; j++) xq[b * XB + j] = (int16_t)n[j];
     }
 }
 
@@ -343,16 +350,22 @@ void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int6
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
         const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
-        for (int64_t k = 0; k < K; k += 128)
+        float *o = out + (n - r0) * K;
+        for (int64_t k = 0; k < K; k += 128) {
+            float s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */
+            for (int i = 0; i < 4; i++) {
+                const uint16_t *e = sz + (((k + 32 * i) / GS) * N + n) * 2;
+                s[i] = f32_of_bf16(e[0]);
+                z[i] = f32_of_bf16(e[1]);
+            }
             for (int64_t t = 0; t < 32; t += PHK_VL) {  /* words t .. t + PHK_VL of the chunk */
                 vu words = vu_load_u16(row + k + t);
-                for (int i = 0; i < 4; i++) {  /* nibble i: columns k + 32 i + t .. + PHK_VL, inside one group */
-                    int64_t col = k + 32 * i + t;
-                    const uint16_t *e = sz + ((col / GS) * N + n) * 2;
+                for (int i = 0; i < 4; i++) {  /* nibble i: columns k + 32 i + t .. + PHK_VL */
                     vf c = __builtin_convertvector((vi)((words >> (4 * i)) & 15u) - 8, vf);
-                    vf_store(out + (n - r0) * K + col, c * f32_of_bf16(e[0]) + f32_of_bf16(e[1]));
+                    vf_store(o + k + 32 * i + t, c * s[i] + z[i]);
                 }
             }
+        }
     }
 }
 #else

@@ -160,6 +160,9 @@ static inline vf vf_exp(vf x) {
     return p * (vf)e;
 }
 
+/* a where mask (all ones / zeros per lane), else b */
+static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vu)mask & (vu)a) | (~(vu)mask & (vu)b)); }
+
 static inline void phk_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
 #else
 #define PHK_VEC 0
