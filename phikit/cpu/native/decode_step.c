@@ -38,10 +38,10 @@ static inline vf rnd(vf v) {
 }
 /* the high halves of a rounded vector's lanes (its bf16 values) -> p, min(left, PHK_VL) of them */
 static inline void st(uint16_t *p, int64_t left, vf rounded) {
+    if (left >= PHK_VL) { vf_store_bf16_hi(p, rounded); return; }
     uint16_t t[PHK_VL];
-    vu u = (vu)rounded >> 16;
-    for (int i = 0; i < PHK_VL; i++) t[i] = (uint16_t)u[i];
-    memcpy(p, t, (size_t)(left < PHK_VL ? left : PHK_VL) * 2);
+    vf_store_bf16_hi(t, rounded);
+    memcpy(p, t, (size_t)left * 2);
 }
 static inline vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
 
@@ -99,13 +99,16 @@ static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, 
 
 /* layers.RMSNorm: h = x * rsqrt(mean(x^2) + eps) in fp32, rounded to bf16, then weight * h rounded. The squares of
    bf16 values are exact in double, and so (for any realistic row) is their sum, in any order. */
+typedef double vd __attribute__((vector_size(PHK_VL * 8)));
 static void rms_norm(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t n, float eps) {
-    double s[4] = {0, 0, 0, 0};
+    vd s = (vd){0};
     int64_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++) { double v = f32_of_bf16(x[i + j]); s[j] += v * v; }
-    for (; i < n; i++) { double v = f32_of_bf16(x[i]); s[0] += v * v; }
-    double sq = (s[0] + s[1]) + (s[2] + s[3]);
+    for (; i < n; i += PHK_VL) {
+        vd v = __builtin_convertvector(ld(x + i, n - i), vd);
+        s += v * v;
+    }
+    double sq = 0;
+    for (int j = 0; j < PHK_VL; j++) sq += s[j];
     float r = 1.0f / sqrtf((float)(sq / (double)n) + eps);
     for (i = 0; i < n; i += PHK_VL) st(y + i, n - i, rnd(ld(w + i, n - i) * rnd(ld(x + i, n - i) * r)));
 }

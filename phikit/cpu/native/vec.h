@@ -132,13 +132,31 @@ static inline vf vf_min(vf a, vf b) {
 #endif
 }
 
-/* the sum of the lanes, halving: (lane i) += (lane i + w) for w = PHK_VL / 2, ..., 1 */
+/* the sum of the lanes, halving: (lane i) += (lane i + w) for w = PHK_VL / 2, ..., 1 (_mm512_reduce_add_ps's order) */
 static inline float vf_sum(vf v) {
-    float t[PHK_VL];
-    memcpy(t, &v, sizeof t);
-    for (int w = PHK_VL / 2; w > 0; w /= 2)
-        for (int i = 0; i < w; i++) t[i] += t[i + w];
-    return t[0];
+#if PHK_VL == 16
+    return _mm512_reduce_add_ps((__m512)v);
+#elif PHK_VL == 8
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#else
+    float32x2_t h = vadd_f32(vget_low_f32((float32x4_t)v), vget_high_f32((float32x4_t)v));
+    return vget_lane_f32(h, 0) + vget_lane_f32(h, 1);
+#endif
+}
+
+/* the bf16 values in the high halves of a vector's lanes (fp32 already rounded to bf16) -> PHK_VL of them at p */
+static inline void vf_store_bf16_hi(uint16_t *p, vf rounded) {
+#if PHK_VL == 16
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32((__m512i)rounded, 16)));
+#elif PHK_VL == 8
+    __m256i s = _mm256_srli_epi32((__m256i)rounded, 16);
+    __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(lo, hi));
+#else
+    vst1_u16(p, vshrn_n_u32((uint32x4_t)rounded, 16));
+#endif
 }
 
 /* exp of each lane, as phk_exp16 (phk.h): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, times 2^n (about
