@@ -82,7 +82,7 @@ def main() -> int:
     for level in levels:
         env = {**os.environ, "PHIKIT_CPU_LEVEL": level}
         if level in ("avx2",):
-            env.update({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+            env.update({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
         done = subprocess.run([sys.executable, __file__, CHILD, str(args.rounds), str(args.threads)],
                               capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -54,3 +54,30 @@ def test_format_paired_gives_median_and_range():
     table = bench.format_paired("phi-1.5", [result], 128, 16, 2, 10)
     assert "10 alternating rounds" in table
     assert "| phikit-int8 | llama.cpp-q8_0 | 31.20, 21.30 | 1.46x [1.15, 1.66] | 150.0, 92.0 | 1.63x [1.50, 1.70] |" in table
+
+
+def test_cpu_level_and_llama_cpp_options_check_their_values(tmp_path, monkeypatch):
+    """`--cpu-level` sets the level of every engine process (an unknown or too high one is features.py's error, before
+    any checkpoint is written); `--llama-cpp` must name a folder holding a llama_cpp package."""
+    import pytest
+
+    from phikit.bench import cli
+    from phikit.cpu import features
+
+    for var in ("PHIKIT_CPU_LEVEL", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "PYTHONPATH"):
+        monkeypatch.setenv(var, "")  # recorded, so that what set_cpu_level writes is undone after the test
+        monkeypatch.delenv(var)
+    with pytest.raises(SystemExit, match=r"--cpu-level avx1024: .*is not a level of this .* use one of \['reference'"):
+        cli.main(["--cpu-level", "avx1024", "--folder", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(SystemExit, match=r"--llama-cpp .* holds no llama_cpp package; install one there with"):
+        cli.main(["--llama-cpp", str(tmp_path), "--folder", str(tmp_path / "never")])
+    lowest = features.runnable_levels()[0]
+    cli.set_cpu_level(lowest)
+    assert os.environ["PHIKIT_CPU_LEVEL"] == lowest
+    if lowest in ("reference", "avx2"):
+        assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+        assert os.environ["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    level = subprocess.run([sys.executable, "-c", "from phikit.cpu import features; print(features.level())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert level == lowest  # what an engine process started now runs at

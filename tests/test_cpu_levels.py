@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LEVEL_TESTS = ("test_native_kernels.py", "test_native_decode.py", "test_lossless.py", "test_cpu_kernels.py",
                "test_quantize.py", "test_parity.py", "test_numerics.py", "test_longrope.py", "test_generate.py",
                "test_loading.py", "test_default_model.py", "test_bench.py", "test_ops.py")
-AVX2_PYTORCH = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_PYTORCH = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def level_env(level: str) -> dict[str, str]:

@@ -43,6 +43,21 @@ def test_portable_kernels_at_each_x86_level(level: str, tmp_path: Path) -> None:
     assert "linear_int4" in out and "attention_decode" in out
 
 
+# the same levels with the VNNI dot products a CPU of that level may add (vec.h's vi_madd16 uses them where the
+# compiler targets them, as -march=native does on such a host): built only where this host runs them
+VNNI_BUILDS = [(name, flags) for name, flags, flag, level in (
+    ("avx2+avx_vnni", ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"], "avx_vnni", "avx2"),
+    ("avx512+avx512_vnni", ["-march=x86-64-v4", "-mavx512vnni"], "avx512_vnni", "avx512"))
+    if level in X86_LEVELS and flag in features.cpu_info().flags]
+
+
+@pytest.mark.skipif(not VNNI_BUILDS, reason="this host has no AVX-VNNI / AVX512-VNNI")
+@pytest.mark.parametrize("name,flags", VNNI_BUILDS or [("none", [])])
+def test_portable_kernels_with_vnni(name: str, flags: list[str], tmp_path: Path) -> None:
+    out = _build_and_run(shutil.which("cc") or "gcc", flags, tmp_path / "check_vnni", [])
+    assert "linear_int4" in out
+
+
 @pytest.mark.skipif(shutil.which(AARCH64_CC) is None or shutil.which(QEMU) is None,
                     reason=f"needs {AARCH64_CC} and {QEMU} (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)")
 def test_portable_kernels_on_aarch64_neon_under_qemu(tmp_path: Path) -> None:

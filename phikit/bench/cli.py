@@ -75,13 +75,13 @@ def set_cpu_level(level: str) -> None:
     or too high level is the error features.py gives, before any checkpoint is written)."""
     env = {**os.environ, "PHIKIT_CPU_LEVEL": level}
     if level in ("reference", "avx2"):
-        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
     done = subprocess.run([sys.executable, "-c", "from phikit.cpu import features; print(features.level())"],
                           capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"phikit bench: error: --cpu-level {level}: {done.stderr.strip().splitlines()[-1]}")
     os.environ.update({k: v for k, v in env.items() if k in ("PHIKIT_CPU_LEVEL", "ATEN_CPU_CAPABILITY",
-                                                             "ONEDNN_MAX_CPU_ISA")})
+                                                             "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="load phikit and each peer in one process and let them take turns, --repeats rounds (10 or "
                         "more): ratios measured seconds apart; no peak RSS (see run_paired)")
     p.add_argument("--cpu-level", default=None,
-                   help="run phikit at this CPU level (PHIKIT_CPU_LEVEL; below avx512 PyTorch is capped to AVX2 as "
-                        "well, as on an AVX2 CPU): reference, avx2, avx512, avx512_bf16 or neon")
+                   help="run phikit at this CPU level (PHIKIT_CPU_LEVEL; below avx512 PyTorch, oneDNN and MKL are "
+                        "capped to AVX2 as well, as on an AVX2 CPU): reference, avx2, avx512, avx512_bf16 or neon")
     p.add_argument("--llama-cpp", default=None, metavar="DIR",
                    help="a folder holding a llama-cpp-python build (pip install --target DIR), e.g. one built for "
                         "the same level with GGML_NATIVE=OFF; put first on the engines' PYTHONPATH")

@@ -7,12 +7,13 @@ by what PyTorch was told to use:
     aarch64:  reference < neon
 
 * `reference`: no native code at all, PyTorch only (also what `PHIKIT_NATIVE=0` selects).
-* `avx2`: AVX2 + FMA + F16C (every x86-64 CPU since Haswell / Zen 1). No native kernels yet: PyTorch's, with bf16
-  weights multiplied as fp32 (PyTorch's own bf16 GEMM runs ~7x slower than fp32 on such CPUs).
-* `avx512`: AVX-512 F/BW/VL/DQ: the bf16 and int8 matrix-vector kernels and the one-query attention.
-* `avx512_bf16`: + AVX512-BF16 dot products: every kernel (int4, lossless 12-bit, the fused decode step, prefill
-  attention and elementwise kernels).
-* `neon`: aarch64 Advanced SIMD (no native kernels yet).
+* `avx2`: AVX2 + FMA + F16C (every x86-64 CPU since Haswell / Zen 1): the portable kernels (`native/portable.c`,
+  `native/decode_step.c`) on 8 fp32 lanes; prefills as MKL fp32 GEMMs on widened weights (PyTorch's own bf16 GEMM
+  runs ~7x slower than fp32 on such CPUs).
+* `avx512`: AVX-512 F/BW/VL/DQ: the portable kernels on 16 lanes; oneDNN's bf16 GEMM where it measures faster.
+* `avx512_bf16`: + AVX512-BF16 dot products: faster bf16 and int4 matrix-vector kernels, the lossless 12-bit format,
+  the prefill attention.
+* `neon`: aarch64 Advanced SIMD: the portable kernels on 4 lanes (tested under qemu; speed unmeasured).
 
 `PHIKIT_CPU_LEVEL=<level>` forces a lower level (tests use it to run the lower paths on a bigger CPU); a level the
 host cannot run, or an unknown name, is an error naming the levels it can run. PyTorch's `ATEN_CPU_CAPABILITY` and

@@ -1,15 +1,18 @@
-"""phikit's own CPU matrix-vector kernels (`native/kernels.c`), built once per machine with the host C compiler.
+"""phikit's own CPU kernels (`native/`), built once per machine and CPU level with the host C compiler.
 
-Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains. The
-kernels in `native/kernels.c` (bf16, int8-per-channel and int4-group-wise linears, and the attention of one new token
-over the cache; fp32 accumulation) read each weight row once for all rows of a small batch. More pieces speed up a
-bf16 prefill: causal attention of a whole prompt (`native/attention_prefill.c`), and in `native/decode_step.c` the MLP
-activations (a lookup in a table of PyTorch's own results for all 65536 bf16 inputs), the rotary embedding and
-RMSNorm. They are compiled on first use for the CPU level in use (`features.py`; `compile_flags`) with
-`cc -O3 <flags> -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked against the OpenMP runtime torch loaded (one
-thread pool), checked against `abi.py` when loaded, and called through ctypes on tensors' memory with
-torch.get_num_threads() threads. Below the avx512 level (or without a compiler) `available()` is False and callers
-keep PyTorch's kernels: results differ only in fp32 summation order.
+Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains (or,
+for int4 on 256-bit vectors, the integer work per weight). The kernels (bf16, int8-per-channel and int4-group-wise
+linears, and the attention of one new token over the cache; fp32 accumulation) read each weight row once for all rows
+of a small batch. Most are written once on a thin vector layer (`native/vec.h`: AVX-512, AVX2 + FMA, NEON) in
+`native/portable.c` and `native/decode_step.c` (the fused batch-1 step, the MLP activations as lookups in a table of
+PyTorch's own results for all 65536 bf16 inputs, the rotary embedding and RMSNorm); `native/kernels.c`,
+`attention_prefill.c` and `lossless.c` hold what needs AVX512-BF16's dot products (faster bf16 and int4 kernels, the
+causal attention of a whole prompt, the lossless 12-bit format). They are compiled on first use for the CPU level in
+use (`features.py`; `compile_flags`) with `cc -O3 <flags> -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked
+against the OpenMP runtime torch loaded (one thread pool), checked against `abi.py` when loaded, and called through
+ctypes on tensors' memory with torch.get_num_threads() threads. At the `reference` level (or without a compiler)
+`available()` is False and callers keep PyTorch's kernels: results differ only in fp32 summation order (and, for the
+portable int4 kernel, by the stated rounding of x to 16-bit integers: `native/portable.c`).
 """
 
 from __future__ import annotations

@@ -97,9 +97,13 @@ static inline vf vf_fma(vf a, vf b, vf c) {
    (vpmaddwd; NEON's widening multiply-accumulate sums other pairs, but integers sum exactly in any order) */
 typedef int16_t vs16 __attribute__((vector_size(PHK_VL * 4)));
 typedef uint16_t vw16 __attribute__((vector_size(PHK_VL * 4)));
-static inline vi vi_madd16(vs16 a, vs16 b, vi acc) {
-#if PHK_VL == 16
+static inline vi vi_madd16(vs16 a, vs16 b, vi acc) {  /* one vpdpwssd where the CPU has VNNI (e.g. AVX2 + AVX-VNNI) */
+#if PHK_VL == 16 && defined(__AVX512VNNI__)
+    return (vi)_mm512_dpwssd_epi32((__m512i)acc, (__m512i)a, (__m512i)b);
+#elif PHK_VL == 16
     return (vi)_mm512_add_epi32((__m512i)acc, _mm512_madd_epi16((__m512i)a, (__m512i)b));
+#elif PHK_VL == 8 && defined(__AVXVNNI__)
+    return (vi)_mm256_dpwssd_avx_epi32((__m256i)acc, (__m256i)a, (__m256i)b);
 #elif PHK_VL == 8
     return (vi)_mm256_add_epi32((__m256i)acc, _mm256_madd_epi16((__m256i)a, (__m256i)b));
 #else
