@@ -13,7 +13,7 @@
    One parallel region: the threads pack a group of kv heads (as many as pack_bytes of copies hold), then share its
    (head, 8-row block) items, the blocks that see the most keys first. 512-token phi-1.5 layer (32 heads of 64
    dims) on the 2-core host: 7.3 ms with one thread packing each head in turn, 4.1 ms so. */
-#include "phk.h"
+#include "vec.h"  /* vf_exp */
 #include <omp.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -120,7 +120,7 @@ static void block(const uint16_t *const *q, const uint16_t *kp, const uint16_t *
         __m512 total = _mm512_setzero_ps();
         for (int64_t j = 0; j < n32; j += 16) {
             __mmask16 m = seen - j >= 16 ? (__mmask16)0xffff : seen - j > 0 ? (__mmask16)((1u << (seen - j)) - 1) : 0;
-            __m512 e = _mm512_maskz_mov_ps(m, phk_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(top))));
+            __m512 e = _mm512_maskz_mov_ps(m, (__m512)vf_exp((vf)_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(top))));
             total = _mm512_add_ps(total, e);
             _mm256_storeu_si256((__m256i *)(pb + r * SP + j), (__m256i)_mm512_cvtneps_pbh(e));
         }

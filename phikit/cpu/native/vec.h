@@ -163,8 +163,8 @@ static inline void vf_store_bf16_hi(uint16_t *p, vf rounded) {
 #endif
 }
 
-/* exp of each lane, as phk_exp16 (phk.h): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, times 2^n (about
-   1 ulp; x <= 88; NaN stays NaN). The same operations in the same order, so equal lane for lane to phk_exp16. */
+/* exp of each lane: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, times 2^n (about 1 ulp; x <= 88; NaN stays
+   NaN; the max's operand order lets NaN through, as PyTorch does). Inline: a call spills every vector register. */
 static inline vf vf_exp(vf x) {
     x = vf_max(vf_set1(-87.0f), x);
     const vf shifter = vf_set1(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to nearest even */
