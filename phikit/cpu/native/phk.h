@@ -1,5 +1,6 @@
-/* Shared by phikit's native sources (kernels.c, decode_step.c, attention_prefill.c, lossless.c): bf16 conversions,
-   exp and checked allocation; the exported prototypes and structs are in phk_abi.h. */
+/* Shared by phikit's native sources (portable.c, kernels.c, decode_step.c, attention_prefill.c, lossless.c): bf16
+   conversions, an output's one bf16 rounding and checked allocation; the vector layer is vec.h, the exported
+   prototypes and structs are in phk_abi.h. */
 #ifndef PHK_H
 #define PHK_H
 #include <stdint.h>
