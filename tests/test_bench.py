@@ -64,7 +64,8 @@ def test_cpu_level_and_llama_cpp_options_check_their_values(tmp_path, monkeypatc
     from phikit.bench import cli
     from phikit.cpu import features
 
-    for var in ("PHIKIT_CPU_LEVEL", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "PYTHONPATH"):
+    for var in ("PHIKIT_CPU_LEVEL", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                "PYTHONPATH"):
         monkeypatch.setenv(var, "")  # recorded, so that what set_cpu_level writes is undone after the test
         monkeypatch.delenv(var)
     with pytest.raises(SystemExit, match=r"--cpu-level avx1024: .*is not a level of this .* use one of \['reference'"):

@@ -98,7 +98,10 @@ static void check_int4(int64_t M, int64_t N, int64_t K, int64_t GS, int outliers
         sz[2 * i + 1] = bf16(uniform() * 0.01f);
     }
     uint8_t *q = malloc((size_t)(N * K)), *packed = calloc((size_t)(N * K / 2), 1);
-    for (int64_t i = 0; i < N * K; i++) q[i] = (uint8_t)(rng_state = rng_state * 1664525u + 1013904223u, rng_state >> 28);
+    for (int64_t i = 0; i < N * K; i++) {
+        rng_state = rng_state * 1664525u + 1013904223u;
+        q[i] = (uint8_t)(rng_state >> 28);
+    }
     for (int64_t n = 0; n < N; n++)  /* chunk of 128 columns: word j holds columns j, 32 + j, 64 + j, 96 + j */
         for (int64_t k = 0; k < K; k++) {
             int64_t chunk = k / 128, c = k % 128, word = c % 32, nibble = c / 32;

@@ -9,7 +9,7 @@ function, so the numbers are the reference's wherever the kernel does not run:
 | decode_attention | every native level | one-query attention over the cache (`native/portable.c`) |
 | causal_attention | avx512_bf16 | causal attention of a whole prompt (`native/attention_prefill.c`) |
 | rms_norm, rotary | every native level | row-parallel passes (`native/decode_step.c`) |
-| gelu_new, silu(gate) * up | every native level | lookups in a table of PyTorch's own results for all 65536 bf16 inputs |
+| gelu_new, silu(gate) * up | every native level | lookups in a table of PyTorch's own results for every bf16 input |
 | decode_step | every native level | every phi / phi3 layer of a batch-1 token in one call (`decode_step.py`) |
 """
 

@@ -120,7 +120,8 @@ static void block(const uint16_t *const *q, const uint16_t *kp, const uint16_t *
         __m512 total = _mm512_setzero_ps();
         for (int64_t j = 0; j < n32; j += 16) {
             __mmask16 m = seen - j >= 16 ? (__mmask16)0xffff : seen - j > 0 ? (__mmask16)((1u << (seen - j)) - 1) : 0;
-            __m512 e = _mm512_maskz_mov_ps(m, (__m512)vf_exp((vf)_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(top))));
+            __m512 d = _mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(top));
+            __m512 e = _mm512_maskz_mov_ps(m, (__m512)vf_exp((vf)d));
             total = _mm512_add_ps(total, e);
             _mm256_storeu_si256((__m256i *)(pb + r * SP + j), (__m256i)_mm512_cvtneps_pbh(e));
         }

@@ -3,14 +3,16 @@
    lanes), AVX2 + FMA (8 lanes) or aarch64 NEON (4 lanes) code.
 
    Almost everything is GCC / clang vector extensions (`+ - * & | << >>` on whole vectors, `__builtin_convertvector`
-   between same-width lanes), which every target compiles to its own instructions; only the widening loads, max and
-   the fused multiply-add are an intrinsic per ISA (the library is built with -ffp-contract=off, so that elementwise
-   kernels round as PyTorch does, and `a * b + c` is never fused behind our back). Without one of these ISAs PHK_VEC is 0 and the portable
-   kernels compile to stubs.
+   between same-width lanes), which every target compiles to its own instructions. An intrinsic per ISA only where
+   the extensions fall short: the fused multiply-add (the library is built with -ffp-contract=off, so that elementwise
+   kernels round as PyTorch does and `a * b + c` is never fused behind our back), min / max, the widening loads, lane
+   sums, bf16 stores and 16-bit multiply-adds. Without one of these ISAs PHK_VEC is 0 and the portable kernels
+   compile to stubs.
 
    Rounding: every product of two bf16 values (or of an int8 / 4-bit code and a bf16 value) is exact in fp32, so the
    kernels differ from PyTorch's fp32 reference only in the order of the fp32 sums: per lane in column order, then
-   across lanes by halving (vf_sum, the order of _mm512_reduce_add_ps). */
+   across lanes by halving (vf_sum, the order of _mm512_reduce_add_ps). The one exception, the int4 kernel's 16-bit
+   form of x, is stated in portable.c. */
 #ifndef PHK_VEC_H
 #define PHK_VEC_H
 #include "phk.h"
