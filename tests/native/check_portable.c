@@ -127,15 +127,16 @@ static void check_int4(int64_t M, int64_t N, int64_t K, int64_t GS, int outliers
             ref[m * N + n] = acc;
             top = fabs(acc) > top ? fabs(acc) : top;
             /* the portable kernel's stated rounding of x: at most 2^(E - 15) per value, E the exponent of its
-               64-column block's largest |x|, times |scale * q| (the scale * 8 and zero terms use x itself) */
-            for (int64_t k0 = 0; k0 < K; k0 += 64) {
+               block's largest |x| (64 columns, 128 for the x86 byte kernel at GS >= 128: the wider bound covers
+               both), times |scale * q| (the scale * 8 and zero terms use x itself) */
+            for (int64_t k0 = 0; k0 < K; k0 += 128) {
                 double big = 0;
-                for (int64_t k = k0; k < k0 + 64; k++) {  /* (not fmax: gcc 12's aarch64 vectorizer crashes on it) */
+                for (int64_t k = k0; k < k0 + 128; k++) {  /* (not fmax: gcc 12's aarch64 vectorizer crashes on it) */
                     double a = fabs(f32(x[m * K + k]));
                     big = a > big ? a : big;
                 }
                 double ulp = big > 0 ? ldexp(1.0, ilogb(big) - 15) : 0;
-                for (int64_t k = k0; k < k0 + 64; k++)
+                for (int64_t k = k0; k < k0 + 128; k++)
                     bound[m * N + n] += ulp * fabs(f32(sz[((k / GS) * N + n) * 2]) * q[n * K + k]);
             }
         }

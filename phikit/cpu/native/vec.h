@@ -114,6 +114,23 @@ static inline vi vi_madd16(vs16 a, vs16 b, vi acc) {  /* one vpdpwssd where the 
 #endif
 }
 
+#if PHK_VL >= 8  /* x86: vpmaddubsw (AVX2, AVX512-BW) */
+#define PHK_HAS_MADDUBS 1
+typedef uint8_t vu8 __attribute__((vector_size(PHK_VL * 4)));
+typedef int8_t vs8 __attribute__((vector_size(PHK_VL * 4)));
+/* unsigned bytes a times signed bytes b, adjacent pairs summed into 16-bit lanes (saturating: callers keep every pair
+   sum far from 2^15) */
+static inline vs16 vs16_maddubs(vu8 a, vs8 b) {
+#if PHK_VL == 16
+    return (vs16)_mm512_maddubs_epi16((__m512i)a, (__m512i)b);
+#else
+    return (vs16)_mm256_maddubs_epi16((__m256i)a, (__m256i)b);
+#endif
+}
+#else
+#define PHK_HAS_MADDUBS 0
+#endif
+
 /* c - a * b, rounded once */
 static inline vf vf_fnma(vf a, vf b, vf c) { return vf_fma(-a, b, c); }
 /* max(a, b) as x86's maxps: b where either is NaN (so max(-87, NaN) stays NaN, as in PyTorch) */
