@@ -17,7 +17,7 @@
 #define PHK_VEC_H
 #include "phk.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)  /* the avx512 level's sets (not KNL's) */
 #include <immintrin.h>
 #define PHK_VL 16
 #elif defined(__AVX2__) && defined(__FMA__)
