@@ -84,6 +84,7 @@ def child(argv: list[str]) -> int:
     load_s = time.perf_counter() - start
     ids = torch.randint(100, 30000, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
 
+    # its own streamer, not phikit.bench.engines.Clock: this child runs an old tree too, which may lack it
     class Clock:  # a streamer: generate() hands it the prompt, then each new token as it is chosen
         def __init__(self) -> None:
             self.times: list[float] = []

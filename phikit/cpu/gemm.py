@@ -17,8 +17,9 @@ differ from `nn.Linear` only by summation order. The pass swaps the class of eac
 subclass: state_dict, LoRA and quantization passes see a Linear). Training (grad enabled), other dtypes and other
 devices use `F.linear`. Without the native kernels but with oneDNN's bf16 GEMM, decode uses a oneDNN-prepacked copy
 of the weight (made on the first no-grad bf16 forward, or eagerly by the loader, which then drops the file pages of
-the original). Where oneDNN has no bf16 GEMM (CPU levels below avx512) every product, decode included, is an fp32
-GEMM on weight slices `widened` into one reused buffer, rounded to bf16 once.
+the original). Where oneDNN has no bf16 GEMM (CPU levels below avx512) every product the native kernels do not
+take (more than MAX_ROWS rows, or the reference level) is an fp32 GEMM on weight slices `widened` into one reused
+buffer, rounded to bf16 once.
 """
 
 from __future__ import annotations
