@@ -13,6 +13,9 @@ import json
 import os
 from typing import Any
 
+import torch
+
+from . import config_checks as check
 from .arch import Architecture
 from .config_files import MSFT_TYPES, normalize_model_type, read_config_dict
 from .errors import ConfigError
@@ -41,6 +44,10 @@ COMMON_FIELDS: dict[str, Any] = {
     "classifier_dropout": None,
     "output_attentions": False,
     "output_hidden_states": False,
+    "is_encoder_decoder": False,
+    "chunk_size_feed_forward": 0,
+    "architectures": None,
+    "dtype": None,
     "return_dict": True,
     "attn_implementation": None,
     # phikit's own: how LongRoPE picks short/long factors (see docs/ARCHITECTURE.md, "LongRoPE policy").
@@ -52,9 +59,13 @@ POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
                  "num_key_value_heads", "max_position_embeddings", "original_max_position_embeddings",
                  "num_local_experts", "num_experts_per_tok", "num_labels")
 PROBABILITIES = ("attention_dropout", "resid_pdrop", "embd_pdrop", "router_jitter_noise", "input_jitter_noise")
-POSITIVE_FLOATS = ("layer_norm_eps", "rms_norm_eps", "initializer_range")
+POSITIVE_FLOATS = {"layer_norm_eps": "1e-5", "rms_norm_eps": "1e-5", "initializer_range": "0.02"}
+FINITE_FLOATS = {"router_aux_loss_coef": "0.001"}
 BOOLS = ("use_cache", "tie_word_embeddings", "qk_layernorm", "attention_bias", "lm_head_bias",
          "output_attentions", "output_hidden_states", "return_dict", "output_router_logits")
+# The floating dtypes a checkpoint's `dtype` / `torch_dtype` may name.
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "float64": torch.float64}
 
 
 class PhiKitConfig:
@@ -74,26 +85,45 @@ class PhiKitConfig:
     def __init__(self, **kwargs: Any) -> None:
         kwargs = copy.deepcopy(kwargs)
         kwargs.pop("model_type", None)
+        kwargs.pop("transformers_version", None)
         head_dim = kwargs.pop("head_dim", None)
-        if "torch_dtype" in kwargs and "dtype" not in kwargs:
-            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        rotary_dim = kwargs.pop("rotary_dim", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if kwargs.get("dtype") is None and torch_dtype is not None:
+            kwargs["dtype"] = _normalize_dtype(torch_dtype, "torch_dtype")
+        self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         if "_attn_implementation" in kwargs:
             kwargs.setdefault("attn_implementation", kwargs.pop("_attn_implementation"))
         for name, default in {**COMMON_FIELDS, **self.FIELDS}.items():
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
         # Legacy rope keys are folded into `rope_parameters`; everything else unknown is kept verbatim.
         legacy = {k: kwargs.pop(k) for k in ("rope_scaling", "rope_theta", "partial_rotary_factor") if k in kwargs}
+        self._check_keys(kwargs)
         for name, value in kwargs.items():
             setattr(self, name, value)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if head_dim is not None and (not isinstance(self.hidden_size, int) or not isinstance(
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or not isinstance(
+                self.hidden_size, int) or not isinstance(
                 self.num_attention_heads, int) or head_dim * self.num_attention_heads != self.hidden_size):
             raise ConfigError(f"head_dim={head_dim!r} must equal hidden_size / num_attention_heads "
                               f"({self.hidden_size} / {self.num_attention_heads}); drop head_dim from the config")
         self.rope_parameters = normalize_rope_parameters(self, legacy)
+        self.dtype = _normalize_dtype(self.dtype)
         self._fix_label_maps()
         self.validate()
+        if rotary_dim is not None and rotary_dim != self.rotary_dim:
+            raise ConfigError(f"rotary_dim={rotary_dim!r} disagrees with head_dim x partial_rotary_factor = "
+                              f"{self.head_dim} x {self.partial_rotary_factor} = {self.rotary_dim}; drop rotary_dim "
+                              f"or set partial_rotary_factor to rotary_dim / head_dim")
+
+    @classmethod
+    def _check_keys(cls, kwargs: dict[str, Any]) -> None:
+        """Unknown keys become attributes, but never ones that would shadow a method or property of the config."""
+        for name in kwargs:
+            if not isinstance(name, str) or not name or name.startswith("__") or hasattr(cls, name):
+                raise ConfigError(f"config key {name!r} would replace {cls.__name__}'s attribute of that name (a "
+                                  f"method, a derived value or a class setting); remove it from config.json")
 
     # ----- construction helpers -------------------------------------------------------------------------------
     @classmethod
@@ -106,7 +136,12 @@ class PhiKitConfig:
             raise ConfigError(
                 f"model_type={model_type!r} cannot be read by {cls.__name__} (expects {cls.model_type!r}); "
                 f"use phikit.AutoConfig or the {model_type!r} config class")
-        return cls(**{**config_dict, **overrides})
+        merged = {**config_dict, **overrides}
+        rope = merged.get("rope_parameters")
+        if isinstance(rope, dict):  # an override of a rope value wins over the dict's own copy of it
+            merged["rope_parameters"] = {**rope, **{k: overrides[k] for k in ("rope_theta", "partial_rotary_factor")
+                                                    if k in overrides}}
+        return cls(**merged)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "PhiKitConfig":
@@ -123,8 +158,10 @@ class PhiKitConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type`."""
+        """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type` and (as
+        transformers' `to_dict`) `_name_or_path`; `to_json_string` / `save_pretrained` leave the path out."""
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
+        out["_name_or_path"] = self._name_or_path
         out["model_type"] = self.model_type
         for key in ("longrope_policy", "longrope_static_length", "attn_implementation"):  # phikit-only, if default
             if out.get(key) == COMMON_FIELDS[key]:
@@ -134,7 +171,9 @@ class PhiKitConfig:
         return out
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        out = self.to_dict()
+        out.pop("_name_or_path")
+        return json.dumps(out, indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -151,6 +190,15 @@ class PhiKitConfig:
     def architecture(self) -> Architecture:
         """The family's structural flags (see phikit/arch.py)."""
         raise NotImplementedError
+
+    @property
+    def name_or_path(self) -> str:
+        """The path or hub id the config (or its model) was loaded from, "" if built in code (as transformers)."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(value)
 
     @property
     def head_dim(self) -> int:
@@ -188,31 +236,37 @@ class PhiKitConfig:
 
     # ----- validation -----------------------------------------------------------------------------------------
     def _fix_label_maps(self) -> None:
+        check.positive_int("num_labels", self.num_labels, limit=1_000_000)
         if self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         else:
-            self.id2label = {int(k): v for k, v in self.id2label.items()}
+            self.id2label = _label_map("id2label", self.id2label, _label_id, _label_name)
             self.num_labels = len(self.id2label)
         if self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
+        else:
+            self.label2id = _label_map("label2id", self.label2id, _label_name, _label_id)
 
     def validate(self) -> None:
         """Raise `ConfigError` for the first field phikit cannot run, naming the field, its value and the fix."""
         for name in POSITIVE_INTS:
             if hasattr(self, name):
-                _check_positive_int(name, getattr(self, name))
+                check.positive_int(name, getattr(self, name))
         for name in PROBABILITIES:
-            value = getattr(self, name, 0.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name}={value!r} must be a probability in [0, 1]")
-        for name in POSITIVE_FLOATS:
-            value = getattr(self, name, 1.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name}={value!r} must be a positive number (e.g. 1e-5)")
+            check.probability(name, getattr(self, name, 0.0))
+        for name, example in POSITIVE_FLOATS.items():
+            if hasattr(self, name):
+                check.positive_number(name, getattr(self, name), example)
+        for name, example in FINITE_FLOATS.items():
+            if hasattr(self, name):
+                check.finite_number(name, getattr(self, name), example)
         for name in BOOLS:
             value = getattr(self, name, False)
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}={value!r} must be true or false")
+        if self.is_encoder_decoder is not False:
+            raise ConfigError(f"is_encoder_decoder={self.is_encoder_decoder!r}: Phi models are decoder-only; set it "
+                              f"to false or remove it")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
@@ -221,35 +275,62 @@ class PhiKitConfig:
             raise ConfigError(
                 f"num_attention_heads={self.num_attention_heads} is not divisible by "
                 f"num_key_value_heads={self.num_key_value_heads}; each kv head must serve a whole group of query heads")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
+        check.one_of("hidden_act", self.hidden_act, ACTIVATIONS)
         if self.sliding_window is not None:
-            _check_positive_int("sliding_window", self.sliding_window)
-        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ConfigError(f"attn_implementation={self.attn_implementation!r} is not one of "
-                              f"{list(ATTN_IMPLEMENTATIONS)}")
-        if self.longrope_policy not in LONGROPE_POLICIES:
-            raise ConfigError(f"longrope_policy={self.longrope_policy!r} is not one of {list(LONGROPE_POLICIES)}")
+            check.positive_int("sliding_window", self.sliding_window)
+        if self.attn_implementation is not None:
+            check.one_of("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check.one_of("longrope_policy", self.longrope_policy, LONGROPE_POLICIES)
         if self.longrope_static_length is not None:
-            _check_positive_int("longrope_static_length", self.longrope_static_length)
+            check.positive_int("longrope_static_length", self.longrope_static_length)
         for name in ("bos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{name}={value!r} must be an integer token id or null")
+            check.token_id(name, getattr(self, name))
         eos = self.eos_token_id
-        eos_list = eos if isinstance(eos, list) else [eos]
-        if not all(e is None or (isinstance(e, int) and not isinstance(e, bool)) for e in eos_list):
-            raise ConfigError(f"eos_token_id={eos!r} must be an integer token id, a list of them, or null")
-        if self.problem_type not in (None, "regression", "single_label_classification",
-                                     "multi_label_classification"):
+        if isinstance(eos, list) and eos:
+            for i, e in enumerate(eos):
+                check.token_id(f"eos_token_id[{i}]", e)
+        elif not isinstance(eos, list):
+            check.token_id("eos_token_id", eos)
+        else:
+            raise ConfigError("eos_token_id=[] names no token; give an id, a list of ids, or null")
+        if isinstance(self.dtype, str) or (self.dtype is not None and not isinstance(self.dtype, torch.dtype)):
+            self.dtype = _normalize_dtype(self.dtype)  # set after construction: check and normalise it again
+        if self.problem_type is not None and not (isinstance(self.problem_type, str) and self.problem_type in (
+                "regression", "single_label_classification", "multi_label_classification")):
             raise ConfigError(f"problem_type={self.problem_type!r} must be regression, single_label_classification "
                               f"or multi_label_classification")
         validate_rope_parameters(self)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
+def _normalize_dtype(value: Any, name: str = "dtype") -> torch.dtype | None:
+    """`dtype` / `torch_dtype` as transformers holds it: a torch.dtype (config.json spells it "bfloat16")."""
+    if value is None or isinstance(value, torch.dtype) and value in DTYPE_NAMES.values():
+        return value
+    if isinstance(value, str) and value.removeprefix("torch.") in DTYPE_NAMES:
+        return DTYPE_NAMES[value.removeprefix("torch.")]
+    raise ConfigError(f"{name}={value!r} is not a floating dtype phikit loads; use one of {list(DTYPE_NAMES)} "
+                      f"(or a torch.dtype), or null")
+
+
+def _label_id(name: str, key: Any) -> int:
+    """A label id: an int, or the decimal string JSON object keys make of one."""
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        key = int(key)
+    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+        raise ConfigError(f"{name} has the id {key!r}; label ids must be integers >= 0 (e.g. {{\"0\": \"NEGATIVE\"}})")
+    return key
+
+
+def _label_name(name: str, label: Any) -> str:
+    if not isinstance(label, str):
+        raise ConfigError(f"{name} has the label {label!r}; labels must be strings")
+    return label
+
+
+def _label_map(name: str, value: Any, key, value_check) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}={value!r:.80} must be an object mapping ids to labels (or labels to ids), or null")
+    return {key(name, k): value_check(name, v) for k, v in value.items()}
 
 
 class PhiConfig(PhiKitConfig):
@@ -356,6 +437,9 @@ CONFIG_CLASSES: dict[str, type[PhiKitConfig]] = {c.model_type: c for c in (PhiCo
 
 def config_from_dict(data: dict[str, Any]) -> PhiKitConfig:
     """The right config class for a config.json dict; unknown model types raise naming the supported ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object (dict), got a {type(data).__name__}; pass the parsed "
+                          f"config.json")
     data = normalize_model_type(data)
     model_type = data.get("model_type")
     if model_type not in CONFIG_CLASSES:

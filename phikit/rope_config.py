@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from . import config_checks as check
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,10 +42,13 @@ def normalize_rope_parameters(config: "PhiKitConfig", legacy: dict[str, Any]) ->
     out: dict[str, Any] = {**copy.deepcopy(params or {}), **copy.deepcopy(scaling or {})}
     raw_type = out.pop("type", None)
     raw_type = out.get("rope_type", raw_type) or "default"
-    if raw_type not in ROPE_TYPE_ALIASES:
+    if not isinstance(raw_type, str) or raw_type not in ROPE_TYPE_ALIASES:
         raise _error(f"rope_parameters.rope_type={raw_type!r} is not supported; Phi models use one of "
                      f"{sorted(ROPE_TYPE_ALIASES)} (su and yarn are read as longrope)")
     out["rope_type"] = ROPE_TYPE_ALIASES[raw_type]
+    for key in ("rope_theta", "partial_rotary_factor"):  # said twice: the two must agree (never pick one silently)
+        if key in out and legacy.get(key) is not None and out[key] != legacy[key]:
+            raise _error(f"{key}={legacy[key]!r} disagrees with rope_parameters.{key}={out[key]!r}; give it once")
     out.setdefault("rope_theta", legacy.get("rope_theta", config.default_rope_theta))
     if out["rope_theta"] is None:
         out["rope_theta"] = config.default_rope_theta
@@ -65,9 +69,7 @@ def normalize_rope_parameters(config: "PhiKitConfig", legacy: dict[str, Any]) ->
 def validate_rope_parameters(config: "PhiKitConfig") -> None:
     """Check the normalised rope dict against the model shape; raise naming the field, the value and the fix."""
     rp = config.rope_parameters
-    theta = rp["rope_theta"]
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-        raise _error(f"rope_theta={theta!r} must be a positive number (10000.0 on most Phi checkpoints)")
+    check.positive_number("rope_theta", rp["rope_theta"], "10000.0 (most Phi checkpoints)")
     partial = rp["partial_rotary_factor"]
     if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0.0 < partial <= 1.0:
         raise _error(f"partial_rotary_factor={partial!r} must be in (0, 1] (0.5 on phi-1.5, 0.4 on phi-2, "
@@ -85,24 +87,18 @@ def validate_rope_parameters(config: "PhiKitConfig") -> None:
         if factor is None:
             raise _error(f"rope_parameters.{name} is missing; a longrope config needs short_factor and long_factor, "
                          f"each a list of rotary_dim/2 = {rotary_dim // 2} numbers")
-        if not isinstance(factor, list) or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in factor):
-            raise _error(f"rope_parameters.{name} must be a list of numbers, got {factor!r:.80}")
-        if len(factor) != rotary_dim // 2:
-            raise _error(f"rope_parameters.{name} has {len(factor)} entries; it needs rotary_dim/2 = "
-                         f"{rotary_dim // 2} (head_dim {config.head_dim} x partial_rotary_factor {partial} / 2)")
-        if any(x <= 0 for x in factor):
-            raise _error(f"rope_parameters.{name} has a non-positive entry; every factor must be > 0")
+        check.number_list(f"rope_parameters.{name}", factor, rotary_dim // 2,
+                          f"rotary_dim/2 (head_dim {config.head_dim} x partial_rotary_factor {partial} / 2)")
     original = rp["original_max_position_embeddings"]
-    if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
+    if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= check.MAX_INT:
         raise _error(f"original_max_position_embeddings={original!r} must be a positive integer (4096 on Phi-3)")
     for name in ("attention_factor", "factor"):
-        value = rp.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise _error(f"rope_parameters.{name}={value!r} must be a positive number or null")
+        if rp.get(name) is not None:
+            check.positive_number(f"rope_parameters.{name}", rp[name], "1.19, or null to derive it")
     if config.longrope_mscales:  # PhiMoE scales cos/sin per regime
         for name in ("short_mscale", "long_mscale"):
             value = rp.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _error(f"rope_parameters.{name}={value!r}: a PhiMoE longrope config needs short_mscale and "
                              f"long_mscale numbers (1.243 on Phi-3.5-MoE)")
+            check.positive_number(f"rope_parameters.{name}", value, "1.243 (Phi-3.5-MoE)")

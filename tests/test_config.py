@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import phikit
 from phikit import ConfigError, Phi3Config, PhiConfig, PhimoeConfig
@@ -61,7 +62,7 @@ def test_round_trip_through_config_json(tmp_path) -> None:
     assert data["model_type"] == "phi3" and data["rope_parameters"]["rope_type"] == "longrope"
     again = Phi3Config.from_pretrained(tmp_path)
     assert again == config
-    assert again.architectures == ["Phi3ForCausalLM"] and again.dtype == "bfloat16"
+    assert again.architectures == ["Phi3ForCausalLM"] and again.dtype == torch.bfloat16  # a torch.dtype, as transformers
 
 
 def test_reference_reads_what_phikit_writes_from_a_su_config() -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "phikit"
 MAX_LINES = 500
 # What each layer may import from phikit (prefixes of module names). Imports only go down:
-#   errors, ops, cpu  <-  config (config, config_files, rope_config, arch)  <-  model  <-  formats  <-  backends
+#   errors, ops, cpu  <-  config (config, config_files, config_checks, rope_config, arch)  <-  model  <-  formats  <-  backends
 #   <-  weights  <-  generation  <-  hf  <-  pipelines, training, CLIs.  tokenizer needs only errors and the hub.
 # The model is device-agnostic reference PyTorch: it reaches kernels only through the ops table a backend binds;
 # backends are found by name (`ops/backends.py`), so nothing below them imports one.
-CONFIG = ("phikit.config", "phikit.config_files", "phikit.rope_config", "phikit.arch", "phikit.errors")
+CONFIG = ("phikit.config", "phikit.config_files", "phikit.config_checks", "phikit.rope_config", "phikit.arch",
+          "phikit.errors")
 MAY_IMPORT = {
     "phikit.errors": (),
     "phikit.ops": ("phikit.ops",),
