@@ -89,8 +89,10 @@ def read_shard_index(folder: str, index: str, suffix: str) -> list[str]:
     shards = sorted(set(weight_map.values()))
     missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
     if missing:
+        first = next(t for t, s in weight_map.items() if s == missing[0])
         raise CheckpointError(f"{path} names {len(shards)} shards but {len(missing)} are absent from {folder}: "
-                              f"{', '.join(missing[:5])}; download the missing shard files")
+                              f"{', '.join(missing[:5])} (the first holds tensor {first!r}); download the missing "
+                              f"shard files")
     return [os.path.join(folder, s) for s in shards]
 
 
