@@ -153,8 +153,14 @@ def resolve_config(folder: str, config: Any, cls: type, overrides: dict[str, Any
                           f"{folder!r})")
     if config is None or isinstance(config, (str, os.PathLike)):
         path = folder if config is None else os.fspath(config)
-        data = read_config_dict(path)  # names the file when it is missing or not a JSON object
         source = path if config is not None else source
+        try:
+            data = read_config_dict(path)  # names the file when it is missing or not a JSON object
+        except ConfigError:
+            raise
+        except (ValueError, RecursionError, OSError) as e:  # e.g. not UTF-8: the reader does not name the file
+            raise ConfigError(f"{source} could not be read ({type(e).__name__}: {str(e)[:200]}); fix or "
+                              f"re-download it") from None
         try:
             config = config_from_dict(data)
         except ConfigError as e:
