@@ -31,9 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weights.rollback import Rollback
+from .weights.adapter_files import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, pattern_value,
+                                    read_adapter)
+
 PEFT_PREFIX = "base_model.model."
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # fused phikit module -> the split names adapters for Llama-style copies use, in row order
 FUSED_PARTS: dict[str, tuple[str, ...]] = {"qkv_proj": ("q_proj", "k_proj", "v_proj"),
                                            "gate_up_proj": ("gate_proj", "up_proj")}
@@ -184,6 +186,7 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
     if lora_modules(model):
         raise ValueError("this model already has LoRA adapters; merge_lora(model) first, or load_adapter to replace "
                          "their weights")
+    _check_settings(r, alpha, dropout, use_rslora, init_lora_weights)
     targets = default_target_modules(model) if target_modules is None else target_modules
     if not isinstance(targets, str):
         targets = tuple(targets)
@@ -195,19 +198,42 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
     if not chosen:
         raise ValueError(f"target_modules={targets!r} matches no layer of this {type(model).__name__}; its linear "
                          f"layers are named {_linear_leaf_names(model)}")
-    frozen = [n for n, p in model.named_parameters() if p.requires_grad]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, module in chosen:
+    for name, _ in chosen:
         _check_not_tied(model, name)
-        wrapped = LoRALinear(module, r, alpha, dropout, use_rslora).train(module.training)  # eval stays eval
-        wrapped.reset_lora_parameters(init_lora_weights)
-        _set_module(model, name, wrapped)
-    model.lora_config = LoRAConfig(r, alpha, dropout, targets, use_rslora,
-                                   getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path",
-                                                                                    None))
-    model._lora_frozen = frozen  # parameters apply_lora froze; merge_lora gives them their gradients back
+    state = Rollback(model, attrs=("lora_config", "_lora_frozen"))
+    try:
+        frozen = [n for n, p in model.named_parameters() if p.requires_grad]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, module in chosen:
+            wrapped = LoRALinear(module, r, alpha, dropout, use_rslora).train(module.training)  # eval stays eval
+            wrapped.reset_lora_parameters(init_lora_weights)
+            _set_module(model, name, wrapped)
+        model.lora_config = LoRAConfig(r, alpha, dropout, targets, use_rslora,
+                                       getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path",
+                                                                                        None))
+        model._lora_frozen = frozen  # parameters apply_lora froze; merge_lora gives them their gradients back
+    except BaseException:
+        state.restore()
+        raise
     return model
+
+
+def _check_settings(r: object, alpha: object, dropout: object, use_rslora: object, init: object) -> None:
+    """apply_lora's numbers, checked before anything changes."""
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"LoRA rank r={r!r} must be a positive integer (typical: 8 or 16)")
+    if not number(alpha):
+        raise ValueError(f"alpha={alpha!r} must be a finite number (typical: 2 * r)")
+    if not number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1)")
+    if not isinstance(use_rslora, bool):
+        raise ValueError(f"use_rslora={use_rslora!r} must be True or False")
+    if not any(init is m or (isinstance(init, str) and init == m) for m in (True, False, "gaussian")):
+        raise ValueError(f"init_lora_weights={init!r} must be True (B = 0), False (random) or 'gaussian'")
 
 
 def _linear_leaf_names(model: nn.Module) -> list[str]:
@@ -295,46 +321,6 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, base_model_name_or
         json.dump(config, f, indent=2, sort_keys=True)
 
 
-def read_adapter(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json as a dict, tensors of adapter_model.safetensors) of a PEFT LoRA folder, checked for the
-    features phikit supports (plain LoRA or rsLoRA on linear layers)."""
-    from safetensors.torch import load_file
-
-    folder = os.fspath(folder)
-    config_path = os.path.join(folder, ADAPTER_CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        raise OSError(f"no {ADAPTER_CONFIG_NAME} in {folder}; an adapter folder is what PEFT's save_pretrained or "
-                      f"phikit's save_adapter writes")
-    with open(config_path) as f:
-        config = json.load(f)
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path} has peft_type={config.get('peft_type')!r}; phikit reads LORA adapters only")
-    unsupported = {"use_dora": True, "fan_in_fan_out": True, "lora_bias": True}
-    for key, bad in unsupported.items():
-        if config.get(key) == bad:
-            raise NotImplementedError(f"{config_path} sets {key}={bad}; phikit supports plain LoRA and rsLoRA only")
-    if config.get("bias", "none") != "none" or config.get("modules_to_save") or config.get("target_parameters"):
-        raise NotImplementedError(f"{config_path} trains biases, modules_to_save or target_parameters "
-                                  f"(bias={config.get('bias')!r}, modules_to_save={config.get('modules_to_save')!r}, "
-                                  f"target_parameters={config.get('target_parameters')!r}); phikit loads LoRA "
-                                  f"matrices of linear layers only")
-    weights = os.path.join(folder, ADAPTER_WEIGHTS_NAME)
-    if not os.path.isfile(weights):
-        hint = (" (only adapter_model.bin, a pickle phikit does not load: re-save it with PEFT's "
-                "save_pretrained(safe_serialization=True))" if os.path.isfile(os.path.join(folder, "adapter_model.bin"))
-                else "")
-        raise OSError(f"no {ADAPTER_WEIGHTS_NAME} in {folder}{hint}")
-    return config, load_file(weights)
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    # PEFT's get_pattern_key: the first key whose regex matches the end of the module name (at a "." boundary)
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
 def _part_rows(model: nn.Module, fused_name: str, out_features: int) -> list[tuple[int, int]]:
     """Row ranges of each part of a fused layer: q [H*D], k and v [KV*D] for qkv_proj; two halves for gate_up_proj."""
     leaf = fused_name.rpartition(".")[2]
@@ -348,20 +334,16 @@ def _part_rows(model: nn.Module, fused_name: str, out_features: int) -> list[tup
     return [(s, s + n) for s, n in zip(starts, sizes)]
 
 
-def _install(model: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, alpha: float, config: dict,
-             blocks: list[tuple[int, int, int]] | None) -> LoRALinear:
-    """Put A [R, in] and B [out, R] on module `name`: into its LoRALinear when the shapes agree (keeps the
-    Parameters, so an optimizer holding them resumes), else a fresh LoRALinear around the base weight."""
+def _install(model: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, alpha: float, dropout: float,
+             rslora: bool, blocks: list[tuple[int, int, int]] | None) -> LoRALinear:
+    """Put A [R, in] and B [out, R] (shapes already checked) on module `name`: into its LoRALinear when the rank and
+    blocks agree (keeps the Parameters, so an optimizer holding them resumes), else a fresh LoRALinear around the
+    base weight."""
     current = model.get_submodule(name)
-    r, rslora = a.shape[0], bool(config.get("use_rslora", False))
-    if a.shape[1] != current.in_features or b.shape != (current.out_features, r):
-        raise ValueError(f"adapter tensors for {name} have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; the model's "
-                         f"layer is [{current.out_features}, {current.in_features}], so the adapter was trained for a "
-                         f"different model size")
+    r = a.shape[0]
     keep = isinstance(current, LoRALinear) and current.r == r and current.blocks == (tuple(blocks) if blocks else None)
     if not keep:
-        current = LoRALinear(current, r, alpha, float(config.get("lora_dropout") or 0.0), rslora,
-                             blocks).train(current.training)  # a model in eval mode must not start dropping out
+        current = LoRALinear(current, r, alpha, dropout, rslora, blocks).train(current.training)  # eval stays eval
         _set_module(model, name, current)
     current.lora_alpha, current.use_rslora = float(alpha), rslora
     current.scaling = current.lora_alpha / (math.sqrt(r) if rslora else r)
@@ -372,13 +354,9 @@ def _install(model: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, alph
     return current
 
 
-def load_adapter(model: nn.Module, folder: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
-    """Load a PEFT LoRA adapter folder onto `model` (in place; returns it). Adapters for split q_proj/k_proj/v_proj
-    or gate_proj/up_proj become one fused LoRA on qkv_proj / gate_up_proj with the same delta (module docstring).
-    Every tensor must find a layer, else ValueError lists the rest. The base stays frozen; the adapters require
-    gradients only with is_trainable=True (as PEFT's `PeftModel.from_pretrained`)."""
-    config, tensors = read_adapter(folder)
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+def _pairs(folder: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
+    """module -> {"A": (tensor name, A), "B": (tensor name, B)}; every tensor must be a lora_A / lora_B weight."""
+    pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     bad = []
     for key, tensor in tensors.items():
         # saved keys are base_model.model.<module>.lora_A.weight; state dicts may carry an adapter name too
@@ -386,15 +364,38 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, is_trainable: bool
         if match is None:
             bad.append(key)
         else:
-            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+            pairs.setdefault(match.group(1), {})[match.group(2)] = (key, tensor)
     if bad:
-        raise NotImplementedError(f"{folder} holds tensors phikit cannot load: {bad[:4]} ({len(bad)} in all); only "
-                                  f"lora_A / lora_B weights of linear layers are supported")
+        raise AdapterError(f"{folder} holds tensors phikit cannot load: {bad[:4]} ({len(bad)} in all); only "
+                           f"lora_A / lora_B weights of linear layers are supported")
+    for name, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{folder}: module {name} has lora_{''.join(ab)} but not both lora_A and lora_B")
+        (ka, a), (kb, b) = ab["A"], ab["B"]
+        if b.shape[1] != a.shape[0]:
+            raise AdapterError(f"{folder}: {ka} has shape {tuple(a.shape)} and {kb} {tuple(b.shape)}; lora_B's "
+                               f"columns must equal lora_A's rows (the rank)")
+    return pairs
+
+
+def _check_rank(folder: str, config: dict, module: str, key: str, a: torch.Tensor) -> None:
+    """The rank adapter_config.json gives `module` (rank_pattern, else r) must be the tensors' (PEFT refuses
+    others; loading them would scale by the wrong alpha / r)."""
+    r = pattern_value(config.get("rank_pattern"), module, config.get("r", 8))
+    if a.shape[0] != r:
+        source = "r" if r == config.get("r", 8) and pattern_value(config.get("rank_pattern"), module, None) is None \
+            else "rank_pattern"
+        raise AdapterError(f"{folder}: {key} has shape {tuple(a.shape)} (rank {a.shape[0]}) but {ADAPTER_CONFIG_NAME} "
+                           f"gives {module} {source}={r}; the config does not describe these weights (re-save the "
+                           f"adapter)")
+
+
+def _plan(model: nn.Module, folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> list[tuple]:
+    """Every check, no change: [(module name, A, B, alpha, blocks or None)] to install."""
+    pairs = _pairs(folder, tensors)
     modules = dict(model.named_modules())
     direct, fused, unused = {}, {}, []
     for name, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise ValueError(f"{folder}: module {name} has lora_{''.join(ab)} but not both lora_A and lora_B")
         parent, _, leaf = name.rpartition(".")
         if isinstance(modules.get(name), (nn.Linear, LoRALinear)):
             direct[name] = ab
@@ -404,54 +405,95 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, is_trainable: bool
         else:
             unused.append(name)
     if unused:
-        raise ValueError(f"{folder} has adapters for {len(unused)} layers this {type(model).__name__} does not have: "
-                         f"{sorted(unused)[:4]}; the adapter was trained for another architecture")
+        raise AdapterError(f"{folder} has adapters for {len(unused)} layers this {type(model).__name__} does not "
+                           f"have: {sorted(unused)[:4]}; the adapter was trained for another architecture")
+    stale = sorted(set(lora_modules(model)) - set(direct) - set(fused))
+    if stale:
+        raise AdapterError(f"this model already has LoRA adapters on {stale[:4]} ({len(stale)} layers), which the "
+                           f"adapter in {folder} does not cover; merge_lora(model) or load onto a fresh model")
+    for name, ab in pairs.items():
+        _check_rank(folder, config, name, *ab["A"])
     lora_alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora", False))
 
     def scaling_of(name: str, r: int) -> float:
-        alpha = _pattern_value(config.get("alpha_pattern"), name, lora_alpha)
+        alpha = pattern_value(config.get("alpha_pattern"), name, lora_alpha)
         return float(alpha) / (math.sqrt(r) if rslora else r)
 
     def alpha_for(scaling: float, r: int) -> float:
         return scaling * (math.sqrt(r) if rslora else r)
 
-    frozen = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    plan = []
     for name, ab in direct.items():
-        r = ab["A"].shape[0]
-        _install(model, name, ab["A"], ab["B"], alpha_for(scaling_of(name, r), r), config, None)
+        (ka, a), (kb, b) = ab["A"], ab["B"]
+        layer = modules[name]
+        if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
+            raise AdapterError(f"{folder}: {ka} {tuple(a.shape)} and {kb} {tuple(b.shape)} do not fit {name}, a "
+                               f"[{layer.out_features}, {layer.in_features}] layer; the adapter was trained for a "
+                               f"different model size")
+        plan.append((name, a, b, alpha_for(scaling_of(name, a.shape[0]), a.shape[0]), None))
     for name, parts in fused.items():
         base = modules[name]
-        rows = dict(zip(FUSED_PARTS[name.rpartition(".")[2]], _part_rows(model, name, base.out_features)))
-        present = [p for p in FUSED_PARTS[name.rpartition(".")[2]] if p in parts]
-        parent = name.rpartition(".")[0]
-        scales = {p: scaling_of(f"{parent}.{p}", parts[p]["A"].shape[0]) for p in present}
-        r = sum(parts[p]["A"].shape[0] for p in present)
-        a = torch.cat([parts[p]["A"] for p in present])  # [R, in]
+        leaf, parent = name.rpartition(".")[2], name.rpartition(".")[0]
+        rows = dict(zip(FUSED_PARTS[leaf], _part_rows(model, name, base.out_features)))
+        present = [p for p in FUSED_PARTS[leaf] if p in parts]
+        for p in present:
+            (ka, a), (kb, b) = parts[p]["A"], parts[p]["B"]
+            start, stop = rows[p]
+            if a.shape[1] != base.in_features or b.shape[0] != stop - start:
+                raise AdapterError(f"{folder}: {ka} {tuple(a.shape)} and {kb} {tuple(b.shape)} do not fit "
+                                   f"{parent}.{p}, rows [{start}, {stop}) of {name} ([{base.out_features}, "
+                                   f"{base.in_features}]); the adapter was trained for a different model size")
+        scales = {p: scaling_of(f"{parent}.{p}", parts[p]["A"][1].shape[0]) for p in present}
+        r = sum(parts[p]["A"][1].shape[0] for p in present)
+        a = torch.cat([parts[p]["A"][1] for p in present])  # [R, in]
         b = torch.zeros(base.out_features, r, dtype=a.dtype)  # [out, R], block-diagonal
         blocks, col = [], 0
         for p in present:
-            (start, stop), rank = rows[p], parts[p]["A"].shape[0]
-            if parts[p]["B"].shape != (stop - start, rank):
-                raise ValueError(f"adapter lora_B of {parent}.{p} has shape {tuple(parts[p]['B'].shape)}; "
-                                 f"{name} expects [{stop - start}, {rank}] for that part")
+            (start, stop), rank = rows[p], parts[p]["A"][1].shape[0]
             # one scaling per fused layer: fold each part's own alpha/r into its block of B
-            b[start:stop, col:col + rank] = parts[p]["B"].float() * (scales[p] / scales[present[0]])
+            b[start:stop, col:col + rank] = parts[p]["B"][1].float() * (scales[p] / scales[present[0]])
             blocks.append((start, stop, rank))
             col += rank
-        _install(model, name, a, b, alpha_for(scales[present[0]], r), config, blocks)
-    for m in lora_modules(model).values():
-        for p in (m.lora_A.weight, m.lora_B.weight):
-            p.requires_grad_(is_trainable)
-    if not hasattr(model, "lora_config"):
-        targets = config.get("target_modules")
-        model.lora_config = LoRAConfig(config.get("r", 8), lora_alpha, config.get("lora_dropout") or 0.0,
-                                       targets if isinstance(targets, str) else tuple(targets or ()), rslora,
-                                       config.get("base_model_name_or_path"))
-        model._lora_frozen = frozen
+        plan.append((name, a, b, alpha_for(scales[present[0]], r), blocks))
+    return plan
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
+    """Load a PEFT LoRA adapter folder onto `model` (in place; returns it). Adapters for split q_proj/k_proj/v_proj
+    or gate_proj/up_proj become one fused LoRA on qkv_proj / gate_up_proj with the same delta (module docstring).
+
+    Transactional: the config, every tensor's name, rank and shape, and every target layer are checked before the
+    model is touched (`AdapterError` names the file, tensor and config value), and a failure while installing puts
+    the model back as it was. The base stays frozen; the adapters require gradients only with is_trainable=True (as
+    PEFT's `PeftModel.from_pretrained`)."""
+    if not isinstance(is_trainable, bool):
+        raise ValueError(f"is_trainable={is_trainable!r} must be True or False")
+    config, tensors = read_adapter(folder)
+    folder = os.fspath(folder)
+    plan = _plan(model, folder, config, tensors)
+    rslora, dropout = bool(config.get("use_rslora", False)), float(config.get("lora_dropout") or 0.0)
+    state = Rollback(model, keep=lora_modules(model).values(), attrs=("lora_config", "_lora_frozen"))
+    try:
+        frozen = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, a, b, alpha, blocks in plan:
+            _install(model, name, a, b, alpha, dropout, rslora, blocks)
+        for m in lora_modules(model).values():
+            for p in (m.lora_A.weight, m.lora_B.weight):
+                p.requires_grad_(is_trainable)
+        if not hasattr(model, "lora_config"):
+            targets = config.get("target_modules")
+            model.lora_config = LoRAConfig(config.get("r", 8), config.get("lora_alpha", 8), dropout,
+                                           targets if isinstance(targets, str) else tuple(targets or ()), rslora,
+                                           config.get("base_model_name_or_path"))
+            model._lora_frozen = frozen
+    except BaseException:
+        state.restore()
+        raise
     return model
 
 
-__all__ = ["LoRALinear", "LoRAConfig", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "read_adapter",
+__all__ = ["LoRALinear", "LoRAConfig", "AdapterError", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
+           "read_adapter",
            "lora_modules", "lora_state_dict", "default_target_modules", "FUSED_PARTS"]

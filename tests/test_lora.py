@@ -149,6 +149,7 @@ def _split_adapter(ours, folder, parts: dict[str, tuple[int, int]], alpha_patter
             deltas[module] = b @ a * (alpha_pattern.get(name, 8) / r)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "alpha_pattern": alpha_pattern,
+              "rank_pattern": {name: r for name, (_, r) in parts.items() if r != 4},
               "target_modules": sorted(parts), "bias": "none"}
     (folder / "adapter_config.json").write_text(json.dumps(config))
     return deltas
@@ -212,5 +213,5 @@ def test_lora_errors_name_the_problem(tmp_path) -> None:
         load_adapter(phi2, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(NotImplementedError, match="use_dora"):
+    with pytest.raises(ValueError, match="use_dora"):
         load_adapter(ours, tmp_path)

@@ -134,7 +134,7 @@ def resolve_quantization_config(cfg: Any, device: str | torch.device = "cpu") ->
         args = {k.lstrip("_"): v for k, v in cfg.items()}  # transformers writes `_load_in_4bit` as well
         cfg = BitsAndBytesConfig(**args)
     if not isinstance(cfg, BitsAndBytesConfig):
-        raise TypeError(f"quantization_config={cfg!r} is not a quantization config; use phikit.Int8WeightOnlyConfig()"
+        raise ValueError(f"quantization_config={cfg!r:.100} is not a quantization config; use phikit.Int8WeightOnlyConfig()"
                         f", phikit.Int4WeightOnlyConfig(group_size=...) or BitsAndBytesConfig(...)")
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
         raise ValueError("BitsAndBytesConfig sets neither load_in_4bit nor load_in_8bit; set one, or pass "

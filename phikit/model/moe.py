@@ -105,3 +105,46 @@ class SparseMoE(nn.Module):
             y = self.experts[e](flat[token]) * gates[token, slot, None]
             out.index_add_(0, token, y.to(out.dtype))
         return out.reshape(b, t, h), logits
+
+
+def stacked_experts_pre_hook(state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                             missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """A load-state-dict pre-hook for the decoder layer that holds a `SparseMoE` as `block_sparse_moe` (registered
+    there: torch hands a module only the keys under its own prefix, so the sibling `mlp.` keys never reach the
+    SparseMoE itself). It reads a transformers 5.x PhiMoE state dict, whose layer holds `mlp.router.weight` [E, H],
+    `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows, then up rows) and `mlp.experts.down_proj` [E, H, I], where
+    phikit (and the checkpoint files) have `block_sparse_moe.gate.weight` and per-expert w1 (gate), w3 (up), w2
+    (down): the stacked tensors are split into those, exactly (views, no arithmetic)."""
+    moe, stacked = prefix + "block_sparse_moe.", prefix + "mlp."
+    router, gate_up, down = stacked + "router.weight", stacked + "experts.gate_up_proj", stacked + "experts.down_proj"
+    if not any(k in state_dict for k in (router, gate_up, down)):
+        return
+    per_expert = next((k for k in state_dict if k.startswith(moe)), None)
+    if per_expert is not None:
+        error_msgs.append(f"{prefix[:-1]}: the state dict holds both phikit's tensors ({per_expert}) and "
+                          f"transformers' stacked ones ({stacked}*); pass one layout")
+        return
+    converted: dict = {}
+    if router in state_dict:
+        converted[moe + "gate.weight"] = state_dict[router]
+    if gate_up in state_dict:
+        t = state_dict[gate_up]
+        if t.dim() != 3 or t.shape[1] % 2:
+            error_msgs.append(f"{gate_up} has shape {tuple(t.shape)}; transformers' layout is [experts, "
+                              f"2 * intermediate_size, hidden_size]")
+            return
+        inter = t.shape[1] // 2
+        for e in range(t.shape[0]):
+            converted[f"{moe}experts.{e}.w1.weight"] = t[e, :inter]
+            converted[f"{moe}experts.{e}.w3.weight"] = t[e, inter:]
+    if down in state_dict:
+        t = state_dict[down]
+        if t.dim() != 3:
+            error_msgs.append(f"{down} has shape {tuple(t.shape)}; transformers' layout is [experts, hidden_size, "
+                              f"intermediate_size]")
+            return
+        for e in range(t.shape[0]):
+            converted[f"{moe}experts.{e}.w2.weight"] = t[e]
+    for key in (router, gate_up, down):
+        state_dict.pop(key, None)
+    state_dict.update(converted)

@@ -13,104 +13,27 @@ import json
 import mmap
 import os
 import re
-import struct
-from dataclasses import dataclass
+
 import torch
 
-SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
-BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFE_SINGLE, SAFE_INDEX, BIN_SINGLE, BIN_INDEX)
+from .refs import DTYPE_NAMES, SAFETENSORS_DTYPES, CheckpointError, TensorRef
+from .safetensors_header import read_safetensors_header
+from .shard_index import (BIN_INDEX, BIN_SINGLE, SAFE_INDEX, SAFE_SINGLE, WEIGHT_FILES, check_relative_name,
+                          find_weight_files, read_shard_index, with_variant)
+
 SHARD_PATTERN = r"model-\d{5}-of-\d{5}\.safetensors"
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or does not fit the model; the message names it."""
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """Where one tensor lives: file, dtype, shape and byte range (safetensors) or None (read via torch.load)."""
-
-    file: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int = 0
-    end: int = 0
-
-
-def find_weight_files(folder: str) -> list[str]:
-    """The weight files of a checkpoint folder, safetensors first; raise naming what was looked for."""
-    present = set(os.listdir(folder))
-    for single, index in ((SAFE_SINGLE, SAFE_INDEX), (BIN_SINGLE, BIN_INDEX)):
-        if index in present:
-            return _shards_from_index(folder, index)
-        if single in present:
-            return [os.path.join(folder, single)]
-    raise CheckpointError(f"no weights in {folder}: looked for {', '.join(WEIGHT_FILES)}; download the checkpoint "
-                          f"completely or point at the folder that holds them")
-
-
-def _shards_from_index(folder: str, index: str) -> list[str]:
-    path = os.path.join(folder, index)
-    try:
-        with open(path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a valid shard index ({e}); re-download it") from e
-    shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
-    if missing:
-        raise CheckpointError(f"{path} names {len(shards)} shards but {len(missing)} are absent from {folder}: "
-                              f"{', '.join(missing[:5])}; download the missing shard files")
-    return [os.path.join(folder, s) for s in shards]
-
-
-def read_safetensors_header(path: str) -> dict[str, TensorRef]:
-    """Parse and check a safetensors header: every tensor's byte range must lie inside the file."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is truncated ({size} bytes, not even a header); re-download it")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100_000_000:
-            raise CheckpointError(f"{path} is truncated or not a safetensors file (header says {n} bytes, file has "
-                                  f"{size}); re-download it")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} has a corrupt safetensors header ({e}); re-download it") from e
-    header.pop("__metadata__", None)
-    refs: dict[str, TensorRef] = {}
-    data_start, data_size = 8 + n, size - 8 - n
-    for name, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from e
-        if end > data_size:
-            raise CheckpointError(f"{path} is truncated: tensor {name!r} ends at byte {data_start + end} but the file "
-                                  f"has {size} bytes; re-download this file")
-        refs[name] = TensorRef(path, dtype, shape, data_start + begin, data_start + end)
-    return refs
 
 
 class CheckpointReader:
-    """All tensors of a checkpoint by name, read lazily. Use as a context manager to close mappings."""
+    """All tensors of a checkpoint by name, read lazily. Use as a context manager to close mappings.
+    `use_mmap=False` reads each safetensors file into memory once instead of mapping it (transformers'
+    `disable_mmap`, for file systems where mappings misbehave); the values are the same."""
 
-    def __init__(self, files: list[str]) -> None:
+    def __init__(self, files: list[str], use_mmap: bool = True) -> None:
         self.refs: dict[str, TensorRef] = {}
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: dict[str, mmap.mmap | bytearray] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}
+        self._use_mmap = use_mmap
         for path in files:
             if path.endswith(".safetensors"):
                 refs = read_safetensors_header(path)
@@ -123,22 +46,44 @@ class CheckpointReader:
     def _load_bin(self, path: str) -> dict[str, torch.Tensor]:
         if path not in self._bins:
             try:
-                self._bins[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # torch raises several types for bad files
                 raise CheckpointError(f"{path} could not be read as a weights-only PyTorch file ({e}); re-download "
                                       f"it, or convert it to safetensors") from e
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict (tensor name -> "
+                                      f"tensor); re-save it with torch.save(model.state_dict(), ...)")
+            bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+            if bad:
+                raise CheckpointError(f"{path} is not a state dict of tensors: entry {bad[0]!r:.100} is a "
+                                      f"{type(state[bad[0]]).__name__}; re-save it with torch.save(model."
+                                      f"state_dict(), ...)")
+            self._bins[path] = state
         return self._bins[path]
+
+    def _buffer(self, path: str) -> mmap.mmap | bytearray:
+        buf = self._maps.get(path)
+        if buf is None:
+            try:
+                with open(path, "rb") as f:
+                    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if self._use_mmap else bytearray(f.read())
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{path} could not be read ({e}); check the file and re-download it") from e
+            self._maps[path] = buf
+        return buf
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor `name`, backed by the file's pages: a copy-on-write mapping, so nothing is read until used,
         the page cache is shared, and writing to it (fine-tuning) copies only the pages written."""
-        ref = self.refs[name]
+        ref = self.refs.get(name)
+        if ref is None:
+            raise CheckpointError(f"no tensor {name!r} in this checkpoint ({len(self.refs)} tensors)")
         if not ref.file.endswith(".safetensors"):
             return self._load_bin(ref.file)[name]
-        mm = self._maps.get(ref.file)
-        if mm is None:
-            with open(ref.file, "rb") as f:
-                mm = self._maps[ref.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        mm = self._buffer(ref.file)
+        if ref.end > len(mm):
+            raise CheckpointError(f"{ref.file} shrank after its header was read (tensor {name!r} ends at byte "
+                                  f"{ref.end}, the file has {len(mm)}); re-download it")
         itemsize = torch.empty(0, dtype=ref.dtype).element_size()
         count = (ref.end - ref.begin) // itemsize
         if count == 0 or ref.begin % itemsize:
@@ -153,7 +98,7 @@ class CheckpointReader:
         they are re-read if needed."""
         ref = self.refs[name]
         mm = self._maps.get(ref.file)
-        if mm is not None:
+        if isinstance(mm, mmap.mmap):
             _drop_pages(mm, ref.begin + start, ref.end if stop is None else min(ref.end, ref.begin + stop))
 
     def close(self) -> None:
@@ -232,3 +177,9 @@ def write_safetensors(state: dict[str, torch.Tensor], folder: str, max_shard_siz
             os.remove(os.path.join(folder, name))
     return sorted(written)
 
+
+
+__all__ = ["CheckpointError", "CheckpointReader", "TensorRef", "SAFETENSORS_DTYPES", "DTYPE_NAMES", "WEIGHT_FILES",
+           "SAFE_SINGLE", "SAFE_INDEX", "BIN_SINGLE", "BIN_INDEX", "SHARD_PATTERN", "check_relative_name",
+           "find_weight_files", "read_shard_index", "read_safetensors_header", "with_variant", "parse_size",
+           "write_safetensors"]

@@ -20,13 +20,15 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointReader, find_weight_files
-from ..config import PhiKitConfig, config_from_folder
+from ..config import PhiKitConfig
 from ..cpu import hugepages
 from ..formats import lossless
 from ..cpu.gemm import FastLinear
 from ..ops.backends import prepare as prepare_for_device
 from ..generation_config import GenerationConfig
-from ..hub import resolve_folder
+from .load_options import (DTYPES, pick_dtype, resolve_checkpoint_folder, resolve_config, resolve_device,
+                           resolve_dtype, resolve_generation_config)
+from .pretrained_args import check_network_arguments, screen_arguments
 from ..formats.lossless import LosslessBf16Config
 from .name_maps import plan_sources
 from ..formats.configs import config_from_dict as quant_config_from_dict
@@ -34,45 +36,6 @@ from ..formats.configs import resolve_quantization_config
 from ..formats.streaming import StreamingQuantizer, finalize_quantized_model, prepare_quantized_model
 
 HEAD_PREFIXES = ("lm_head.", "score.")
-DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: Any, config: PhiKitConfig, reader: CheckpointReader | None) -> torch.dtype:
-    """torch dtype from a dtype, its name, or "auto" (config's `dtype`/`torch_dtype`, else the weights' own)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if named is not None:
-            return resolve_dtype(str(named).replace("torch.", ""), config, reader)
-        if reader is not None:
-            for ref in reader.refs.values():
-                if ref.dtype.is_floating_point:
-                    return ref.dtype
-        return torch.float32
-    if isinstance(dtype, str) and dtype.replace("torch.", "") in DTYPES:
-        return DTYPES[dtype.replace("torch.", "")]
-    raise ValueError(f"dtype={dtype!r} is not supported; use torch.float32, torch.bfloat16, torch.float16 or 'auto'")
-
-
-def resolve_device(device_map: Any) -> torch.device:
-    """phikit places whole models on one device: None/'cpu', 'cuda', 'cuda:1', 'auto', {'': device}."""
-    if isinstance(device_map, dict):
-        devices = set(device_map.values())
-        if len(devices) != 1:
-            raise ValueError(f"device_map={device_map!r} splits the model over devices; phikit loads a model on "
-                             f"one device (use tensor parallelism for more)")
-        device_map = devices.pop()
-    if device_map is None:
-        return torch.device("cpu")
-    if device_map == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device_map, int):
-        return torch.device("cuda", device_map)
-    return torch.device(device_map)
-
-
 @contextlib.contextmanager
 def _skip_init():
     """Constructors and `post_init` initialise weights; on the meta device before loading that is wasted work
@@ -104,27 +67,40 @@ def _short(names: list[str], limit: int = 8) -> str:
     return head + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig | None = None,
-                    dtype: Any = "auto", torch_dtype: Any = None, device_map: Any = None,
+def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig | str | os.PathLike | None = None,
+                    dtype: Any = None, torch_dtype: Any = None, device_map: Any = None,
                     attn_implementation: str | None = None, revision: str | None = None,
                     local_files_only: bool = False, trust_remote_code: bool = False, strict: bool = True,
                     output_loading_info: bool = False, quantization_config: Any = None, cache_dir: str | None = None,
                     token: str | bool | None = None, low_cpu_mem_usage: bool | None = None,
-                    show_progress: bool = False, **config_overrides: Any):
+                    show_progress: bool = False, subfolder: str = "", variant: str | None = None,
+                    use_safetensors: bool | None = None, ignore_mismatched_sizes: bool = False,
+                    weights_only: bool = True, disable_mmap: bool | None = None, generation_config: Any = None,
+                    tqdm_class: Any = None, force_download: bool = False, proxies: dict | None = None,
+                    **config_overrides: Any):
     """Load `cls` (a phikit model class) from a local folder or hub id. `trust_remote_code` is accepted for
-    compatibility and never executes code: phikit implements every Phi family itself."""
-    folder = resolve_folder(path_or_id, revision, local_files_only, cache_dir=cache_dir, token=token)
-    if config is None:
-        config = config_from_folder(folder)
-    for key, value in config_overrides.items():
-        setattr(config, key, value)
-    if attn_implementation is not None:
-        config.attn_implementation = attn_implementation
-    config.validate()
+    compatibility and never executes code: phikit implements every Phi family itself. transformers' other
+    arguments are honoured or refused by name (`pretrained_args.py`); the rest are config overrides. Everything is
+    checked before any weight is read, and the caller's `config=` object is never changed."""
+    overrides = screen_arguments(config_overrides)
+    if weights_only is not True:
+        raise ValueError(f"weights_only={weights_only!r}: phikit reads pytorch_model.bin weights-only (no pickled "
+                         f"code runs) and cannot do otherwise; convert the checkpoint to safetensors")
+    if tqdm_class is not None and not callable(tqdm_class):
+        raise ValueError(f"tqdm_class={tqdm_class!r:.80} must be a tqdm-like class")
+    check_network_arguments(os.path.isdir(os.fspath(path_or_id)) if isinstance(path_or_id, (str, os.PathLike))
+                            else False, force_download, proxies)
+    requested_dtype = pick_dtype(dtype, torch_dtype)
+    folder = resolve_checkpoint_folder(path_or_id, subfolder, variant, revision, local_files_only, cache_dir, token)
+    config = resolve_config(folder, config, cls, overrides, attn_implementation)
     device = resolve_device(device_map)
+    if not isinstance(requested_dtype, str) or requested_dtype != "auto":
+        resolve_dtype(requested_dtype, config, None)  # a bad dtype fails before the weights are opened
+    gen_config = resolve_generation_config(folder, generation_config, config)
     saved, quant = _quantization_plan(config, quantization_config, device, folder)
-    with CheckpointReader(find_weight_files(folder)) as reader:
-        target_dtype = resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config, reader)
+    files = find_weight_files(folder, variant, use_safetensors)
+    with CheckpointReader(files, use_mmap=not disable_mmap) as reader:
+        target_dtype = resolve_dtype(requested_dtype, config, reader)
         if isinstance(quant, LosslessBf16Config):
             quant = lossless.applicable(quant, target_dtype, device)
         with torch.device("meta"), _skip_init():
@@ -135,22 +111,28 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
             prepare_quantized_model(model, saved, reader.refs.keys(), target_dtype)
         elif quant is not None:
             quantizer = StreamingQuantizer(model, quant)  # each weight is quantized right after it is read
-        info = _fill(model, reader, folder, target_dtype, device, strict, show_progress, quantizer)
+        progress = tqdm_class if tqdm_class is not None else (_tqdm() if show_progress else None)
+        info = _fill(model, reader, folder, target_dtype, device, strict, progress, quantizer,
+                     ignore_mismatched_sizes)
         if quantizer is not None:
             quantizer.finish(model)
         if saved is not None:
             finalize_quantized_model(model, reader)
     model.tie_weights()
     model.eval()
-    config.dtype = str(target_dtype).replace("torch.", "")
+    config.dtype = target_dtype  # a torch.dtype, as transformers holds it; to_dict writes its name
+    config._name_or_path = os.fspath(path_or_id)
     model.loading_info = info
-    if os.path.isfile(os.path.join(folder, "generation_config.json")):
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-    else:
-        model.generation_config = GenerationConfig.from_model_config(config)
+    model.generation_config = gen_config
     model.name_or_path = os.fspath(path_or_id)
     model.tokenizer_vocab_size = _tokenizer_size(folder)
     return (model, info) if output_loading_info else model
+
+
+def _tqdm() -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm
 
 
 def _quantization_plan(config: PhiKitConfig, requested: Any, device: torch.device, folder: str):
@@ -183,7 +165,8 @@ def _tokenizer_size(folder: str) -> int | None:
 
 
 def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,
-          strict: bool, show_progress: bool = False, quantizer: Any = None) -> dict[str, list]:
+          strict: bool, progress: Any = None, quantizer: Any = None, ignore_mismatched: bool = False
+          ) -> dict[str, list]:
     """Check the whole plan first (names and shapes from headers), then read tensors one at a time."""
     config = model.config
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -199,12 +182,13 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
     mismatched = [(n, src.shape, params[n]) for n, src in plan.sources.items()
                   if src.shape is not None and tuple(src.shape) != params[n]]
     if strict:
-        if mismatched:
+        if mismatched and not ignore_mismatched:
             name, got, want = mismatched[0]
             raise CheckpointError(
                 f"tensor {name} has shape {tuple(got)} in the checkpoint at {folder} but the model built from its "
                 f"config.json expects {want} ({len(mismatched)} mismatched in all); config.json does not describe "
-                f"these weights (check hidden_size, intermediate_size, num_*_heads, vocab_size)")
+                f"these weights (check hidden_size, intermediate_size, num_*_heads, vocab_size), or pass "
+                f"ignore_mismatched_sizes=True to initialise those tensors instead")
         if missing:
             raise CheckpointError(
                 f"the checkpoint at {folder} lacks {len(missing)} tensors the model needs: {_short(missing)}; it is "
@@ -217,10 +201,8 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
                 f"strict=False to skip them")
     skip = {n for n, _, _ in mismatched}
     items = plan.sources.items()
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="Loading weights", unit="tensor", leave=False)
+    if progress is not None:
+        items = progress(items, desc="Loading weights", unit="tensor", leave=False)
     for name, source in items:
         if name in skip:
             continue
