@@ -34,20 +34,13 @@ def _moe_layers(model) -> list[torch.nn.Module]:
     return [m for m in model.modules() if "block_sparse_moe" in m._modules]
 
 
-def _register(model) -> None:
-    """What the decoder layer does for a PhiMoE block (phikit/model/decoder.py), where it does not yet."""
-    if not _hooked(model):
-        for layer in _moe_layers(model):
-            layer._register_load_state_dict_pre_hook(stacked_experts_pre_hook)
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_phikit_loads_a_transformers_state_dict(name: str) -> None:
     _, ref = pair(name)
     fresh, _ = pair(name, seed=7)
     assert not torch.allclose(_logits(fresh), _logits(ref))
-    if name == "phi-3.5-moe" and not _hooked(fresh):
-        pytest.xfail("phikit/model/decoder.py does not yet register moe.stacked_experts_pre_hook on PhiMoE layers")
+    if name == "phi-3.5-moe":
+        assert _hooked(fresh), "the decoder layer registers moe.stacked_experts_pre_hook on PhiMoE layers"
     result = fresh.load_state_dict(ref.state_dict())
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert_close(_logits(fresh), _logits(ref))  # two implementations: equal to rounding
@@ -56,7 +49,6 @@ def test_phikit_loads_a_transformers_state_dict(name: str) -> None:
 def test_stacked_experts_hook_splits_exactly() -> None:
     ours, ref = pair("phi-3.5-moe")
     fresh, _ = pair("phi-3.5-moe", seed=7)
-    _register(fresh)
     state = ref.state_dict()
     keys = set(state)
     result = fresh.load_state_dict(state)
@@ -70,7 +62,6 @@ def test_stacked_experts_hook_splits_exactly() -> None:
 
 def test_stacked_experts_with_a_bad_shape_or_both_layouts_are_errors() -> None:
     ours, ref = pair("phi-3.5-moe")
-    _register(ours)
     before = {k: v.clone() for k, v in ours.state_dict().items()}
     state = ref.state_dict()
     key = "model.layers.0.mlp.experts.gate_up_proj"

@@ -17,7 +17,7 @@ from ..ops.attention import ATTENTION_FUNCTIONS
 from .cache import CacheProtocol, DynamicCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
-from .moe import SparseMoE
+from .moe import SparseMoE, stacked_experts_pre_hook
 from .rope import RopeSpec, RotaryTables, choose_long, cos_sin, rope_spec_from_config
 
 
@@ -124,6 +124,8 @@ class DecoderLayer(nn.Module):
         else:
             mlp = SparseMoE(config.hidden_size, config.intermediate_size, config.num_local_experts,
                             config.hidden_act, config.router_jitter_noise, config.input_jitter_noise)
+            # transformers 5 holds PhiMoE's experts stacked in memory (`mlp.experts.*`): load_state_dict reads both
+            self._register_load_state_dict_pre_hook(stacked_experts_pre_hook)
         self.add_module(arch.mlp_name, mlp)
         self.resid_dropout = nn.Dropout(arch.resid_dropout)
 
