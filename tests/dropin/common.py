@@ -34,6 +34,9 @@ HEADS = {"causal": "ForCausalLM", "seq": "ForSequenceClassification", "tok": "Fo
 TF_TF = (transformers, transformers)
 PK_PK = (phikit, phikit)
 SAME_LIB = (TF_TF, PK_PK)
+VOCAB_LIMIT = ("from_pretrained() folders make generate() ban ids >= len(tokenizer) (-inf scores; a different "
+               "token or beam where the model's best id lies past the tokenizer: phi-2 has 51200 rows, 50295 "
+               "tokens), transformers keeps every id")
 
 
 def save_family(folder: pathlib.Path, family: str, head: str = "causal", seed: int = 0,
@@ -54,10 +57,11 @@ def save_family(folder: pathlib.Path, family: str, head: str = "causal", seed: i
 class Folders:
     """The saved tiny models, built once per session: `folders["phi3"]`, `folders["phi/tok"]`, `folders["tied"]`."""
 
+    # max_position_embeddings past what the pipelines' default 256 new tokens reach
     SPECS: dict[str, tuple[str, str, dict]] = {
-        "phi": ("phi", "causal", {}),
-        "phi3": ("phi3", "causal", {}),
-        "phimoe": ("phimoe", "causal", {}),
+        "phi": ("phi", "causal", {"max_position_embeddings": 512}),
+        "phi3": ("phi3", "causal", {"max_position_embeddings": 512}),
+        "phimoe": ("phimoe", "causal", {"max_position_embeddings": 512}),
         "tied": ("phi3", "causal", {"tie_word_embeddings": True}),
         "phi/tok": ("phi", "tok", {"num_labels": 3}),
         "phi/seq": ("phi", "seq", {"num_labels": 2, "pad_token_id": 50256}),

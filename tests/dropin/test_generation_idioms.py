@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.dropin.common import FAMILIES, Idiom, check, gap, load, new_gap, params, tokenizer
+from tests.dropin.common import FAMILIES, VOCAB_LIMIT, Idiom, check, gap, load, new_gap, params, tokenizer
 
 PROMPT = "Hey, are you conscious? Can you talk to me?"
-VOCAB_LIMIT = ("from_pretrained() folders make generate() ban ids >= len(tokenizer) (-inf scores; a different "
-               "token or beam where the model's best id lies past the tokenizer), transformers keeps every id")
 STATIC_LONG = ("cache_implementation='static' with a prompt > 20 tokens and no max_new_tokens: transformers 5 "
                "defaults to 20 new tokens, phikit takes max_length=20 and raises")
 LONG_PROMPT = ("def print_prime(n):\n   \"\"\"\n   Print all primes between 1 and n, one per line, in increasing "
