@@ -171,3 +171,18 @@ def load(lib: Any, folder: pathlib.Path, cls: str = "AutoModelForCausalLM", **kw
 
 def tokenizer(lib: Any, folder: pathlib.Path, **kwargs: Any) -> Any:
     return lib.AutoTokenizer.from_pretrained(folder, **kwargs)
+
+
+SEEDS_DIR = TOKENIZERS.parents[1] / "seeds"
+
+
+def seed_snippets() -> dict[str, str]:
+    """Every code snippet of the seed docs, by `<seed file stem>:<line>` of its `from transformers import` line (or
+    of its `transformers run` command line), mapped to that line. Fences in the seeds are not reliable (one file
+    lost an opening fence), so a snippet is found by the line that starts it."""
+    found = {}
+    for path in sorted(SEEDS_DIR.glob("*.txt")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if "from transformers import" in line or "| transformers run" in line:
+                found[f"{path.stem}:{number}"] = line.strip()
+    return found
