@@ -125,7 +125,8 @@ def min_new_tokens(lib, tok_lib, folder):
 def max_new_tokens_exact(lib, tok_lib, folder):
     model = load(lib, folder)
     enc = _enc(tok_lib, folder)
-    return [model.generate(**enc, max_new_tokens=k, do_sample=False, eos_token_id=None).shape[1] - enc.input_ids.shape[1]
+    prompt = enc.input_ids.shape[1]
+    return [model.generate(**enc, max_new_tokens=k, do_sample=False, eos_token_id=None).shape[1] - prompt
             for k in (1, 3, 9)]
 
 
