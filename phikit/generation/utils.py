@@ -26,6 +26,14 @@ class GenerationMixin:
 
     generation_config: GenerationConfig | None = None
 
+    def compute_transition_scores(self, sequences: torch.Tensor, scores: tuple[torch.Tensor, ...],
+                                  beam_indices: torch.Tensor | None = None, normalize_logits: bool = False
+                                  ) -> torch.Tensor:
+        """Each generated token's score at its step, [rows, steps] (transformers' method; see transition_scores)."""
+        from .transition_scores import compute_transition_scores
+
+        return compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits)
+
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
                  generation_config: GenerationConfig | None = None, logits_processor: list | None = None,

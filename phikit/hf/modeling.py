@@ -79,6 +79,13 @@ class PreTrainedMixin:
     def get_output_embeddings(self) -> nn.Linear | None:
         return None
 
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the vocabulary rows (embedding, and an untied lm_head) as transformers does; see hf/resize.py."""
+        from .resize import resize_token_embeddings
+
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     @property
     def base_model(self) -> "DecoderModel":
         return getattr(self, self.base_model_prefix, self)
