@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "num_return_sequences": 1,
     "guidance_scale": None,
     "stop_strings": None,
+    "max_time": None,
     "output_scores": False,
     "output_logits": False,
     "return_dict_in_generate": False,
