@@ -48,6 +48,8 @@ class GenerationConfig:
     """Attributes are the `generation_config.json` keys; unknown keys are kept and written back."""
 
     def __init__(self, **kwargs: Any) -> None:
+        # Metadata keys such as "_from_model_config" are kept; names Python reserves are not attributes to set.
+        kwargs = {k: v for k, v in kwargs.items() if not (k.startswith("__") or k == "_explicit")}
         self._explicit = {k for k, v in kwargs.items() if v is not None}  # what a file or a caller set
         for name, default in DEFAULTS.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
@@ -67,10 +69,11 @@ class GenerationConfig:
                 data = json.load(f)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"no generation_config.json in {path}") from e
-        except json.JSONDecodeError as e:
-            raise GenerationArgumentError(f"{file} is not valid JSON ({e}); fix or delete it") from e
         except UnicodeDecodeError as e:
-            raise GenerationArgumentError(f"{file} is not UTF-8 text ({e}); fix or delete it") from e
+            raise GenerationArgumentError(f"{file} is not UTF-8 text ({e}); fix or delete it") from None
+        except (ValueError, RecursionError) as e:  # bad JSON, nesting too deep, an integer of too many digits
+            raise GenerationArgumentError(f"{file} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); fix or "
+                                          f"delete it") from None
         if not isinstance(data, dict):
             raise GenerationArgumentError(f"{file} holds a JSON {type(data).__name__}, not an object of generation "
                                           f"options; fix or delete it")
