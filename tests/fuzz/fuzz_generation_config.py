@@ -32,6 +32,8 @@ def TestOneInput(data: bytes) -> None:
 if __name__ == "__main__":
     import atheris
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # this checkout
+
     with atheris.instrument_imports():
         import phikit.generation_checks  # noqa: F401
         import phikit.generation_config  # noqa: F401
