@@ -5,17 +5,26 @@
     phikit generate --model ./phi-2 "def fibonacci(n):" --max-new-tokens 64
     phikit chat --model ./Phi-3-mini-4k-instruct
 
-Bad input ends with one line on stderr, `phikit: error: ...`, and exit status 1 (2 for bad flags).
+    echo "I loved it" | phikit run --task text-classification --model ./classifier   # label + score per line
+
+Bad input ends with one line on stderr, `phikit: error: ...`, and exit status 1 (2 for bad flags). Any other
+exception is a bug in phikit: one line says so (exit status 3); PHIKIT_DEBUG=1 or --debug shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from typing import Any, Sequence
 
-USER_ERRORS = (ValueError, OSError, TypeError, KeyError, NotImplementedError, ImportError)
+# The user's errors: phikit raises ValueError subclasses (ConfigError, CheckpointError, ...) for bad input, OSError
+# for files and the hub, ImportError for a missing optional package, NotImplementedError for unsupported features.
+USER_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
+TASKS = ("text-generation", "text-classification", "token-classification")
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 WEIGHT_FORMATS = ("auto", "plain", "lossless", "int8", "int4")
 
 
@@ -63,12 +72,16 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phikit", description="Run Microsoft's Phi models locally.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True,
                                 metavar="{run,generate,chat,finetune,export,bench,doctor}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")
-    run.add_argument("--task", default="text-generation", choices=["text-generation"])
+    run.add_argument("--task", default="text-generation", choices=[*TASKS, *TASK_ALIASES],
+                     help="text-generation (stdin is one prompt), or text-classification / token-classification "
+                          "(one input per line of stdin; prints one JSON result per line, as transformers' "
+                          "pipeline returns it); default text-generation")
     _add_model_flags(run)
     _add_generation_flags(run)
     gen = sub.add_parser("generate", help="continue a prompt given on the command line",
@@ -121,18 +134,40 @@ def default_model_path() -> str:
     return path
 
 
-def _load(args: argparse.Namespace):
+def read_stdin() -> str:
+    """All of stdin as UTF-8 text; other bytes are the user's error, named with where they are."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    return decode_stdin(data)
+
+
+def decode_stdin(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"stdin is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} cannot be "
+                         f"decoded as utf-8; convert it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def read_stdin_line() -> str:
+    """One line of stdin ("" at the end), decoded as UTF-8."""
+    if not hasattr(sys.stdin, "buffer"):
+        return sys.stdin.readline()
+    return decode_stdin(sys.stdin.buffer.readline())
+
+
+def _load(args: argparse.Namespace, auto: Any = None):
     from .hf.auto import AutoModelForCausalLM
     from .tokenizer.tokenization import AutoTokenizer
+
+    auto = auto or AutoModelForCausalLM
 
     if args.model is None:
         args.model = default_model_path()
     start = time.perf_counter()
     print(f"phikit: loading {args.model} ...", file=sys.stderr, flush=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device,
-                                                 attn_implementation=args.attn_implementation,
-                                                 revision=args.revision, show_progress=True,
-                                                 quantization_config=quantization_for(args.weights))
+    model = auto.from_pretrained(args.model, dtype=args.dtype, device_map=args.device,
+                                 attn_implementation=args.attn_implementation, revision=args.revision,
+                                 show_progress=True, quantization_config=quantization_for(args.weights))
     tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
     print(f"phikit: loaded {type(model).__name__} ({model.num_parameters() / 1e6:.1f}M parameters, "
           f"{_weights_held(model)}) in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
@@ -146,10 +181,33 @@ def _weights_held(model: Any) -> str:
     return "weights: " + (", ".join(kinds) if kinds else str(model.dtype).replace("torch.", ""))
 
 
+def _cmd_classify(args: argparse.Namespace, task: str) -> int:
+    from .hf.auto import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from .pipelines import TextClassificationPipeline, TokenClassificationPipeline
+
+    lines = [line for line in read_stdin().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"no input on stdin; pipe one text per line, e.g. echo 'I loved it' | phikit run --task "
+                         f"{task} --model M")
+    if task == "text-classification":
+        model, tokenizer = _load(args, AutoModelForSequenceClassification)
+        pipe: Any = TextClassificationPipeline(model, tokenizer)
+    else:
+        model, tokenizer = _load(args, AutoModelForTokenClassification)
+        pipe = TokenClassificationPipeline(model, tokenizer)
+    for line in lines:  # text-classification: {"label", "score"}; token-classification: the list of entities
+        result = pipe(line)
+        print(json.dumps(result[0] if task == "text-classification" else result, ensure_ascii=False), flush=True)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipelines import TextGenerationPipeline
 
-    prompt = sys.stdin.read()
+    task = TASK_ALIASES.get(args.task, args.task)
+    if task != "text-generation":
+        return _cmd_classify(args, task)
+    prompt = read_stdin()
     if not prompt.strip():
         raise ValueError("no prompt on stdin; pipe one in, e.g. echo 'def f(x):' | phikit run --model M")
     model, tokenizer = _load(args)
@@ -190,7 +248,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print("> ", end="", flush=True, file=sys.stderr)
-        line = sys.stdin.readline()
+        line = read_stdin_line()
         if not line:
             return 0
         line = line.rstrip("\n")
@@ -250,14 +308,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PHIKIT_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except USER_ERRORS as e:
+        if debug:
+            raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"phikit: error: {message}", file=sys.stderr)
         return 1
+    except Exception as e:  # anything else is phikit's fault, not the user's
+        if debug:
+            raise
+        message = " ".join(str(e).split())[:300]
+        print(f"phikit: error: internal error (a bug in phikit, not in your input): {type(e).__name__}: {message}; "
+              f"rerun with PHIKIT_DEBUG=1 (or phikit --debug ...) to see the traceback, and please report it",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

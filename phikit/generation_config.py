@@ -7,8 +7,12 @@ import json
 import os
 from typing import Any
 
+from .generation_checks import GenerationArgumentError, validate_generation_config
+
+DEFAULT_NEW_TOKENS = 20
+
 DEFAULTS: dict[str, Any] = {
-    "max_length": 20,
+    "max_length": None,  # None: 20 new tokens after the prompt, within the context (transformers 5's default)
     "max_new_tokens": None,
     "min_length": 0,
     "min_new_tokens": None,
@@ -28,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "num_return_sequences": 1,
     "guidance_scale": None,
     "stop_strings": None,
+    "max_time": None,
     "output_scores": False,
     "output_logits": False,
     "return_dict_in_generate": False,
@@ -43,6 +48,9 @@ class GenerationConfig:
     """Attributes are the `generation_config.json` keys; unknown keys are kept and written back."""
 
     def __init__(self, **kwargs: Any) -> None:
+        # Metadata keys such as "_from_model_config" are kept; names Python reserves are not attributes to set.
+        kwargs = {k: v for k, v in kwargs.items() if not (k.startswith("__") or k == "_explicit")}
+        self._explicit = {k for k, v in kwargs.items() if v is not None}  # what a file or a caller set
         for name, default in DEFAULTS.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
         for name, value in kwargs.items():
@@ -61,8 +69,14 @@ class GenerationConfig:
                 data = json.load(f)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"no generation_config.json in {path}") from e
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file} is not valid JSON ({e}); fix or delete it") from e
+        except UnicodeDecodeError as e:
+            raise GenerationArgumentError(f"{file} is not UTF-8 text ({e}); fix or delete it") from None
+        except (ValueError, RecursionError) as e:  # bad JSON, nesting too deep, an integer of too many digits
+            raise GenerationArgumentError(f"{file} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); fix or "
+                                          f"delete it") from None
+        if not isinstance(data, dict):
+            raise GenerationArgumentError(f"{file} holds a JSON {type(data).__name__}, not an object of generation "
+                                          f"options; fix or delete it")
         return cls.from_dict(data, **overrides)
 
     @classmethod
@@ -74,8 +88,15 @@ class GenerationConfig:
         return {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
 
     def to_diff_dict(self) -> dict[str, Any]:
-        """Only the values that differ from the defaults (what generation_config.json files hold)."""
-        return {k: v for k, v in self.to_dict().items() if k not in DEFAULTS or DEFAULTS[k] != v}
+        """The values set (by a file or a caller) or differing from the defaults: what generation_config.json holds."""
+        explicit = getattr(self, "_explicit", set())
+        return {k: v for k, v in self.to_dict().items()
+                if k not in DEFAULTS or DEFAULTS[k] != v or (k in explicit and v is not None)}
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise `GenerationArgumentError` (a ValueError) naming the first field whose value generate cannot run:
+        its type, its range, or a combination (transformers 5's `GenerationConfig.validate` checks and more)."""
+        validate_generation_config(self, vocab_size)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -87,8 +108,10 @@ class GenerationConfig:
         """Set the known keys; return the ones this config does not have (the caller decides what they mean)."""
         unused = {}
         for k, v in kwargs.items():
-            if hasattr(self, k):
+            if hasattr(self, k) and not k.startswith("_"):
                 setattr(self, k, v)
+                if v is not None:
+                    self._explicit = getattr(self, "_explicit", set()) | {k}
             else:
                 unused[k] = v
         return unused

@@ -92,15 +92,15 @@ def test_generate_streams_what_it_returns(model_dir) -> None:
 
 def test_pipeline_takes_text_chat_and_batches(model_dir) -> None:
     pipe = phikit.pipeline("text-generation", model=str(model_dir), dtype=torch.float32, device="cpu")
-    out = pipe("def fibonacci(n):", max_new_tokens=5)
+    out = pipe("def fibonacci(n):", max_new_tokens=5, do_sample=False)  # the pipeline samples by default
     assert out[0]["generated_text"].startswith("def fibonacci(n):")
-    only_new = pipe("def fibonacci(n):", max_new_tokens=5, return_full_text=False)
+    only_new = pipe("def fibonacci(n):", max_new_tokens=5, return_full_text=False, do_sample=False)
     assert out[0]["generated_text"] == "def fibonacci(n):" + only_new[0]["generated_text"]
     chat = [{"role": "user", "content": "Hi there"}]
     reply = pipe(chat, max_new_tokens=5)[0]["generated_text"]
     assert reply[:1] == chat and reply[1]["role"] == "assistant"
-    batch = pipe(["a", "bb bb bb", "c c"], max_new_tokens=4, batch_size=3)
-    alone = [pipe(t, max_new_tokens=4)[0]["generated_text"] for t in ["a", "bb bb bb", "c c"]]
+    batch = pipe(["a", "bb bb bb", "c c"], max_new_tokens=4, batch_size=3, do_sample=False)
+    alone = [pipe(t, max_new_tokens=4, do_sample=False)[0]["generated_text"] for t in ["a", "bb bb bb", "c c"]]
     assert [b[0]["generated_text"] for b in batch] == alone
 
 
@@ -161,3 +161,38 @@ def test_cli_bad_flag_and_help() -> None:
     assert bad.returncode == 2 and "expected one argument" in bad.stderr
     helptext = _cli("chat", "--help")
     assert helptext.returncode == 0 and "/reset" in helptext.stdout and "--max-new-tokens" in helptext.stdout
+
+
+def test_cli_run_text_classification_prints_label_and_score_per_line(tmp_path, phi3_tokenizer) -> None:
+    config = phikit.Phi3Config(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, pad_token_id=32000, eos_token_id=32000, num_labels=3)
+    model = phikit.Phi3ForSequenceClassification(config)
+    model.save_pretrained(tmp_path)
+    phi3_tokenizer.save_pretrained(tmp_path)
+    out = _cli("run", "--task", "text-classification", "--model", str(tmp_path), stdin="I loved it\n\nawful\n")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    pipe = phikit.pipeline("text-classification", model=str(tmp_path))
+    assert len(rows) == 2 and rows[0]["label"] == pipe("I loved it")[0]["label"]
+    assert rows[1]["score"] == pytest.approx(pipe("awful")[0]["score"])
+
+
+def test_cli_bad_task_names_the_tasks() -> None:
+    out = _cli("run", "--task", "summarization")
+    assert out.returncode == 2 and "text-classification" in out.stderr and "token-classification" in out.stderr
+
+
+def test_cli_internal_error_is_one_line_and_debug_shows_the_traceback(model_dir) -> None:
+    code = ("import sys, phikit.cli as c\n"
+            "def boom(args): raise KeyError('x')\n"
+            "c.COMMANDS['doctor'] = boom\n"
+            "sys.exit(c.main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quiet = subprocess.run([sys.executable, "-c", code, "doctor"], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 3 and "Traceback" not in quiet.stderr
+    assert "bug in phikit" in quiet.stderr and "PHIKIT_DEBUG=1" in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code, "doctor"], capture_output=True, text=True,
+                          env={**env, "PHIKIT_DEBUG": "1"})
+    assert "Traceback" in loud.stderr and "KeyError" in loud.stderr

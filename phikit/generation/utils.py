@@ -12,9 +12,10 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..model.cache import DynamicCache, KVCache, StaticCache
-from ..generation_config import GenerationConfig, merge_eos_ids
+from ..generation_config import DEFAULT_NEW_TOKENS, GenerationArgumentError, GenerationConfig, merge_eos_ids
 from .decoding import assisted_decode, beam_search, sample
 from .guidance import ClassifierFreeGuidance
+from .inputs import as_id_tensor, check_id_range, check_mask, split_generate_inputs
 
 # Keyword arguments generate() understands besides GenerationConfig fields.
 MODEL_INPUTS = ("input_ids", "attention_mask")
@@ -24,6 +25,14 @@ class GenerationMixin:
     """Adds `generate` to the causal-LM classes."""
 
     generation_config: GenerationConfig | None = None
+
+    def compute_transition_scores(self, sequences: torch.Tensor, scores: tuple[torch.Tensor, ...],
+                                  beam_indices: torch.Tensor | None = None, normalize_logits: bool = False
+                                  ) -> torch.Tensor:
+        """Each generated token's score at its step, [rows, steps] (transformers' method; see transition_scores)."""
+        from .transition_scores import compute_transition_scores
+
+        return compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
@@ -40,14 +49,22 @@ class GenerationMixin:
         and `logits`. Any `GenerationConfig` field may be passed as a keyword (max_new_tokens, do_sample, top_p, ...).
         `tokenizer=` enables `stop_strings` and limits sampling to ids the tokenizer has.
         """
-        input_ids, attention_mask, kwargs = _split_inputs(inputs, kwargs)
+        config = self.config
+        input_ids, attention_mask = split_generate_inputs(inputs, kwargs, config.vocab_size)
         tokenizer = kwargs.pop("tokenizer", None)
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise GenerationArgumentError(f"generation_config must be a phikit GenerationConfig, got "
+                                          f"{type(generation_config).__name__}; pass options as keywords instead")
         gen = copy.deepcopy(generation_config or self.generation_config or GenerationConfig.from_model_config(
-            self.config))
+            config))
         unknown = gen.update(**kwargs)
         if unknown:
-            raise TypeError(f"generate() got arguments it does not know: {sorted(unknown)}; pass generation options "
-                            f"by their GenerationConfig names (max_new_tokens, do_sample, temperature, top_p, ...)")
+            raise UnknownGenerateArgument(
+                f"generate() got arguments it does not know: {sorted(unknown)}; pass generation options by their "
+                f"GenerationConfig names (max_new_tokens, do_sample, temperature, top_p, ...)")
+        gen.validate(vocab_size=config.vocab_size)
+        _check_arguments(gen, tokenizer, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+                         assistant_model, streamer, negative_prompt_ids, negative_prompt_attention_mask, config)
         device = self.device
         input_ids = input_ids.to(device)
         batch, prompt_len = input_ids.shape
@@ -58,9 +75,12 @@ class GenerationMixin:
         if attention_mask is None:
             attention_mask = _infer_attention_mask(input_ids, gen.pad_token_id, eos)
         attention_mask = attention_mask.to(device)
+        default_length = gen.max_new_tokens is None and gen.max_length is None
         if gen.max_new_tokens is not None:
             gen.max_length = prompt_len + gen.max_new_tokens
-        _validate(gen, prompt_len, self.config, assistant_model, streamer, batch)
+        elif default_length:  # transformers 5: 20 new tokens, within the context
+            gen.max_length = min(prompt_len + DEFAULT_NEW_TOKENS, config.max_position_embeddings)
+        _validate(gen, prompt_len, config, assistant_model, streamer, batch, default_length)
 
         from .logits_process import build_logits_processors
         from .stopping_criteria import build_stopping_criteria
@@ -93,30 +113,6 @@ class GenerationMixin:
                 streamer.end()
 
 
-def _split_inputs(inputs: Any, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """Accept ids [B, T] or [T], a tokenizer's dict (BatchEncoding), or input_ids=/attention_mask= keywords."""
-    attention_mask = kwargs.pop("attention_mask", None)
-    if isinstance(inputs, Mapping):
-        attention_mask = inputs.get("attention_mask", attention_mask)
-        inputs = inputs["input_ids"]
-    if inputs is None:
-        inputs = kwargs.pop("input_ids", None)
-    elif "input_ids" in kwargs:
-        raise ValueError("pass the prompt once: either as `inputs` or as `input_ids=`, not both")
-    if inputs is None:
-        raise ValueError("generate() needs a prompt: token ids [batch, tokens] (e.g. tokenizer(text, "
-                         "return_tensors='pt').input_ids)")
-    if not torch.is_tensor(inputs):
-        inputs = torch.tensor(inputs)
-    if inputs.dim() == 1:
-        inputs = inputs[None]
-        attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
-    if inputs.dim() != 2 or inputs.shape[1] == 0:
-        raise ValueError(f"prompt ids must have shape [batch, tokens] with at least one token, got "
-                         f"{tuple(inputs.shape)}")
-    return inputs.long(), attention_mask, kwargs
-
-
 def _infer_attention_mask(input_ids: torch.Tensor, pad: int | None, eos: list[int]) -> torch.Tensor:
     """The reference rule: pad ids mark padding when pad is in the prompt and is not an eos id."""
     if pad is not None and bool((input_ids == pad).any()) and pad not in eos:
@@ -124,33 +120,75 @@ def _infer_attention_mask(input_ids: torch.Tensor, pad: int | None, eos: list[in
     return torch.ones_like(input_ids)
 
 
-def _validate(gen: GenerationConfig, prompt_len: int, config, assistant: Any, streamer: Any, batch: int) -> None:
+class UnknownGenerateArgument(GenerationArgumentError, TypeError):
+    """generate() got a keyword that is neither a GenerationConfig field nor one of its arguments."""
+
+
+def _check_callables(name: str, items: Any) -> None:
+    if items is None:
+        return
+    if not isinstance(items, (list, tuple)) or not all(callable(x) for x in items):
+        raise GenerationArgumentError(f"{name} must be a list of callables (processor(input_ids, scores)), got "
+                                      f"{items!r}")
+
+
+def _check_arguments(gen: GenerationConfig, tokenizer: Any, logits_processor: Any, stopping_criteria: Any,
+                     prefix_allowed_tokens_fn: Any, assistant: Any, streamer: Any, negative_ids: Any,
+                     negative_mask: Any, config) -> None:
+    """generate()'s own arguments (not GenerationConfig fields): their types and what they need."""
+    _check_callables("logits_processor", logits_processor)
+    _check_callables("stopping_criteria", stopping_criteria)
+    if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
+        raise GenerationArgumentError(f"prefix_allowed_tokens_fn must be a function (batch_id, input_ids) -> "
+                                      f"list of ids, got {type(prefix_allowed_tokens_fn).__name__}")
+    if streamer is not None and not (callable(getattr(streamer, "put", None)) and
+                                     callable(getattr(streamer, "end", None))):
+        raise GenerationArgumentError(f"streamer must have put(ids) and end() (e.g. TextStreamer(tokenizer)), got "
+                                      f"{type(streamer).__name__}")
+    if assistant is not None and not isinstance(assistant, torch.nn.Module):
+        raise GenerationArgumentError(f"assistant_model must be a loaded phikit model, got "
+                                      f"{type(assistant).__name__}")
+    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+        raise GenerationArgumentError(f"tokenizer= must be a tokenizer with decode(ids), got "
+                                      f"{type(tokenizer).__name__}")
+    if gen.stop_strings is not None and tokenizer is None:
+        raise GenerationArgumentError(f"stop_strings={gen.stop_strings!r} needs the tokenizer to read the generated "
+                                      f"text; pass tokenizer=... to generate()")
+    if negative_ids is not None:
+        ids = as_id_tensor("negative_prompt_ids", negative_ids)
+        if ids.dim() != 2:
+            raise GenerationArgumentError(f"negative_prompt_ids must have shape [batch, tokens], got "
+                                          f"{tuple(ids.shape)}")
+        check_id_range("negative_prompt_ids", ids, config.vocab_size)
+        if negative_mask is not None:
+            check_mask("negative_prompt_attention_mask", negative_mask, tuple(ids.shape), "negative_prompt_ids")
+
+
+def _validate(gen: GenerationConfig, prompt_len: int, config, assistant: Any, streamer: Any, batch: int,
+              default_length: bool) -> None:
     limit = config.max_position_embeddings
     if prompt_len > limit:
-        raise ValueError(f"the prompt has {prompt_len} tokens but the model's context is max_position_embeddings="
-                         f"{limit}; shorten or truncate the prompt (tokenizer(..., truncation=True, max_length=...))")
+        raise GenerationArgumentError(
+            f"the prompt has {prompt_len} tokens but the model's context is max_position_embeddings={limit}; "
+            f"shorten or truncate the prompt (tokenizer(..., truncation=True, max_length=...))")
     if gen.max_length > limit:
-        raise ValueError(f"prompt ({prompt_len} tokens) + new tokens reach {gen.max_length}, past the model's context "
-                         f"of {limit} tokens; lower max_new_tokens to at most {limit - prompt_len}")
+        what = f"max_new_tokens={gen.max_new_tokens}" if gen.max_new_tokens is not None else \
+            f"max_length={gen.max_length}"
+        raise GenerationArgumentError(
+            f"{what}: prompt ({prompt_len} tokens) + new tokens reach {gen.max_length}, past the model's context "
+            f"of {limit} tokens; lower max_new_tokens to at most {limit - prompt_len}")
     if gen.max_length <= prompt_len:
-        raise ValueError(f"max_length={gen.max_length} leaves no room after the {prompt_len}-token prompt; set "
-                         f"max_new_tokens instead")
-    if gen.num_beams < 1 or gen.num_return_sequences < 1:
-        raise ValueError(f"num_beams={gen.num_beams} and num_return_sequences={gen.num_return_sequences} must be >= 1")
-    if gen.num_beams > 1 and gen.num_return_sequences > gen.num_beams:
-        raise ValueError(f"num_return_sequences={gen.num_return_sequences} cannot exceed num_beams={gen.num_beams}")
-    if gen.num_beams == 1 and not gen.do_sample and gen.num_return_sequences > 1:
-        raise ValueError(f"greedy decoding returns one sequence per prompt, not num_return_sequences="
-                         f"{gen.num_return_sequences}; use do_sample=True or num_beams >= num_return_sequences")
+        if default_length:
+            raise GenerationArgumentError(f"the {prompt_len}-token prompt fills the model's context "
+                                          f"(max_position_embeddings={limit}); shorten the prompt")
+        raise GenerationArgumentError(f"max_length={gen.max_length} (it counts the prompt) leaves no room after the "
+                                      f"{prompt_len}-token prompt; pass max_new_tokens=N instead")
     if streamer is not None and (batch > 1 or gen.num_beams > 1):
-        raise ValueError("streaming works for one prompt without beam search; pass a single prompt")
+        raise GenerationArgumentError(f"streaming works for one prompt without beam search (got batch={batch}, "
+                                      f"num_beams={gen.num_beams}); pass a single prompt")
     if assistant is not None and (batch > 1 or gen.num_beams > 1 or gen.do_sample):
-        raise ValueError("assisted decoding (assistant_model) runs one prompt greedily: batch 1, num_beams=1, "
-                         "do_sample=False")
-    if gen.cache_implementation not in (None, "dynamic", "static"):
-        raise ValueError(f"cache_implementation={gen.cache_implementation!r} is not one of 'dynamic', 'static'")
-    if not gen.use_cache and gen.cache_implementation == "static":
-        raise ValueError("cache_implementation='static' needs use_cache=True")
+        raise GenerationArgumentError("assisted decoding (assistant_model) runs one prompt greedily: batch 1, "
+                                      "num_beams=1, do_sample=False")
 
 
 def _make_cache(gen: GenerationConfig, rows: int) -> KVCache | None:

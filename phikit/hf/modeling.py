@@ -15,11 +15,13 @@ import torch.nn as nn
 from ..ops import bind
 from ..ops.attention import check_attention_implementation
 from ..ops.backends import default_ops
+from ..generation.inputs import check_forward_inputs
 from ..model.cache import CacheProtocol, DynamicCache, KVCache
 from ..config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
 from ..model.decoder import Decoder, TrunkOutput
+from ..generation.inputs import check_labels
 from ..generation.utils import GenerationMixin
-from ..generation_config import GenerationConfig
+from ..generation_config import GenerationArgumentError, GenerationConfig
 from ..model.layers import RMSNorm
 from ..weights.loading import load_pretrained, save_pretrained
 from .losses import (causal_lm_loss, load_balancing_loss, sequence_classification_loss,
@@ -38,7 +40,7 @@ class PreTrainedMixin:
 
     def _check_config(self, config: PhiKitConfig) -> None:
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            raise UnknownForwardArgument(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
                             f"{type(config).__name__}; build the config with {self.config_class.__name__}(...)")
         check_attention_implementation(config._attn_implementation)
 
@@ -76,6 +78,13 @@ class PreTrainedMixin:
 
     def get_output_embeddings(self) -> nn.Linear | None:
         return None
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the vocabulary rows (embedding, and an untied lm_head) as transformers does; see hf/resize.py."""
+        from .resize import resize_token_embeddings
+
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     @property
     def base_model(self) -> "DecoderModel":
@@ -130,14 +139,24 @@ class PreTrainedMixin:
         return output if return_dict else output.to_tuple()
 
 
+class UnknownForwardArgument(GenerationArgumentError, TypeError):
+    """forward() got an argument it does not take, or one of the wrong kind."""
+
+
 def _reject_unknown(kwargs: dict[str, Any]) -> None:
     # Keys transformers' generate or Trainer may pass that carry no meaning here.
     for key in ("num_items_in_batch", "output_router_logits", "token_type_ids"):
         kwargs.pop(key, None)
     if kwargs:
-        raise TypeError(f"forward() got unexpected arguments {sorted(kwargs)}; phikit models take input_ids, "
+        raise UnknownForwardArgument(f"forward() got unexpected arguments {sorted(kwargs)}; phikit models take input_ids, "
                         f"attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache, "
                         f"output_attentions, output_hidden_states, cache_position, logits_to_keep, return_dict")
+
+
+def _input_shape(input_ids: Any, inputs_embeds: Any) -> tuple[int, int] | None:
+    """[B, T] of the input, or None where forward's own checks will refuse it."""
+    source = input_ids if input_ids is not None else inputs_embeds
+    return tuple(source.shape[:2]) if torch.is_tensor(source) and source.dim() >= 2 else None
 
 
 class DecoderModel(PreTrainedMixin, Decoder):
@@ -176,20 +195,17 @@ class DecoderModel(PreTrainedMixin, Decoder):
                ) -> tuple[TrunkOutput, KVCache | None]:
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, hidden_size]")
-        if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape [batch, tokens], got {tuple(input_ids.shape)}; "
-                                 f"add a batch dimension with input_ids[None]")
-            if input_ids.numel() and (int(input_ids.max()) >= config.vocab_size or int(input_ids.min()) < 0):
-                raise ValueError(f"input_ids holds token id {int(input_ids.max())} outside the embedding "
-                                 f"(vocab_size={config.vocab_size}); the tokenizer does not match this model")
-            inputs_embeds = self.embed_tokens(input_ids)
+            raise GenerationArgumentError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, hidden_size]")
         if past_key_values is not None and not (isinstance(past_key_values, KVCache)  # the fast check first
                                                 or isinstance(past_key_values, CacheProtocol)):
-            raise TypeError(f"past_key_values must be a phikit cache (DynamicCache, StaticCache, or a class with "
-                            f"every member of phikit.model.cache.CacheProtocol), got "
-                            f"{type(past_key_values).__name__}; pass back the `past_key_values` a forward returned")
+            raise UnknownForwardArgument(
+                f"past_key_values must be a phikit cache (DynamicCache, StaticCache, or a class with every member "
+                f"of phikit.model.cache.CacheProtocol), got {type(past_key_values).__name__}; pass back the "
+                f"`past_key_values` a forward returned")
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        check_forward_inputs(config, input_ids, attention_mask, position_ids, past, inputs_embeds)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
         use_cache = config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputing a layer must not append to the cache twice
@@ -200,9 +216,6 @@ class DecoderModel(PreTrainedMixin, Decoder):
             start = int(cache_position[0])
         else:
             start = cache.get_seq_length() if cache is not None else 0
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"attention_mask must be 2D [batch, past + new tokens] of 1s and 0s, got shape "
-                             f"{tuple(attention_mask.shape)}")
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_router_logits = bool(output_router_logits if output_router_logits is not None
@@ -242,6 +255,8 @@ class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
         `labels` [B, T] (-100 = ignore) gives the mean next-token cross entropy in `loss`."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         _reject_unknown(kwargs)
+        if labels is not None and (shape := _input_shape(input_ids, inputs_embeds)) is not None:
+            check_labels("labels", labels, shape, self.config.vocab_size, "vocab_size")
         is_moe = self.config.architecture().mlp == "moe"
         if output_router_logits is None:
             output_router_logits = getattr(self.config, "output_router_logits", False)
@@ -343,6 +358,8 @@ class TokenClassification(PreTrainedMixin, nn.Module):
                 cache_position: torch.LongTensor | None = None, **kwargs: Any):
         """Returns `TokenClassifierOutput` with logits [B, T, num_labels]; labels [B, T] (-100 = ignore)."""
         _reject_unknown(kwargs)
+        if labels is not None and (shape := _input_shape(input_ids, inputs_embeds)) is not None:
+            check_labels("labels", labels, shape, self.num_labels, "num_labels")
         trunk, _ = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                      use_cache, output_attentions, output_hidden_states, cache_position, False)
         logits = self.score(self.dropout(trunk.last_hidden_state))
