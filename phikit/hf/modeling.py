@@ -98,8 +98,13 @@ class PreTrainedMixin:
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        seen = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """How many parameters (as transformers: shared ones once; `exclude_embeddings` leaves out every
+        nn.Embedding's weight, so a tied head is left out with it)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings \
+            else set()
+        seen = {id(p): p for p in self.parameters()
+                if (p.requires_grad or not only_trainable) and id(p) not in embeddings}
         # weights held in buffers (int8 / int4 / lossless 12-bit layers) are parameters of the model all the same
         held = 0 if only_trainable else sum(m.in_features * m.out_features for m in self.modules()
                                             if getattr(type(m), "weight_in_buffers", False))

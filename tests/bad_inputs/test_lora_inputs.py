@@ -156,8 +156,8 @@ TENSOR_CASES = [
     edit("tensor-inf", _set(f"{QKV0}.lora_B.weight", torch.full((96, 4), math.inf)), "qkv_proj.lora_B", "infinite"),
     edit("all-ranks-disagree-with-r", _rank_everywhere(2), "lora_A.weight", "r=4"),
     edit("split-part-wrong-rows", lambda s: [s.pop(k) for k in list(s) if "qkv_proj" in k] and s.update({
-        f"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 32),
-        f"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(40, 4)}),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 32),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(40, 4)}),
          "q_proj", "(40, 4)", "rows [0, 32)"),
     Case("weights-missing", lambda c: load_adapter(c.model, c.folder(remove=(WEIGHTS,))), OSError, (WEIGHTS,)),
     Case("weights-only-bin", lambda c: load_adapter(c.model, _bin_only(c)), OSError, ("adapter_model.bin",

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from tests.dropin.common import Idiom, gap, load, params, tokenizer, transformers
+from tests.dropin.common import Idiom, load, params, tokenizer, transformers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The seed's shell line, verbatim but for the command (this worktree's phikit), the model (a tiny local folder) and
@@ -56,8 +56,7 @@ def classification_reference(folder: pathlib.Path) -> list:
 
 
 IDIOMS: list[Idiom] = [
-    Idiom("run_text_classification", lambda *_: None, model="phi/seq",
-          marks=(gap("`phikit run --task text-classification`"),)),
+    Idiom("run_text_classification", lambda *_: None, model="phi/seq"),
     Idiom("run_text_generation", lambda *_: None, model="phi3"),
 ]
 RUN = {i.id: i for i in IDIOMS}

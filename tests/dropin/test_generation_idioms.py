@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.dropin.common import FAMILIES, VOCAB_LIMIT, Idiom, check, gap, load, new_gap, params, tokenizer
+import phikit
+from tests.dropin.common import FAMILIES, VOCAB_LIMIT, deliberate, transformers, Idiom, check, load, params, tokenizer
 
 PROMPT = "Hey, are you conscious? Can you talk to me?"
-STATIC_LONG = ("cache_implementation='static' with a prompt > 20 tokens and no max_new_tokens: transformers 5 "
-               "defaults to 20 new tokens, phikit takes max_length=20 and raises")
 LONG_PROMPT = ("def print_prime(n):\n   \"\"\"\n   Print all primes between 1 and n, one per line, in increasing "
                "order, and return how many there were.\n   \"\"\"")
 
@@ -45,6 +44,21 @@ def dict_scores_values(lib, tok_lib, folder):
     out = load(lib, folder).generate(**_enc(tok_lib, folder), max_new_tokens=6, do_sample=False,
                                      return_dict_in_generate=True, output_scores=True)
     return torch.stack(out.scores)
+
+
+def test_scores_equal_transformers_below_the_tokenizer_and_ban_the_padding(folders):
+    """What phikit does instead of `dict_scores_values` (deliberately): the same scores for every id the tokenizer
+    has, -inf for the embedding's padding rows past it, so no id the tokenizer cannot decode is ever emitted."""
+    folder = folders["phi3"]
+    size = len(tokenizer(phikit, folder))
+    ours = torch.stack(load(phikit, folder).generate(**_enc(phikit, folder), max_new_tokens=1, do_sample=False,
+                                                     return_dict_in_generate=True, output_scores=True).scores)
+    ref = torch.stack(load(transformers, folder).generate(**_enc(transformers, folder), max_new_tokens=1,
+                                                          do_sample=False, return_dict_in_generate=True,
+                                                          output_scores=True).scores)
+    assert ours.shape == ref.shape and ref.shape[-1] > size
+    torch.testing.assert_close(ours[..., :size], ref[..., :size])
+    assert torch.isneginf(ours[..., size:]).all() and torch.isfinite(ref[..., size:]).all()
 
 
 def dict_logits(lib, tok_lib, folder):
@@ -211,13 +225,15 @@ IDIOMS: list[Idiom] = [
     *[Idiom(f"greedy_max_length/{f}", greedy_max_length, model=f) for f in FAMILIES],
     Idiom("greedy_no_cache", greedy_no_cache),
     Idiom("dict_scores", dict_scores),
-    Idiom("dict_scores_values", dict_scores_values, marks=(new_gap(VOCAB_LIMIT),)),
+    Idiom("dict_scores_values", dict_scores_values, marks=(deliberate(VOCAB_LIMIT),)),
     Idiom("dict_logits", dict_logits),
     Idiom("scores_processed", scores_processed),
-    Idiom("transition_scores", transition_scores, marks=(gap("compute_transition_scores"),)),
-    Idiom("transition_scores_beam", transition_scores_beam, marks=(gap("compute_transition_scores"),)),
+    Idiom("transition_scores", transition_scores, marks=(deliberate(
+        "compute_transition_scores(normalize_logits=True) normalises over the ids the tokenizer has (the padding rows "
+        "score -inf in phikit), transformers over every embedding row"),)),
+    Idiom("transition_scores_beam", transition_scores_beam),
     Idiom("batch_shapes", batch_shapes),
-    Idiom("beam_search/phi", beam_search, model="phi", marks=(new_gap(VOCAB_LIMIT),)),
+    Idiom("beam_search/phi", beam_search, model="phi"),
     *[Idiom(f"beam_search/{f}", beam_search, model=f) for f in ("phi3", "phimoe")],
     Idiom("beam_search_dict", beam_search_dict),
     Idiom("stop_strings", stop_strings),
@@ -225,10 +241,9 @@ IDIOMS: list[Idiom] = [
     Idiom("min_new_tokens", min_new_tokens),
     Idiom("max_new_tokens_exact", max_new_tokens_exact),
     Idiom("static_cache_short", static_cache_short),
-    *[Idiom(f"static_cache_long/{f}", static_cache_long, model=f,
-            marks=(gap(STATIC_LONG),)) for f in FAMILIES],
+    *[Idiom(f"static_cache_long/{f}", static_cache_long, model=f,) for f in FAMILIES],
     Idiom("static_cache_long_max_new", static_cache_long_max_new),
-    Idiom("default_length", default_length, marks=(gap(STATIC_LONG),)),
+    Idiom("default_length", default_length),
     Idiom("top_k_one_sampling", top_k_one_sampling),
     Idiom("repetition_penalty", repetition_penalty),
     Idiom("no_repeat_ngram", no_repeat_ngram),

@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.dropin.common import VOCAB_LIMIT, Idiom, check, gap, load, new_gap, params, tokenizer
+from tests.dropin.common import Idiom, check, load, params, tokenizer
 
 TEXT = "Plants create energy through a process known as photosynthesis."
 CHAT = [{"role": "system", "content": "You are a plant biologist."},
         {"role": "user", "content": "What are the key components needed for photosynthesis?"}]
-CHAT_KNOWN = "pipeline with chat messages: return_full_text=False"
-DEFAULT_DECODING = "pipeline default decoding (transformers 5 samples when nothing is set; phikit is greedy)"
 
 
 def _pipe(lib, folder, **kwargs):
@@ -69,14 +67,14 @@ def num_return_sequences(lib, _, folder):
 
 
 IDIOMS: list[Idiom] = [
-    Idiom("text_greedy/phi", text_greedy, model="phi", marks=(new_gap(VOCAB_LIMIT),)),
+    Idiom("text_greedy/phi", text_greedy, model="phi"),
     *[Idiom(f"text_greedy/{f}", text_greedy, model=f) for f in ("phi3", "phimoe")],
     Idiom("text_new_only", text_new_only),
     Idiom("text_batch", text_batch),
-    Idiom("text_default_decoding", text_default_decoding, marks=(gap(DEFAULT_DECODING),)),
+    Idiom("text_default_decoding", text_default_decoding),
     *[Idiom(f"chat_greedy/{f}", chat_greedy, model=f) for f in ("phi3", "phimoe")],
-    Idiom("chat_new_only", chat_new_only, marks=(gap(CHAT_KNOWN),)),
-    Idiom("chat_default_decoding", chat_default_decoding, model="phimoe", marks=(gap(DEFAULT_DECODING),)),
+    Idiom("chat_new_only", chat_new_only),
+    Idiom("chat_default_decoding", chat_default_decoding, model="phimoe"),
     Idiom("loaded_objects", loaded_objects),
     Idiom("num_return_sequences", num_return_sequences),
 ]

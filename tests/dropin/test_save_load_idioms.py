@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import torch
 
-from tests.dropin.common import FAMILIES, PK_PK, TF_TF, Idiom, check, gap, load, new_gap, params
+from tests.dropin.common import FAMILIES, PK_PK, TF_TF, Idiom, check, load, params
 
 import phikit
 import transformers

@@ -10,9 +10,7 @@ import importlib.util
 import pytest
 import torch
 
-from tests.dropin.common import VOCAB_LIMIT, Idiom, check, gap, new_gap, params, transformers
-from tests.dropin.test_generation_idioms import STATIC_LONG
-from tests.dropin.test_pipeline_idioms import DEFAULT_DECODING
+from tests.dropin.common import Idiom, check, params, transformers
 
 import phikit
 
@@ -190,22 +188,21 @@ IDIOMS: list[Idiom] = [
     Idiom("000:33/return_dict=False", phi3_chat_generate_ids),
     Idiom("000:128", config_then_base_model),
     Idiom("000:367", class_generate_max_length),
-    Idiom("001:16", phi_pipeline_bf16, model="phi", marks=(gap(DEFAULT_DECODING),)),
-    Idiom("001:25", phi_static_cache, model="phi", marks=(gap(STATIC_LONG),)),
-    Idiom("001:25/fp32", lambda a, b, f: phi_static_cache(a, b, f, torch.float32), model="phi",
-          marks=(gap(STATIC_LONG),)),
+    Idiom("001:16", phi_pipeline_bf16, model="phi"),
+    Idiom("001:25", phi_static_cache, model="phi"),
+    Idiom("001:25/fp32", lambda a, b, f: phi_static_cache(a, b, f, torch.float32), model="phi",),
     Idiom("001:66", phi_config_then_base_model, model="phi"),
     Idiom("001:335", phi_generate_max_length, model="phi"),
-    Idiom("002:35", phi3_pipeline_text, marks=(gap(DEFAULT_DECODING),)),
+    Idiom("002:35", phi3_pipeline_text),
     Idiom("002:46", phi3_generate_max_length_50),
     Idiom("003:42", phi2_no_attention_mask, model="phi"),
     Idiom("003:58", phi_use_cache_new_tokens, model="phi"),
     Idiom("003:91", phi_flash_attention, model="phi"),
     Idiom("003:91/sdpa", phi_sdpa_fp32, model="phi"),
     Idiom("003:177", phi_config_then_base_model, model="phi"),
-    Idiom("003:376", phi_example_script, model="phi", marks=(new_gap(VOCAB_LIMIT),)),
+    Idiom("003:376", phi_example_script, model="phi"),
     Idiom("003:643", phi_token_classification, model="phi/tok"),
-    Idiom("004:34", phimoe_pipeline_chat, model="phimoe", marks=(gap(DEFAULT_DECODING),)),
+    Idiom("004:34", phimoe_pipeline_chat, model="phimoe"),
     Idiom("004:51", phimoe_chat_generate, model="phimoe"),
 ]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-import torch
 
 from tests.dropin.common import Idiom, check, gap, params, tokenizer
 
