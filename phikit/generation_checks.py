@@ -52,12 +52,13 @@ def token_ids(name: str, value: Any, vocab_size: int | None, many: bool) -> list
     if hasattr(value, "tolist") and not _is_int(value):
         value = value.tolist()
     items = list(value) if many and isinstance(value, (list, tuple)) else [value]
-    limit = f"0 <= id < {vocab_size}" if vocab_size else "id >= 0"
+    bound = vocab_size if vocab_size is not None else 2**31  # ids index int32 tensors in the kernels
+    limit = f"0 <= id < {vocab_size}; the model's vocab_size is {vocab_size}" if vocab_size is not None else \
+        "0 <= id < 2**31"
     for i in items:
-        if not _is_int(i) or i < 0 or (vocab_size is not None and i >= vocab_size):
+        if not _is_int(i) or not 0 <= i < bound:
             what = "an integer token id or a list of them" if many else "an integer token id"
-            raise GenerationArgumentError(f"{name}={value!r} must be {what} ({limit}; the model's vocab_size is "
-                                          f"{vocab_size}); the bad entry is {i!r}")
+            raise GenerationArgumentError(f"{name}={value!r} must be {what} ({limit}); the bad entry is {i!r}")
     return items
 
 
@@ -132,9 +133,12 @@ def validate_generation_config(gen: Any, vocab_size: int | None = None) -> None:
     if g.get("cache_implementation") not in (None, "dynamic", "static"):
         raise GenerationArgumentError(f"cache_implementation={g['cache_implementation']!r} is not one of "
                                       f"'dynamic', 'static' (or None for the default)")
-    token_ids("eos_token_id", g.get("eos_token_id"), vocab_size, many=True)
-    token_ids("pad_token_id", g.get("pad_token_id"), vocab_size, many=False)
-    token_ids("bos_token_id", g.get("bos_token_id"), vocab_size, many=False)
+    # eos / pad / bos ids past vocab_size are allowed, as transformers allows them: the family defaults (eos and pad
+    # 32000 on Phi-3) outlive a small vocab_size in tiny configs, and such an id is only compared with, never looked
+    # up (the ids that index the scores, below, are bounded by the vocabulary).
+    token_ids("eos_token_id", g.get("eos_token_id"), None, many=True)
+    token_ids("pad_token_id", g.get("pad_token_id"), None, many=False)
+    token_ids("bos_token_id", g.get("bos_token_id"), None, many=False)
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         if g.get(name) is not None:
             if not isinstance(g[name], (list, tuple)):
