@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from tokenizers import Tokenizer
 
 from .batch_encoding import BatchEncoding, pad_sequences, padded_length
-from .call_inputs import UnknownArgumentError, check_encodable, check_ids, check_one_text, check_positive, check_texts, extra_fields, id_rows
+from .call_inputs import (UnknownArgumentError, check_encodable, check_ids, check_one_text, check_positive, check_texts,
+                          extra_fields, id_rows)
 from .chat_template import ChatTemplateError, render_chat, select_template
 from .settings_check import check_max_length, check_settings
 from .special_tokens import SpecialTokensMixin
