@@ -72,7 +72,7 @@ def _gguf_reader_class() -> type:
                 each = min_size.get(GGUFValueType(item_type), 1) if item_type in _VALUE_TYPES else 1
                 if count * each > len(self.data) - orig_offs - 12:
                     raise GGUFError(f"an array at offset {orig_offs} claims {count} items, more than the rest of "
-                                    "the file can hold: the file is corrupt")
+                                    "the file can hold: the file is truncated or corrupt")
                 if self._depth >= MAX_NESTING:
                     raise GGUFError(f"arrays nested deeper than {MAX_NESTING} at offset {orig_offs}: the file is "
                                     "corrupt")
@@ -85,13 +85,13 @@ def _gguf_reader_class() -> type:
         def _build_fields(self, offs: int, count: int) -> int:
             if int(count) * 13 > len(self.data) - offs:
                 raise GGUFError(f"the header claims {int(count)} metadata entries, more than the file can hold: "
-                                "the file is corrupt")
+                                "the file is truncated or corrupt")
             return super()._build_fields(offs, count)
 
         def _build_tensor_info(self, offs: int, count: int) -> Any:
             if int(count) * 24 > len(self.data) - offs:
                 raise GGUFError(f"the header claims {int(count)} tensors, more than the file can hold: the file is "
-                                "corrupt")
+                                "truncated or corrupt")
             return super()._build_tensor_info(offs, count)
 
     _VALUE_TYPES = {int(t) for t in GGUFValueType}
