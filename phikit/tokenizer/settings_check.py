@@ -102,8 +102,14 @@ def check_added_tokens_decoder(where: str, decoder: Any) -> None:
 
 
 def check_chat_template_value(where: str, key: str, value: Any) -> None:
-    """A chat template setting: a string, null, or a list of {"name": str, "template": str}."""
+    """A chat template setting: a string, null, a list of {"name": str, "template": str}, or (in code) a dict of
+    name -> template."""
     if value is None or isinstance(value, str):
+        return
+    if isinstance(value, dict):
+        for name, text in value.items():
+            if not (isinstance(name, str) and isinstance(text, str)):
+                raise _fail(where, f"{key}[{name!r}]", text, "a jinja template string under a string name")
         return
     if isinstance(value, list):
         for i, item in enumerate(value):

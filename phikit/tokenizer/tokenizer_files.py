@@ -85,8 +85,9 @@ def read_chat_templates(folder: Path, config: dict[str, Any],
         template = config.get("chat_template")
         where = f"{folder / 'tokenizer_config.json'}"
     if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
-        return {item["name"]: keep(item["template"], f"{where} (chat template {item['name']!r})")
-                for item in template}
+        template = {item["name"]: item["template"] for item in template}
+    if isinstance(template, dict):
+        return {name: keep(text, f"{where} (chat template {name!r})") for name, text in template.items()}
     return None if template is None else keep(template, f"{where} ('chat_template')")
 
 
