@@ -105,6 +105,8 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
     them). Raises `GGUFError` naming the file when anything about it is wrong; `ImportError` naming
     `pip install phikit[gguf]` when the `gguf` package is missing.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise GGUFError(f"path={path!r} must be the path of a .gguf file (a str or path).")
     path = os.fspath(path)
     reader_class = _gguf_reader_class()
     try:
@@ -204,6 +206,8 @@ def gguf_to_tokenizer(path: str | os.PathLike) -> tuple[Tokenizer, dict[str, Any
     `add_eos_token`, `chat_template` (None when absent) and `model_max_length` (the architecture's context length,
     when given), in the form `PhiTokenizer` takes. Any failure is a `GGUFError` naming the file.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise GGUFError(f"path={path!r} must be the path of a .gguf file (a str or path).")
     path = os.fspath(path)
     meta = read_gguf_metadata(path)
     kind, tokens, types = _check_vocab(meta, path)

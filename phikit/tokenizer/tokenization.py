@@ -119,7 +119,8 @@ class PhiTokenizer(SpecialTokensMixin):
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, **kwargs: Any) -> PhiTokenizer:
         """Load the vocabulary of a GGUF file (llama.cpp); keyword arguments override its settings."""
-        backend, settings = load_gguf(Path(path))
+        backend, settings = load_gguf(path)
+        check_settings("from_gguf keyword arguments", kwargs)
         settings.update(kwargs)
         return cls(backend, name_or_path=os.fspath(path), **settings)
 
@@ -274,7 +275,8 @@ class PhiTokenizer(SpecialTokensMixin):
                                 return_length, ids))
         if not batched and return_tensors is None:
             for key in out:
-                out[key] = out[key][0]
+                if key != "length":  # transformers keeps `length` a list of one for one text
+                    out[key] = out[key][0]
         return out.convert_to_tensors(return_tensors)
 
     def _finite_max_length(self) -> int | None:

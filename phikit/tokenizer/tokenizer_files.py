@@ -31,6 +31,9 @@ ORIGINS_KEY = "_chat_template_origins"  # template text -> the file it came from
 def resolve_tokenizer_path(path: str | os.PathLike, *, revision: str | None = None, local_files_only: bool = False,
                            cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> Path:
     """Return a local folder or file for `path`: itself when it exists, else a hub snapshot of the tokenizer files."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, str) and not path.strip():
+        raise ValueError(f"pretrained_model_name_or_path={path!r} must be a folder, a .gguf file or a hub id "
+                         "(a non-empty str or path).")
     name = os.fspath(path)
     local = Path(name).expanduser()
     if not local.exists() and local.suffix == ".gguf":
@@ -176,7 +179,7 @@ def load_folder(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
     return backend, config
 
 
-def load_gguf(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
+def load_gguf(path: str | os.PathLike) -> tuple[Tokenizer, dict[str, Any]]:
     """Read the vocabulary of a GGUF file: the backend `Tokenizer` and its settings."""
     return gguf_to_tokenizer(path)
 

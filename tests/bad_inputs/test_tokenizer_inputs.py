@@ -133,6 +133,11 @@ SETTING_CASES = [
          ValueError, ("model_max_length", "'x'", "positive integer")),
     Case("from-pretrained-padding-side", lambda c: AutoTokenizer.from_pretrained(PHI3, padding_side="up"),
          ValueError, ("padding_side", "'up'", "left")),
+    Case("from-pretrained-int-path", lambda c: AutoTokenizer.from_pretrained(123), ValueError,
+         ("pretrained_model_name_or_path=123",)),
+    Case("from-pretrained-empty-path", lambda c: AutoTokenizer.from_pretrained(""), ValueError,
+         ("pretrained_model_name_or_path=''",)),
+    Case("from-gguf-none", lambda c: PhiTokenizer.from_gguf(None), GGUFError, ("path=None",)),
     Case("from-pretrained-chat-template-int", lambda c: AutoTokenizer.from_pretrained(PHI3, chat_template=5),
          ValueError, ("chat_template", "5")),
 ]
