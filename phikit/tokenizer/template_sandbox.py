@@ -75,7 +75,7 @@ class RenderBudget:
     def size(self, n: int, what: str) -> None:
         if n > self.max_chars:
             raise TemplateLimitError(
-                f"would build {what}, of length {n}, over the limit of {self.max_chars} "
+                f"would build (or walk) {what} of length {n}, over the limit of {self.max_chars} "
                 "(phikit.tokenizer.template_sandbox.MAX_OUTPUT_CHARS)")
 
 
@@ -118,6 +118,41 @@ def _budget_iter(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def check_text_size(value: Any, what: str = "the text of a value") -> None:
+    """Refuse a container whose text (`str(value)`, also what comparing it walks) would be over the size bound:
+    `[l] * 100000` holds one list 100000 times, and its text is 100000 copies of it."""
+    if not isinstance(value, _CONTAINERS):
+        return
+    budget = current_budget()
+    total, stack, steps = 0, [value], 0
+    while stack:
+        x = stack.pop()
+        steps += 1
+        if steps % 4096 == 0:
+            budget.tick()
+        if isinstance(x, str):
+            total += len(x) + 2
+        elif isinstance(x, dict):
+            total += 2 + 4 * len(x)
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, _CONTAINERS):
+            total += 2 + 2 * len(x)
+            stack.extend(x)
+        else:
+            total += x.bit_length() // 3 + 2 if isinstance(x, int) else 8
+        if total > budget.max_chars:
+            budget.size(total, what)
+
+
+def _check_args(args: Iterable[Any], what: str) -> None:
+    for arg in args:
+        check_text_size(arg, what)
+
+
 def _length(x: Any) -> int:
     return len(x) if isinstance(x, (str, bytes, list, tuple, dict)) else 0
 
@@ -151,6 +186,7 @@ def _check_binop(op: str, left: Any, right: Any) -> None:
     elif op == "%" and isinstance(left, str):
         args = right if isinstance(right, tuple) else (right,)
         _check_percent_format(left, args)
+        _check_args(args, "the text of a %-formatted value")
 
 
 _PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -218,8 +254,12 @@ def _check_replace(s: str, old: str, new: str, count: Any) -> None:
 
 
 def _checked_join(parts: Iterable[Any], sep: str = "") -> str:
-    items = [x if isinstance(x, str) else str(x) for x in _budget_iter(parts)]
-    current_budget().size(sum(map(len, items)) + len(sep) * max(len(items) - 1, 0), "a joined string")
+    budget, items, total = current_budget(), [], 0
+    for x in _budget_iter(parts):
+        check_text_size(x, "a joined string")
+        items.append(x if isinstance(x, str) else str(x))
+        total += len(items[-1]) + len(sep)
+        budget.size(total, "a joined string")
     return sep.join(items)
 
 
@@ -240,6 +280,22 @@ class _BudgetCodeGenerator(CodeGenerator):
         if not isinstance(node, (nodes.TemplateData, nodes.Const)):
             raise nodes.Impossible()
         return super()._output_child_to_const(node, frame, finalize)
+
+    def visit_Compare(self, node: nodes.Compare, frame: Any) -> None:
+        # comparing (or `in`) walks containers: their size is checked first, as their text would be
+        self.write("(environment.compare_arg(")
+        self.visit(node.expr, frame)
+        self.write(")")
+        for op in node.ops:
+            self.visit(op, frame)
+        self.write(")")
+
+    def visit_Operand(self, node: nodes.Operand, frame: Any) -> None:
+        from jinja2.compiler import operators
+
+        self.write(f" {operators[node.op]} environment.compare_arg(")
+        self.visit(node.expr, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
         self.write("environment.checked_join((")
@@ -272,8 +328,11 @@ def _filter_checks(name: str, args: tuple, kwargs: dict) -> None:
     elif name == "join" and isinstance(value, list) and len(rest) < 2 and "attribute" not in kwargs:
         sep = rest[0] if rest else kwargs.get("d", "")
         if isinstance(sep, str):
-            total = sum(len(x) if isinstance(x, str) else len(str(x)) for x in value)
-            budget.size(total + len(sep) * max(len(value) - 1, 0), "the join filter's result")
+            total = 0
+            for x in value:
+                check_text_size(x, "the join filter's result")
+                total += (len(x) if isinstance(x, str) else len(str(x))) + len(sep)
+                budget.size(total, "the join filter's result")
     elif name == "sum" and isinstance(value, list):
         start = rest[1] if len(rest) > 1 else kwargs.get("start", 0)
         if _length(start) or isinstance(start, (list, tuple, str)):
@@ -291,6 +350,7 @@ def _bounded_filter(name: str, func: Any) -> Any:
         if name in ("join", "sum") and passed and not isinstance(passed[0], str):
             items = list(_budget_iter(passed[0]))  # materialize once, to measure what it would build
             args, passed = (*args[: len(args) - len(passed)], items, *passed[1:]), (items, *passed[1:])
+        _check_args((*passed, *kwargs.values()), f"a value given to the {name} filter")
         _filter_checks(name, passed, kwargs)
         result = func(*args, **kwargs)
         if isinstance(result, Iterator):
@@ -301,6 +361,22 @@ def _bounded_filter(name: str, func: Any) -> Any:
         return result
 
     return wrapper
+
+
+def _bounded_test(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        current_budget().tick()
+        _check_args((*args, *kwargs.values()), "a tested value")
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ ... }}` value before it becomes text: refuse containers whose text would be over the bound."""
+    check_text_size(value, "the text of an output value")
+    return value
 
 
 def _checked_range(*args: Any) -> range:
@@ -357,6 +433,11 @@ class ChatSandbox(ImmutableSandboxedEnvironment):
         return _budget_iter(iterable)
 
     @staticmethod
+    def compare_arg(value: Any) -> Any:
+        check_text_size(value, "a compared value")
+        return value
+
+    @staticmethod
     def checked_join(parts: Iterable[Any]) -> str:
         return _checked_join(parts)
 
@@ -380,6 +461,7 @@ class ChatSandbox(ImmutableSandboxedEnvironment):
         if isinstance(owner, str) and getattr(__obj, "__name__", "") == "join" and len(args) == 1 and not kwargs:
             return _checked_join(args[0], owner)
         _check_call(__obj, args, kwargs)
+        _check_args((owner, *args, *kwargs.values()), "a value passed to a call")
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -392,6 +474,7 @@ class ChatSandbox(ImmutableSandboxedEnvironment):
         def checked(*args: Any, **kwargs: Any) -> str:
             _check_format_string(fmt, (), args[0] if is_map and args and isinstance(args[0], dict) else kwargs)
             _check_format_string(fmt, args, kwargs)
+            _check_args((*args, *kwargs.values()), "the text of a formatted value")
             result = wrapped(*args, **kwargs)
             current_budget().size(len(result), "a formatted string")
             return result
@@ -410,7 +493,8 @@ class ChatSandbox(ImmutableSandboxedEnvironment):
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise TemplateRaised(message)
+    check_text_size(message, "raise_exception's message")
+    raise TemplateRaised(str(message)[:2000])
 
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None, separators: Any = None,
@@ -433,6 +517,8 @@ def new_sandbox() -> ChatSandbox:
     env = ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], optimized=False)
     env.filters["tojson"] = _tojson
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
+    env.tests = {name: _bounded_test(f) for name, f in env.tests.items()}
+    env.finalize = _finalize
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                        namespace=_TemplateNamespace, range=_checked_range, lipsum=_checked_lipsum)
     return env

@@ -45,6 +45,9 @@ def chat(conversation: Any, **kwargs: Any):
 
 
 BIG = "{% set s = 'x' * 1000000 %}"
+# one list held 100000 times: small in memory, but its text (and comparing it) is 10**10 items
+SHARED = ("{% set l = range(100000)|list %}{% set l2 = range(100000)|list %}{% set a = [l] * 100000 %}"
+          "{% set b = [l2] * 100000 %}")
 TEMPLATE_CASES = [
     Case("mul-str-huge", tpl("{{ 'x' * 10**11 }}"), ChatTemplateError, (ORIGIN, SIZE, "100000000000")),
     Case("mul-str-chain", tpl("{{ 'x' * 100000 * 100000 }}"), ChatTemplateError, (SIZE,)),
@@ -93,6 +96,18 @@ TEMPLATE_CASES = [
                              "{% endmacro %}{{ m()|length }}"), ChatTemplateError, (SIZE,)),
     Case("set-block", tpl("{% set x %}" + BIG + "{% for i in range(100000) %}{{ s }}{% endfor %}{% endset %}"),
          ChatTemplateError, (SIZE,)),
+    Case("shared-output", tpl(SHARED + "{{ a }}"), ChatTemplateError, ("output value", SIZE)),
+    Case("shared-string-filter", tpl(SHARED + "{{ a|string }}"), ChatTemplateError, ("string filter",)),
+    Case("shared-tojson", tpl(SHARED + "{{ a|tojson }}"), ChatTemplateError, ("tojson filter",)),
+    Case("shared-concat", tpl(SHARED + "{{ 'x' ~ a }}"), ChatTemplateError, ("joined string",)),
+    Case("shared-percent", tpl(SHARED + "{{ '%s' % (a,) }}"), ChatTemplateError, ("%-formatted value",)),
+    Case("shared-str-format", tpl(SHARED + "{{ '{}'.format(a) }}"), ChatTemplateError, (SIZE,)),
+    Case("shared-compare", tpl(SHARED + "{{ a == b }}"), ChatTemplateError, ("compared value",)),
+    Case("shared-in", tpl(SHARED + "{{ l in b }}"), ChatTemplateError, ("compared value",)),
+    Case("shared-sort", tpl(SHARED + "{{ (a + b)|sort|length }}"), ChatTemplateError, ("sort filter",)),
+    Case("shared-list-count", tpl(SHARED + "{{ b.count(l) }}"), ChatTemplateError, ("passed to a call",)),
+    Case("shared-test-eq", tpl(SHARED + "{{ a is eq(b) }}"), ChatTemplateError, ("tested value",)),
+    Case("shared-raise", tpl(SHARED + "{{ raise_exception(a) }}"), ChatTemplateError, (SIZE,)),
     Case("loop-over-string", tpl(BIG + "{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", 0.5),
          ChatTemplateError, (TIME,)),
     Case("slice-generator", tpl("{{ []|slice(1000000000)|list|length }}", 0.5), ChatTemplateError, (TIME,)),
