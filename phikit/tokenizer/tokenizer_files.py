@@ -87,6 +87,7 @@ def read_chat_templates(folder: Path, config: dict[str, Any],
     if template is None:
         template = config.get("chat_template")
         where = f"{folder / 'tokenizer_config.json'}"
+        check_chat_template_value(where, "chat_template", template)
     if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
         template = {item["name"]: item["template"] for item in template}
     if isinstance(template, dict):
@@ -130,11 +131,11 @@ def read_settings(folder: Path) -> dict[str, Any]:
         config.update(data)
     if (folder / "special_tokens_map.json").is_file():
         path = folder / "special_tokens_map.json"
-        data = read_json(path)
-        check_settings(str(path), {k: v for k, v in data.items()
-                                   if k in SPECIAL_TOKEN_KEYS or k == "additional_special_tokens"})
+        # only special tokens are read from the map (as transformers); they win over the config
+        data = {k: v for k, v in read_json(path).items() if k in SPECIAL_TOKEN_KEYS or k == "additional_special_tokens"}
+        check_settings(str(path), data)
         for key, value in data.items():
-            if value:  # the map wins over the config, as in transformers
+            if value:
                 config[key] = value
     if (folder / "added_tokens.json").is_file():  # legacy {token: id}; ids not in the config's decoder are added
         path = folder / "added_tokens.json"

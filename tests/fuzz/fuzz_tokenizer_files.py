@@ -74,6 +74,10 @@ def TestOneInput(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    import jinja2  # noqa: F401  (heavy dependencies are imported uninstrumented: startup stays short)
+    import numpy  # noqa: F401
+    import tokenizers  # noqa: F401
+    import torch  # noqa: F401
 
     with atheris.instrument_imports():
         import phikit.tokenizer.settings_check  # noqa: F401
@@ -82,5 +86,6 @@ if __name__ == "__main__":
     corpus = pathlib.Path(tempfile.mkdtemp(prefix="fuzz-tokfiles-seeds-"))
     for i, seed in enumerate(seeds()):
         (corpus / f"seed{i}").write_bytes(seed)
-    atheris.Setup([*sys.argv, str(corpus)], TestOneInput)
+    given = [a for a in sys.argv[1:] if not a.startswith("-")]  # a crash file or corpus to replay: no seeds
+    atheris.Setup(sys.argv if given else [*sys.argv, str(corpus)], TestOneInput)
     atheris.Fuzz()
