@@ -24,16 +24,16 @@ import string
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from typing import Any, NoReturn
 
 import jinja2
 import jinja2.ext
 import jinja2.utils
 from jinja2 import nodes
-from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
+
+from .template_parts import BudgetCodeGenerator, TemplateDict, TemplateNamespace, strftime_now
 
 RENDER_SECONDS = 5.0  # wall-clock limit of one render
 MAX_OUTPUT_CHARS = 8_000_000  # the longest string (or list) a template may build, and its longest output
@@ -263,48 +263,6 @@ def _checked_join(parts: Iterable[Any], sep: str = "") -> str:
     return sep.join(items)
 
 
-class _BudgetCodeGenerator(CodeGenerator):
-    """Writes every `{% for %}` iterable (marked by `ChatSandbox._generate`) wrapped in `environment.budget_iter`,
-    and `~` concatenation through `environment.checked_join`."""
-
-    def visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(node, "phikit_budgeted", False):
-            return super().visit(node, *args, **kwargs)
-        self.write("environment.budget_iter(")
-        super().visit(node, *args, **kwargs)
-        self.write(")")
-        return None
-
-    def _output_child_to_const(self, node: nodes.Expr, frame: Any, finalize: Any) -> str:
-        # jinja folds constant output expressions while compiling, outside any budget: only fold literals
-        if not isinstance(node, (nodes.TemplateData, nodes.Const)):
-            raise nodes.Impossible()
-        return super()._output_child_to_const(node, frame, finalize)
-
-    def visit_Compare(self, node: nodes.Compare, frame: Any) -> None:
-        # comparing (or `in`) walks containers: their size is checked first, as their text would be
-        self.write("(environment.compare_arg(")
-        self.visit(node.expr, frame)
-        self.write(")")
-        for op in node.ops:
-            self.visit(op, frame)
-        self.write(")")
-
-    def visit_Operand(self, node: nodes.Operand, frame: Any) -> None:
-        from jinja2.compiler import operators
-
-        self.write(f" {operators[node.op]} environment.compare_arg(")
-        self.visit(node.expr, frame)
-        self.write(")")
-
-    def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
-        self.write("environment.checked_join((")
-        for arg in node.nodes:
-            self.visit(arg, frame)
-            self.write(", ")
-        self.write("))")
-
-
 def _filter_checks(name: str, args: tuple, kwargs: dict) -> None:
     value = args[0] if args else None
     rest = args[1:]
@@ -392,41 +350,11 @@ def _checked_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100
     return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
 
-class _TemplateNamespace(jinja2.utils.Namespace):
-    """jinja's `namespace()`, refusing underscore-prefixed names so a template cannot plant dunder attributes."""
-
-    def __init__(*args: Any, **kwargs: Any) -> None:  # same signature trick as jinja's Namespace
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _TemplateNamespace._check(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _TemplateNamespace._check(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-    @staticmethod
-    def _check(name: Any) -> None:
-        if isinstance(name, str) and name.startswith("_"):
-            raise SecurityError(f"chat templates cannot store the underscore-prefixed attribute {name!r} on a namespace")
-
-
-class _TemplateDict:
-    """`dict(...)` / `dict.fromkeys(...)` for templates, without exposing the `dict` type itself."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
-        return dict.fromkeys(*args, **kwargs)
-
-
 class ChatSandbox(ImmutableSandboxedEnvironment):
     """The sandbox: no template loading, unsafe attribute access fails at once, and every render is bounded."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
-    code_generator_class = _BudgetCodeGenerator
+    code_generator_class = BudgetCodeGenerator
 
     @staticmethod
     def budget_iter(iterable: Iterable[Any]) -> Iterator[Any]:
@@ -507,10 +435,6 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
     return text
 
 
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
 def new_sandbox() -> ChatSandbox:
     """A sandbox with transformers' chat-template helpers, every filter bounded."""
     # optimized=False: jinja's optimizer evaluates constant expressions while compiling, outside any budget
@@ -519,8 +443,8 @@ def new_sandbox() -> ChatSandbox:
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.tests = {name: _bounded_test(f) for name, f in env.tests.items()}
     env.finalize = _finalize
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
-                       namespace=_TemplateNamespace, range=_checked_range, lipsum=_checked_lipsum)
+    env.globals.update(raise_exception=_raise_exception, strftime_now=strftime_now, dict=TemplateDict(),
+                       namespace=TemplateNamespace, range=_checked_range, lipsum=_checked_lipsum)
     return env
 
 
