@@ -3,6 +3,7 @@ transformers (only where transformers is right: its 5.x LlamaTokenizer loses Phi
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 
@@ -318,3 +319,49 @@ def test_recorded_phi3_small_encode_on_cl100k() -> None:
     tok = phi4_tok("phi-3-small", "cl100k_base")
     assert tok.encode(case["text"], add_special_tokens=case["add_bos"]) == case["expected_ids"]
     assert tok.decode(case["expected_ids"]) == case["text"]
+
+
+# ----------------------------------------------------------------------------- offsets, special mask, length
+# (plain text without a leading space: transformers 5.x's Phi-3 LlamaTokenizer splits that off differently)
+
+OFFSET_TEXTS = [*BATCH, "ünïcödé ✅ and emoji 🙂", "tabs\tand\nnewlines  ", "x" * 40]
+
+
+def _as_lists(value):
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+@pytest.mark.parametrize("name", ["phi-2", "phi-3-mini"])
+def test_offsets_special_mask_and_length_match_transformers(name: str) -> None:
+    ours, ref = phikit_tok(name), hf_tok(name)
+    keys = ("input_ids", "attention_mask", "offset_mapping", "special_tokens_mask", "length")
+    extra = dict(return_offsets_mapping=True, return_special_tokens_mask=True, return_length=True)
+    for text in OFFSET_TEXTS:
+        got, want = ours(text, **extra), ref(text, **extra)
+        assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, text
+        assert got["offset_mapping"] and all(text[a:b] or a == b for a, b in got["offset_mapping"])
+    got, want = ours(OFFSET_TEXTS, **extra), ref(OFFSET_TEXTS, **extra)
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    got, want = ours(BATCH, PAIRS, **extra), ref(BATCH, PAIRS, **extra)
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_and_truncated_offsets_match_transformers(side: str) -> None:
+    ours, ref = copy.deepcopy(phikit_tok("phi-2")), hf_tok("phi-2")
+    ours.pad_token = ours.eos_token
+    ref_pad = ref.pad_token
+    ref.pad_token, ref.padding_side = ref.eos_token, side
+    try:
+        extra = dict(return_offsets_mapping=True, return_special_tokens_mask=True, return_length=True)
+        for kwargs in (dict(padding=True), dict(padding="max_length", max_length=24), dict(truncation=True, max_length=3),
+                       dict(padding=True, pad_to_multiple_of=8)):
+            got = ours(OFFSET_TEXTS, padding_side=side, **extra, **kwargs)
+            want = ref(OFFSET_TEXTS, **extra, **kwargs)
+            assert dict(got) == {k: want[k] for k in got}, kwargs
+        got = ours(BATCH, padding=True, padding_side=side, return_tensors="pt", **extra)
+        want = ref(BATCH, padding=True, return_tensors="pt", **extra)
+        assert got["offset_mapping"].shape == want["offset_mapping"].shape == (len(BATCH), got["input_ids"].shape[1], 2)
+        assert all(torch.equal(got[k], want[k]) for k in got)
+    finally:
+        ref.pad_token, ref.padding_side = ref_pad, "right"

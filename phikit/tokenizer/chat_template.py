@@ -1,10 +1,9 @@
 """Render a checkpoint's own jinja chat template in a sandbox, the way transformers' `apply_chat_template` does.
 
-Chat templates come from model repositories, so they are untrusted code. They run in jinja's
-`ImmutableSandboxedEnvironment` with no loader (`{% include %}` / `{% import %}` / `{% extends %}` cannot read
-files), containers the template cannot mutate, and every access to an unsafe attribute (`__class__`, `__globals__`,
-`_private`, ...) raising at once instead of rendering as an empty string, so an escape attempt is reported and never
-half-renders. Rendering is a pure function of its inputs: a failing template leaves no state behind.
+Chat templates come from model repositories, so they are untrusted code: they run in the bounded sandbox of
+`phikit.tokenizer.template_sandbox` (no file access, no Python internals, immutable containers, a time limit
+`template_sandbox.RENDER_SECONDS` and a size limit `template_sandbox.MAX_OUTPUT_CHARS`). Rendering is a pure function of its inputs: a failing template
+leaves no state behind, and every failure, whatever its cause, is a `ChatTemplateError` naming the template.
 
 The helpers match transformers' so the same templates render the same text: `raise_exception(msg)`,
 `strftime_now(fmt)`, a `tojson` filter with `ensure_ascii`, `indent`, `separators`, `sort_keys` (and no HTML
@@ -15,101 +14,47 @@ underscore names, and the tokenizer's special tokens (`bos_token`, `eos_token`, 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
-from datetime import datetime
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any
 
 import jinja2
-import jinja2.ext
-import jinja2.utils
-from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
+
+from . import template_sandbox
+from .template_sandbox import (ChatTemplateError, RenderBudget, TemplateLimitError, TemplateRaised, bounded_render,
+                               new_sandbox)
 
 # A tag appended to the final message for `continue_final_message`, then cut off after rendering (as transformers).
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
-
-
-class ChatTemplateError(ValueError):
-    """A chat template failed to compile or render, raised on purpose, or tried to leave the sandbox."""
-
-
-class _TemplateRaised(TemplateError):
-    """What `raise_exception(...)` inside a template raises; carries the template's own message."""
-
-
-class _TemplateNamespace(jinja2.utils.Namespace):
-    """jinja's `namespace()`, refusing underscore-prefixed names so a template cannot plant dunder attributes."""
-
-    def __init__(*args: Any, **kwargs: Any) -> None:  # same signature trick as jinja's Namespace
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _TemplateNamespace._check(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _TemplateNamespace._check(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-    @staticmethod
-    def _check(name: Any) -> None:
-        if isinstance(name, str) and name.startswith("_"):
-            raise SecurityError(f"chat templates cannot store the underscore-prefixed attribute {name!r} on a namespace")
-
-
-class _TemplateDict:
-    """`dict(...)` / `dict.fromkeys(...)` for templates, without exposing the `dict` type itself."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
-        return dict.fromkeys(*args, **kwargs)
-
-
-class _ChatSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox: no template loading, and unsafe attribute access fails loudly at the point of access."""
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
-        # jinja's default returns an Undefined that renders as "" until used further; raise now instead, so
-        # `{{ ''.__class__ }}` is an error rather than silently empty output.
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
-
-    def get_template(self, name: Any, *args: Any, **kwargs: Any) -> NoReturn:
-        raise SecurityError(f"chat templates cannot load other templates or files (asked for {name!r})")
-
-    select_template = get_or_select_template = get_template
-
-
-def _raise_exception(message: str) -> NoReturn:
-    raise _TemplateRaised(message)
-
-
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
-    # jinja's own tojson escapes <, >, & and ' for HTML; chat templates need the plain JSON transformers writes.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
+DEFAULT_ORIGIN = "the chat template"
+_FIX = "Fix the template, or pass a trusted one with chat_template=..."
 
 
 @lru_cache(maxsize=32)
-def compile_chat_template(source: str) -> jinja2.Template:
-    """Compile `source` in the chat sandbox (cached by source text); raises `ChatTemplateError` on bad syntax."""
-    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
-                       namespace=_TemplateNamespace)
+def _compile(source: str) -> jinja2.Template:
+    return new_sandbox().from_string(source)
+
+
+def compile_chat_template(source: str, origin: str = DEFAULT_ORIGIN) -> jinja2.Template:
+    """Compile `source` in the chat sandbox (cached by source text); any failure is a `ChatTemplateError` naming
+    `origin` (the file or setting the template came from)."""
+    if not isinstance(source, str):
+        raise ChatTemplateError(f"{origin} must be a string of jinja source; got {type(source).__name__}. {_FIX}")
+    limit = template_sandbox.MAX_TEMPLATE_CHARS
+    if len(source) > limit:
+        raise ChatTemplateError(f"{origin} is {len(source)} characters long, over the limit of {limit} "
+                                "(phikit.tokenizer.template_sandbox.MAX_TEMPLATE_CHARS). " + _FIX)
     try:
-        return env.from_string(source)
+        return _compile(source)
     except TemplateSyntaxError as exc:
-        raise ChatTemplateError(f"the chat template does not compile: {exc.message} (template line {exc.lineno}). "
-                                "Fix the template or pass another one with chat_template=...") from exc
+        raise ChatTemplateError(f"{origin} does not compile: {exc.message} (template line {exc.lineno}). "
+                                + _FIX) from exc
+    except RecursionError as exc:
+        raise ChatTemplateError(f"{origin} does not compile: it nests too deeply for the parser. {_FIX}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever jinja or Python's compiler raise, the user gets one error
+        raise ChatTemplateError(f"{origin} does not compile: {type(exc).__name__}: {exc}. {_FIX}") from exc
 
 
 def plain_template_data(value: Any) -> Any:
@@ -152,6 +97,43 @@ def _with_reasoning_aliases(chat: list[dict]) -> list[dict]:
     return out
 
 
+def _message_error(where: str, text: str) -> ChatTemplateError:
+    return ChatTemplateError(f"{where}: {text} Each message is a dict such as {{'role': 'user', 'content': 'Hi'}}.")
+
+
+def check_conversation(chat: Any, where: str = "conversation") -> list:
+    """The messages of one conversation (a list of message dicts, or an object with `.messages`), validated: each
+    is a mapping with a string `role` and `content` that is a string, None, or a list of parts (multimodal)."""
+    chat = getattr(chat, "messages", chat)
+    if isinstance(chat, (str, bytes, Mapping)) or not isinstance(chat, (list, tuple)):
+        raise _message_error(where, f"must be a list of messages, got {type(chat).__name__}.")
+    for i, message in enumerate(chat):
+        if not isinstance(message, Mapping):
+            raise _message_error(f"{where}[{i}]", f"is a {type(message).__name__} ({str(message)[:60]!r}), "
+                                 "not a message dict.")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise _message_error(f"{where}[{i}]", "has no 'role'." if role is None else
+                                 f"has role {role!r} of type {type(role).__name__}; the role must be a string.")
+        content = message.get("content")
+        if not (content is None or isinstance(content, str) or isinstance(content, (list, tuple)) and all(
+                isinstance(part, (Mapping, str)) for part in content)):
+            raise _message_error(f"{where}[{i}]", f"has content of type {type(content).__name__} "
+                                 f"({str(content)[:60]!r}); content must be a string, None, or a list of parts "
+                                 "such as [{'type': 'text', 'text': 'Hi'}].")
+    return list(chat)
+
+
+def _check_dicts(items: Any, name: str, shape: str) -> None:
+    if items is None:
+        return
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
+        raise ChatTemplateError(f"{name} must be a list of {shape}; got {type(items).__name__}.")
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ChatTemplateError(f"{name}[{i}] is a {type(item).__name__}; {name} must be {shape}.")
+
+
 def render_chat(
     template: str,
     conversations: list[list[dict[str, Any]]],
@@ -160,36 +142,35 @@ def render_chat(
     documents: list[dict] | None = None,
     add_generation_prompt: bool = False,
     continue_final_message: bool | str = False,
+    origin: str = DEFAULT_ORIGIN,
+    max_seconds: float | None = None,
+    max_chars: int | None = None,
     **template_kwargs: Any,
 ) -> list[str]:
     """Render each conversation with `template`; return one string per conversation.
 
-    `template_kwargs` become template variables (the tokenizer passes its special tokens this way). Raises
-    `ChatTemplateError` when the template raises (with its message), breaks the sandbox, or fails in any other way.
+    `template_kwargs` become template variables (the tokenizer passes its special tokens this way). `origin` names
+    the template in errors (its file, or the setting it came from). Each render may take `max_seconds` (default
+    `RENDER_SECONDS`) and build at most `max_chars` characters (default `MAX_OUTPUT_CHARS`). Raises
+    `ChatTemplateError` when the template raises (with its message), breaks the sandbox, runs past a limit, or
+    fails in any other way, and when the messages, tools or documents have the wrong shape.
     """
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt cannot both be set: the first continues "
                          "the last message, the second starts a new assistant message. Pass only one.")
-    compiled = compile_chat_template(template)
-    if tools is not None:
-        for tool in tools:
-            if not isinstance(tool, Mapping):
-                raise TypeError(f"tools must be JSON-schema dicts (got a {type(tool).__name__}); write the schema "
-                                "as a dict {'type': 'function', 'function': {'name': ..., 'parameters': ...}}.")
-    if documents is not None:
-        for doc in documents:
-            if not isinstance(doc, Mapping):
-                raise TypeError(f"documents must be dicts with 'title' and 'text' keys (got a {type(doc).__name__}).")
+    RenderBudget(max_seconds, max_chars)  # validates the limits before anything runs
+    compiled = compile_chat_template(template, origin)
+    _check_dicts(tools, "tools", "JSON-schema dicts {'type': 'function', 'function': {'name': ..., 'parameters': "
+                 "...}}")
+    _check_dicts(documents, "documents", "dicts with 'title' and 'text' keys")
+    many = len(conversations) > 1
+    chats = [check_conversation(c, f"conversation {n}" if many else "conversation")
+             for n, c in enumerate(conversations)]
     tools, documents = plain_template_data(tools), plain_template_data(documents)
     variables = plain_template_data(template_kwargs)
     rendered = []
-    for chat in conversations:
-        chat = getattr(chat, "messages", chat)
-        chat = plain_template_data([{k: v for k, v in dict(m).items() if v is not None} if isinstance(m, Mapping)
-                                    else m for m in chat])
-        for message in chat:
-            if not isinstance(message, dict):
-                raise TypeError(f"chat messages must be dicts with 'role' and 'content'; got {message!r}.")
+    for chat in chats:
+        chat = plain_template_data([{k: v for k, v in dict(m).items() if v is not None} for m in chat])
         chat = _with_reasoning_aliases(chat)
         final = None
         if continue_final_message:
@@ -199,17 +180,9 @@ def render_chat(
                 raise ValueError(f"continue_final_message is set but the final message has no text {field!r} "
                                  "to continue.")
             chat[-1][field] = final + _CONTINUE_TAG
-        try:
-            text = compiled.render(messages=chat, tools=tools, documents=documents,
-                                   add_generation_prompt=add_generation_prompt, **variables)
-        except _TemplateRaised as exc:
-            raise ChatTemplateError(f"the chat template raised an error: {exc.message}") from exc
-        except SecurityError as exc:
-            raise ChatTemplateError(f"the chat template tried to leave its sandbox and was stopped: {exc}. Chat "
-                                    "templates may not read files or reach Python internals; use a trusted "
-                                    "template (chat_template=...).") from exc
-        except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            raise ChatTemplateError(f"the chat template failed while rendering: {type(exc).__name__}: {exc}") from exc
+        text = _render_one(compiled, origin, RenderBudget(max_seconds, max_chars),
+                           dict(variables, messages=chat, tools=tools, documents=documents,
+                                add_generation_prompt=add_generation_prompt))
         if final is not None:
             tag = text.rfind(_CONTINUE_TAG.strip())
             if tag < 0 or final.strip() not in text:
@@ -221,26 +194,62 @@ def render_chat(
     return rendered
 
 
-def template_for(templates: str | dict[str, str] | None, chat_template: str | None,
-                 tools: list | None) -> str:
+def _render_one(compiled: jinja2.Template, origin: str, budget: RenderBudget, variables: dict[str, Any]) -> str:
+    try:
+        return bounded_render(compiled, budget, variables)
+    except TemplateRaised as exc:
+        raise ChatTemplateError(f"{origin} raised an error: {exc.message}") from exc
+    except SecurityError as exc:
+        raise ChatTemplateError(f"{origin} tried to leave its sandbox and was stopped: {exc}. Chat templates may "
+                                "not read files or reach Python internals; use a trusted template "
+                                "(chat_template=...).") from exc
+    except TemplateLimitError as exc:
+        raise ChatTemplateError(f"{origin} {exc.message}. {_FIX} (or raise the limit)") from exc
+    except RecursionError as exc:
+        raise ChatTemplateError(f"{origin} recursed too deeply (a macro or recursive loop that does not stop). "
+                                + _FIX) from exc
+    except MemoryError as exc:
+        raise ChatTemplateError(f"{origin} ran out of memory while rendering. {_FIX}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a template does wrong, the user gets one clear error
+        raise ChatTemplateError(f"{origin} failed while rendering: {type(exc).__name__}: {exc}. {_FIX}") from exc
+
+
+def select_template(templates: str | dict[str, str] | None, chat_template: str | None, tools: list | None,
+                    origins: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Pick the template string like transformers: an explicit template (or its name in a dict of named templates),
-    else `tool_use` when tools are given and present, else `default`."""
+    else `tool_use` when tools are given and present, else `default`. Returns (template, origin): where it came
+    from, for error messages (`origins` maps a template name, or "default" for a single template, to its file)."""
+    origins = origins or {}
+
+    def named(name: str) -> tuple[str, str]:
+        return templates[name], origins.get(name, f"the chat template {name!r}")
+
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise ChatTemplateError(f"chat_template={chat_template!r} must be a jinja template string or the name of one "
+                                "of the tokenizer's templates.")
     if isinstance(templates, dict):
         if chat_template is not None:
-            return templates.get(chat_template, chat_template)
+            return named(chat_template) if chat_template in templates else (chat_template,
+                                                                             "the chat_template argument")
         if tools is not None and "tool_use" in templates:
-            return templates["tool_use"]
+            return named("tool_use")
         if "default" in templates:
-            return templates["default"]
-        raise ValueError(f"this tokenizer has several chat templates and no 'default'; pass chat_template= one of "
-                         f"{sorted(templates)}.")
+            return named("default")
+        raise ChatTemplateError(f"this tokenizer has several chat templates and no 'default'; pass chat_template= "
+                                f"one of {sorted(templates)}.")
     if chat_template is not None:
-        return chat_template
+        return chat_template, "the chat_template argument"
     if templates is None:
-        raise ValueError("this tokenizer has no chat template (no chat_template.jinja, chat_template.json or "
-                         "'chat_template' in tokenizer_config.json); pass one with chat_template='...' or set "
-                         "tokenizer.chat_template.")
-    return templates
+        raise ChatTemplateError("this tokenizer has no chat template (no chat_template.jinja, chat_template.json or "
+                                "'chat_template' in tokenizer_config.json); pass one with chat_template='...' or "
+                                "set tokenizer.chat_template.")
+    return templates, origins.get("default", "the tokenizer's chat_template")
 
 
-__all__ = ["ChatTemplateError", "compile_chat_template", "plain_template_data", "render_chat", "template_for"]
+def template_for(templates: str | dict[str, str] | None, chat_template: str | None,
+                 tools: list | None) -> str:
+    """The template string `select_template` picks."""
+    return select_template(templates, chat_template, tools)[0]
+
+
+__all__ = ["ChatTemplateError", "check_conversation", "select_template", "compile_chat_template", "plain_template_data", "render_chat", "template_for"]

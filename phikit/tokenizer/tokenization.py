@@ -14,13 +14,17 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from tokenizers import AddedToken, Tokenizer, processors
+from tokenizers import Tokenizer
 
 from .batch_encoding import BatchEncoding, pad_sequences, padded_length
-from .chat_template import render_chat, template_for
+from .call_inputs import (UnknownArgumentError, check_encodable, check_ids, check_one_text, check_positive, check_texts,
+                          extra_fields, id_rows)
+from .chat_template import ChatTemplateError, render_chat, select_template
+from .settings_check import check_max_length, check_settings
+from .special_tokens import SpecialTokensMixin
 from .tiktoken_vocab import read_tiktoken_ranks, tiktoken_to_tokenizer
-from .tokenizer_files import (SPECIAL_TOKEN_KEYS, TokenizerLoadError, added_tokens_from_config, load_folder, load_gguf,
-                              read_settings, resolve_tokenizer_path, save_folder, token_content)
+from .tokenizer_files import (ORIGINS_KEY, SPECIAL_TOKEN_KEYS, TokenizerLoadError, added_tokens_from_config,
+                              load_folder, load_gguf, read_settings, resolve_tokenizer_path, save_folder, token_content)
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
@@ -33,7 +37,7 @@ _SETTINGS = ("model_max_length", "padding_side", "truncation_side", "clean_up_to
 TextInput = str | Sequence[str]
 
 
-class PhiTokenizer:
+class PhiTokenizer(SpecialTokensMixin):
     """Tokenizer for Phi checkpoints with the API of transformers' fast tokenizers.
 
     Build it with `PhiTokenizer.from_pretrained(folder | hub id | file.gguf)` (or `AutoTokenizer.from_pretrained`),
@@ -41,9 +45,11 @@ class PhiTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, *, name_or_path: str = "", **settings: Any) -> None:
+        origins = settings.pop(ORIGINS_KEY, None) or {}
         unknown = set(settings) - set(_SETTINGS) - {"added_tokens_decoder", "tokenizer_class"}
         if unknown:
-            raise TypeError(f"PhiTokenizer got unknown settings {sorted(unknown)}; known: {sorted(_SETTINGS)}.")
+            raise UnknownArgumentError(f"PhiTokenizer got unknown settings {sorted(unknown)}; known: {sorted(_SETTINGS)}.")
+        check_settings("tokenizer settings", settings)
         self._tokenizer = tokenizer
         # Padding and truncation are applied per call; a tokenizer.json that switches them on must not leak in.
         self._tokenizer.no_padding()
@@ -51,12 +57,16 @@ class PhiTokenizer:
         self._lock = threading.Lock()  # the backend's truncation setting is per call (set, encode, reset)
         self.name_or_path = name_or_path
         self.init_kwargs = dict(settings)
-        self.model_max_length = int(settings.get("model_max_length") or VERY_LARGE_INTEGER)
+        self.model_max_length = check_max_length("tokenizer settings", "model_max_length",
+                                                 settings.get("model_max_length")) or VERY_LARGE_INTEGER
         self.padding_side = settings.get("padding_side") or "right"
         self.truncation_side = settings.get("truncation_side") or "right"
         self.clean_up_tokenization_spaces = bool(settings.get("clean_up_tokenization_spaces", False))
         self.model_input_names = list(settings.get("model_input_names") or ["input_ids", "attention_mask"])
         self.chat_template: str | dict[str, str] | None = settings.get("chat_template")
+        if isinstance(self.chat_template, list):  # [{"name": ..., "template": ...}] as in tokenizer_config.json
+            self.chat_template = {item["name"]: item["template"] for item in self.chat_template}
+        self._template_origins: dict[str, str] = dict(origins)  # template text -> its file, for errors
         self._special: dict[str, str | None] = {}
         for key in SPECIAL_TOKEN_KEYS:
             value = token_content(settings.get(key))
@@ -89,7 +99,7 @@ class PhiTokenizer:
         """
         unknown = set(kwargs) - set(_SETTINGS) - set(_HUB_KWARGS)
         if unknown:
-            raise TypeError(f"from_pretrained got unknown keyword arguments {sorted(unknown)}; tokenizer settings "
+            raise UnknownArgumentError(f"from_pretrained got unknown keyword arguments {sorted(unknown)}; tokenizer settings "
                             f"are {sorted(_SETTINGS)}.")
         hub = {k: kwargs.pop(k) for k in ("revision", "local_files_only", "cache_dir", "token") if k in kwargs}
         for k in _HUB_KWARGS:
@@ -101,14 +111,16 @@ class PhiTokenizer:
             backend, settings = load_folder(path)
         else:
             raise TokenizerLoadError(f"{path}: expected a tokenizer folder or a .gguf file.")
+        check_settings("from_pretrained keyword arguments", kwargs)
         settings.update(kwargs)
         return cls(backend, name_or_path=os.fspath(pretrained_model_name_or_path),
-                   **{k: v for k, v in settings.items() if k in _SETTINGS})
+                   **{k: v for k, v in settings.items() if k in _SETTINGS or k == ORIGINS_KEY})
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, **kwargs: Any) -> PhiTokenizer:
         """Load the vocabulary of a GGUF file (llama.cpp); keyword arguments override its settings."""
-        backend, settings = load_gguf(Path(path))
+        backend, settings = load_gguf(path)
+        check_settings("from_gguf keyword arguments", kwargs)
         settings.update(kwargs)
         return cls(backend, name_or_path=os.fspath(path), **settings)
 
@@ -125,7 +137,7 @@ class PhiTokenizer:
         backend = tiktoken_to_tokenizer(read_tiktoken_ranks(ranks_file), pattern, added)
         settings.update(kwargs)
         return cls(backend, name_or_path=os.fspath(config_folder or ranks_file),
-                   **{k: v for k, v in settings.items() if k in _SETTINGS})
+                   **{k: v for k, v in settings.items() if k in _SETTINGS or k == ORIGINS_KEY})
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> tuple[str, ...]:
         """Write tokenizer.json, tokenizer_config.json and the chat template; transformers' AutoTokenizer loads them.
@@ -148,110 +160,6 @@ class PhiTokenizer:
         if self.additional_special_tokens:
             config["extra_special_tokens"] = list(self.additional_special_tokens)
         return save_folder(save_directory, self._tokenizer, config, self.chat_template)
-
-    # ---------------------------------------------------------------- special tokens
-
-    def _add_missing_special(self, content: str) -> None:
-        if self._tokenizer.token_to_id(content) is None:
-            self._tokenizer.add_special_tokens([AddedToken(content, special=True, normalized=False)])
-
-    def _update_post_processor(self) -> None:
-        # transformers' rule: an explicit add_bos_token / add_eos_token rebuilds the template around $A / $B.
-        bos, eos = self.bos_token, self.eos_token
-        add_bos, add_eos = bool(self._add_bos) and bos is not None, bool(self._add_eos) and eos is not None
-        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
-        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
-        specials = [(bos, self.bos_token_id)] * add_bos + [(eos, self.eos_token_id)] * add_eos
-        self._tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair,
-                                                                       special_tokens=specials)
-
-    def _get_special(self, key: str) -> str | None:
-        return self._special.get(key)
-
-    def _set_special(self, key: str, value: str | None) -> None:
-        value = token_content(value)
-        if value is not None and self._tokenizer.token_to_id(value) is None:
-            raise ValueError(f"{key}={value!r} is not in the vocabulary; add it with "
-                             f"tokenizer.add_special_tokens({{'{key}': {value!r}}}) (and resize the model's "
-                             "embeddings), or reuse an existing token, e.g. tokenizer.pad_token = tokenizer.eos_token.")
-        self._special[key] = value
-        if key in ("bos_token", "eos_token") and (self._add_bos or self._add_eos):
-            self._update_post_processor()
-
-    def add_special_tokens(self, special_tokens_dict: dict[str, str | list[str]]) -> int:
-        """Add special tokens (`{"pad_token": "<pad>"}`, `{"additional_special_tokens": [...]}`); return how many
-        were new to the vocabulary."""
-        before = len(self)
-        for key, value in special_tokens_dict.items():
-            if key in ("additional_special_tokens", "extra_special_tokens"):
-                for tok in value:
-                    self._add_missing_special(token_content(tok))
-                    if token_content(tok) not in self.additional_special_tokens:
-                        self.additional_special_tokens.append(token_content(tok))
-            elif key in SPECIAL_TOKEN_KEYS:
-                self._add_missing_special(token_content(value))
-                self._set_special(key, value)
-            else:
-                raise ValueError(f"unknown special token key {key!r}; use one of {SPECIAL_TOKEN_KEYS} or "
-                                 "'additional_special_tokens'.")
-        return len(self) - before
-
-    def add_tokens(self, new_tokens: str | list[str], special_tokens: bool = False) -> int:
-        """Add ordinary (or special) tokens to the vocabulary; return how many were new."""
-        tokens = [new_tokens] if isinstance(new_tokens, str) else list(new_tokens)
-        if special_tokens:
-            return self._tokenizer.add_special_tokens(tokens)
-        return self._tokenizer.add_tokens(tokens)
-
-    def _token_id(self, key: str) -> int | None:
-        token = self._special.get(key)
-        return None if token is None else self._tokenizer.token_to_id(token)
-
-    def _set_token_id(self, key: str, value: int | None) -> None:
-        self._set_special(key, None if value is None else self._id_to_token_checked(value))
-
-    def _id_to_token_checked(self, value: int) -> str:
-        token = self._tokenizer.id_to_token(int(value))
-        if token is None:
-            raise ValueError(f"token id {value} is outside the vocabulary (0..{len(self) - 1}).")
-        return token
-
-    bos_token = property(lambda self: self._get_special("bos_token"), lambda self, v: self._set_special("bos_token", v))
-    eos_token = property(lambda self: self._get_special("eos_token"), lambda self, v: self._set_special("eos_token", v))
-    unk_token = property(lambda self: self._get_special("unk_token"), lambda self, v: self._set_special("unk_token", v))
-    pad_token = property(lambda self: self._get_special("pad_token"), lambda self, v: self._set_special("pad_token", v))
-    sep_token = property(lambda self: self._get_special("sep_token"), lambda self, v: self._set_special("sep_token", v))
-    cls_token = property(lambda self: self._get_special("cls_token"), lambda self, v: self._set_special("cls_token", v))
-    mask_token = property(lambda self: self._get_special("mask_token"),
-                          lambda self, v: self._set_special("mask_token", v))
-    bos_token_id = property(lambda self: self._token_id("bos_token"), lambda self, v: self._set_token_id("bos_token", v))
-    eos_token_id = property(lambda self: self._token_id("eos_token"), lambda self, v: self._set_token_id("eos_token", v))
-    unk_token_id = property(lambda self: self._token_id("unk_token"), lambda self, v: self._set_token_id("unk_token", v))
-    pad_token_id = property(lambda self: self._token_id("pad_token"), lambda self, v: self._set_token_id("pad_token", v))
-
-    @property
-    def special_tokens_map(self) -> dict[str, str]:
-        """The named special tokens that are set (what chat templates receive as variables)."""
-        return {k: v for k, v in self._special.items() if v is not None}
-
-    @property
-    def all_special_tokens(self) -> list[str]:
-        """Named special tokens then additional ones, without repeats (transformers' order)."""
-        out: list[str] = []
-        for tok in [*self._special.values(), *self.additional_special_tokens]:
-            if tok is not None and tok not in out:
-                out.append(tok)
-        return out
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        """Ids of `all_special_tokens`."""
-        return [self._tokenizer.token_to_id(t) for t in self.all_special_tokens]
-
-    @property
-    def added_tokens_decoder(self) -> dict[int, AddedToken]:
-        """Id -> AddedToken for every added token (chat tokens, phi-2's whitespace tokens, ...)."""
-        return dict(sorted(self._tokenizer.get_added_tokens_decoder().items()))
 
     @property
     def backend_tokenizer(self) -> Tokenizer:
@@ -290,13 +198,17 @@ class PhiTokenizer:
 
     def convert_ids_to_tokens(self, ids: int | list[int], skip_special_tokens: bool = False) -> str | list[str]:
         """Token string of an id (or list of ids)."""
-        if isinstance(ids, int):
+        if isinstance(ids, int) and not isinstance(ids, bool):
             return self._id_to_token_checked(ids)
         special = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._id_to_token_checked(i) for i in _as_id_list(ids) if i not in special]
+        return [self._id_to_token_checked(i) for i in check_ids(ids, len(self), "ids") if i not in special]
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
         """Token strings of `text` (no special tokens added unless asked, as transformers)."""
+        check_one_text(text, "text")
+        if pair is not None:
+            check_one_text(pair, "pair")
+        check_encodable([text] if pair is None else [text, pair])
         enc = self._tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
         return enc.tokens
 
@@ -316,27 +228,36 @@ class PhiTokenizer:
         return_tensors: str | None = None,
         return_attention_mask: bool | None = None,
         return_length: bool = False,
+        return_offsets_mapping: bool = False,
+        return_special_tokens_mask: bool = False,
         **kwargs: Any,
     ) -> BatchEncoding:
         """Tokenize one text or a batch (optionally with `text_pair`) into a `BatchEncoding` of input_ids and masks.
 
         Padding: False / True or "longest" / "max_length". Truncation: True or "longest_first", "only_first",
         "only_second"; None truncates only when `max_length` is given without `padding="max_length"` (as
-        transformers). `return_tensors="pt"` gives `[B, T]` tensors (`[1, T]` for one text).
+        transformers). `return_tensors="pt"` gives `[B, T]` tensors (`[1, T]` for one text). `offset_mapping`
+        (character spans per token), `special_tokens_mask` and `length` come back on request, as transformers'.
         """
         if kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}.")
-        batched = not isinstance(text, str)
-        texts = [text] if not batched else list(text)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"text must be a string or a list of strings; got {type(text).__name__} of "
-                            f"{sorted({type(t).__name__ for t in texts})}.")
+            raise UnknownArgumentError(f"unexpected keyword arguments {sorted(kwargs)} to the tokenizer call; the supported "
+                             "ones are those of transformers' fast tokenizers (padding, truncation, max_length, "
+                             "return_tensors, return_offsets_mapping, ...).")
+        batched, texts = check_texts(text, "text")
         pairs = None
         if text_pair is not None:
-            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
-            if len(pairs) != len(texts):
-                raise ValueError(f"text has {len(texts)} entries and text_pair {len(pairs)}; they must match.")
-        ids = self._encode_ids(texts, pairs, add_special_tokens, truncation, max_length, padding)
+            pair_batched, pairs = check_texts(text_pair, "text_pair")
+            if pair_batched != batched or len(pairs) != len(texts):
+                raise ValueError(f"text has {len(texts)} entries and text_pair {len(pairs)} "
+                                 f"({'a list' if pair_batched else 'one str'}); give one str each or two lists of "
+                                 "the same length.")
+        check_positive("max_length", max_length)
+        check_positive("pad_to_multiple_of", pad_to_multiple_of)
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side={side!r}; use 'left' or 'right'.")
+        encodings = self._encode(texts, pairs, add_special_tokens, truncation, max_length, padding)
+        ids = [e.ids for e in encodings]
         out = BatchEncoding()
         target = padded_length([len(r) for r in ids], padding,
                                max_length if max_length is not None else self._finite_max_length(), pad_to_multiple_of)
@@ -344,29 +265,33 @@ class PhiTokenizer:
             if self.pad_token_id is None:
                 raise ValueError("padding needs a pad token and this tokenizer has none. Set one, e.g. "
                                  "tokenizer.pad_token = tokenizer.eos_token (or pass padding=False).")
-            ids, mask = pad_sequences(ids, target, self.pad_token_id, padding_side or self.padding_side)
+            ids, mask = pad_sequences(ids, target, self.pad_token_id, side)
         else:
             mask = [[1] * len(r) for r in ids]
         out["input_ids"] = ids
         if return_attention_mask if return_attention_mask is not None else "attention_mask" in self.model_input_names:
             out["attention_mask"] = mask
-        if return_length:
-            out["length"] = [sum(m) for m in mask]
+        out.update(extra_fields(encodings, target, side, return_offsets_mapping, return_special_tokens_mask,
+                                return_length, ids))
         if not batched and return_tensors is None:
             for key in out:
-                out[key] = out[key][0]
+                if key != "length":  # transformers keeps `length` a list of one for one text
+                    out[key] = out[key][0]
         return out.convert_to_tensors(return_tensors)
 
     def _finite_max_length(self) -> int | None:
         return self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
 
-    def _encode_ids(self, texts: list[str], pairs: list[str] | None, add_special_tokens: bool,
-                    truncation: bool | str | None, max_length: int | None, padding: bool | str) -> list[list[int]]:
+    def _encode(self, texts: list[str], pairs: list[str] | None, add_special_tokens: bool,
+                truncation: bool | str | None, max_length: int | None, padding: bool | str) -> list[Any]:
         if truncation is None:
             truncation = max_length is not None and padding != "max_length"
         strategy = "longest_first" if truncation is True else truncation
         if strategy not in (False, "do_not_truncate", *TRUNCATION_STRATEGIES):
             raise ValueError(f"truncation={truncation!r}; use True/False or one of {TRUNCATION_STRATEGIES}.")
+        check_encodable(texts, "text")
+        if pairs is not None:
+            check_encodable(pairs, "text_pair")
         inputs = texts if pairs is None else list(zip(texts, pairs))
         with self._lock:
             if strategy not in (False, "do_not_truncate"):
@@ -375,18 +300,16 @@ class PhiTokenizer:
                     raise ValueError("truncation needs max_length=... (this tokenizer has no model_max_length).")
                 self._tokenizer.enable_truncation(limit, strategy=strategy, direction=self.truncation_side)
             try:
-                encodings = self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
+                return self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
             except Exception as exc:
                 raise ValueError(f"tokenizers could not encode the input: {exc}") from exc
             finally:
                 self._tokenizer.no_truncation()
-        return [e.ids for e in encodings]
 
     def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
                return_tensors: str | None = None, **kwargs: Any) -> list[int] | Any:
         """Ids of one text (a `[1, T]` tensor with `return_tensors="pt"`); takes `__call__`'s other arguments."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes one string (got {type(text).__name__}); call the tokenizer for a batch.")
+        check_one_text(text, "text")
         enc = self(text, text_pair, add_special_tokens=add_special_tokens, return_tensors=return_tensors, **kwargs)
         return enc["input_ids"]
 
@@ -394,15 +317,15 @@ class PhiTokenizer:
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None, **_: Any) -> str | list[str]:
-        """Text of a list of ids (int, list, tensor, or BatchEncoding); a 2-D input decodes as a batch."""
-        if isinstance(token_ids, dict):
-            token_ids = token_ids["input_ids"]
-        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
-        if isinstance(ids, int):
-            ids = [ids]
-        if ids and isinstance(ids[0], (list, tuple)):
-            return self.batch_decode(ids, skip_special_tokens=skip_special_tokens)
-        text = self._tokenizer.decode(_as_id_list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of a list of ids (int, list, tensor, or BatchEncoding); a 2-D input decodes as a batch.
+
+        Every id must be in 0..len(tokenizer)-1: an id the tokenizer does not have is a `ValueError` naming it
+        (transformers drops such ids silently)."""
+        batched, rows = id_rows(token_ids)
+        if batched:
+            return self.batch_decode(rows, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+        text = self._tokenizer.decode(check_ids(rows[0], len(self)), skip_special_tokens=skip_special_tokens)
         # transformers 5.x never applies the WordPiece-era clean-up to BPE vocabularies (it strips real spaces
         # before punctuation); every Phi vocabulary is BPE, so only non-BPE models get it.
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
@@ -415,13 +338,24 @@ class PhiTokenizer:
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, **kwargs: Any) -> list[str]:
         """Texts of a batch of id lists (or a `[B, T]` tensor)."""
         rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
-        return [self.decode(_as_id_list(r), skip_special_tokens=skip_special_tokens, **kwargs) for r in rows]
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, (list, tuple)):
+            raise ValueError(f"batch_decode takes a list of id lists or a [B, T] tensor; got {type(rows).__name__}.")
+        for n, row in enumerate(rows):
+            check_ids(row, len(self), f"sequences[{n}]")
+        return [self.decode(check_ids(r, len(self)), skip_special_tokens=skip_special_tokens, **kwargs) for r in rows]
 
     # ---------------------------------------------------------------- chat
 
     def get_chat_template(self, chat_template: str | None = None, tools: list | None = None) -> str:
         """The template string `apply_chat_template` would use."""
-        return template_for(self.chat_template, chat_template, tools)
+        return self._select_template(chat_template, tools)[0]
+
+    def _select_template(self, chat_template: str | None, tools: list | None) -> tuple[str, str]:
+        templates = self.chat_template
+        texts = templates.items() if isinstance(templates, dict) else [("default", templates)]
+        origins = {name: self._template_origins[text] for name, text in texts
+                   if isinstance(text, str) and text in self._template_origins}
+        return select_template(templates, chat_template, tools, origins)
 
     def apply_chat_template(
         self,
@@ -447,16 +381,25 @@ class PhiTokenizer:
         tokens, so none are added. A list of conversations gives a batch. Extra keyword arguments become template
         variables next to the special tokens (`bos_token`, `eos_token`, ...).
         """
-        template = self.get_chat_template(chat_template, tools)
-        if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
-            raise ValueError("cannot apply a chat template to an empty conversation; give at least one message.")
+        template, origin = self._select_template(chat_template, tools)
+        conversation = getattr(conversation, "messages", conversation)
+        if isinstance(conversation, (str, bytes, dict)) or not isinstance(conversation, (list, tuple)):
+            raise ChatTemplateError(f"conversation is a {type(conversation).__name__}; it must be a list of message "
+                                    "dicts such as [{'role': 'user', 'content': 'Hi'}] (or a list of such lists for "
+                                    "a batch).")
+        if len(conversation) == 0:
+            raise ChatTemplateError("cannot apply a chat template to an empty conversation; give at least one "
+                                    "message.")
+        if tokenizer_kwargs is not None and not isinstance(tokenizer_kwargs, dict):
+            raise ValueError(f"tokenizer_kwargs must be a dict of tokenizer call arguments; got "
+                             f"{type(tokenizer_kwargs).__name__}.")
         first = conversation[0]
         batched = isinstance(first, (list, tuple)) or hasattr(first, "messages")
         conversations = list(conversation) if batched else [conversation]
         variables = {**self.special_tokens_map, **template_kwargs}
         rendered = render_chat(template, conversations, tools=tools, documents=documents,
                                add_generation_prompt=add_generation_prompt,
-                               continue_final_message=continue_final_message, **variables)
+                               continue_final_message=continue_final_message, origin=origin, **variables)
         if not tokenize:
             return rendered if batched else rendered[0]
         enc = self(rendered if batched else rendered[0], add_special_tokens=False, padding=padding,
@@ -475,12 +418,6 @@ class PhiTokenizer:
         clone._special = dict(self._special)
         clone.additional_special_tokens = list(self.additional_special_tokens)
         return clone
-
-
-def _as_id_list(ids: Any) -> list[int]:
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    return [int(i) for i in ids]
 
 
 class AutoTokenizer:
