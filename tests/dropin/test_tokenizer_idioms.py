@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from tests.dropin.common import Idiom, check, gap, params, tokenizer
+from tests.dropin.common import Idiom, check, params, tokenizer
 
 TEXTS = ["Hello world, this is   phikit!", "def f(x):\n    return x  # naïve ünïcode ✓"]
 MESSAGES = [{"role": "system", "content": "You are a plant biologist."},
@@ -208,7 +208,7 @@ def on_both(fn, **kwargs):
 IDIOMS: list[Idiom] = [
     *on_both(plain_call), *on_both(return_tensors), *on_both(batch_padding), *on_both(padding_max_length),
     *on_both(padding_side_left), *on_both(padding_side_right), *on_both(truncation), *on_both(truncation_padding),
-    *on_both(pad_to_multiple), *on_both(offsets_mapping, marks=(gap("return_offsets_mapping"),)),
+    *on_both(pad_to_multiple), *on_both(offsets_mapping),
     *on_both(add_special_tokens_false), *on_both(return_attention_mask_false), *on_both(encode_decode),
     *on_both(decode_clean_up), *on_both(batch_decode), *on_both(batch_decode_tensor), *on_both(special_tokens),
     *on_both(set_pad_token), *on_both(sizes), *on_both(tokens_and_ids), *on_both(add_tokens),
