@@ -77,9 +77,14 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    import pathlib
+
     import atheris
 
-    with atheris.instrument_imports():
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # this checkout's phikit, not an install's
+    import torch  # noqa: F401  (imported uninstrumented: instrumenting torch makes startup take a minute)
+
+    with atheris.instrument_imports(include=["phikit"]):
         import phikit.config  # noqa: F401
         import phikit.config_files  # noqa: F401
         import phikit.rope_config  # noqa: F401
