@@ -137,11 +137,21 @@ class PhiKitConfig:
                 f"model_type={model_type!r} cannot be read by {cls.__name__} (expects {cls.model_type!r}); "
                 f"use phikit.AutoConfig or the {model_type!r} config class")
         merged = {**config_dict, **overrides}
+        if "num_labels" in overrides and "id2label" not in overrides:  # a new label count: LABEL_0.. as transformers
+            merged.pop("id2label", None)
+            merged.pop("label2id", None)
         rope = merged.get("rope_parameters")
         if isinstance(rope, dict):  # an override of a rope value wins over the dict's own copy of it
             merged["rope_parameters"] = {**rope, **{k: overrides[k] for k in ("rope_theta", "partial_rotary_factor")
                                                     if k in overrides}}
         return cls(**merged)
+
+    def with_overrides(self, **overrides: Any) -> "PhiKitConfig":
+        """A new, validated config: this one with `overrides` applied the way `from_dict` applies them (rope keys
+        such as `rope_theta` fold into `rope_parameters`, unknown keys become attributes); this one is unchanged."""
+        if not overrides:
+            return copy.deepcopy(self)
+        return type(self).from_dict(self.to_dict(), **overrides)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "PhiKitConfig":
@@ -151,11 +161,7 @@ class PhiKitConfig:
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "PhiKitConfig":
         """Read `config.json` from a local folder (or the file itself), through the one reader
         (`config_files.read_config_dict`)."""
-        config = cls.from_dict(read_config_dict(path))
-        for k, v in overrides.items():
-            setattr(config, k, v)
-        config.validate()
-        return config
+        return cls.from_dict(read_config_dict(path), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type` and (as

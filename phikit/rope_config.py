@@ -47,7 +47,7 @@ def normalize_rope_parameters(config: "PhiKitConfig", legacy: dict[str, Any]) ->
                      f"{sorted(ROPE_TYPE_ALIASES)} (su and yarn are read as longrope)")
     out["rope_type"] = ROPE_TYPE_ALIASES[raw_type]
     for key in ("rope_theta", "partial_rotary_factor"):  # said twice: the two must agree (never pick one silently)
-        if key in out and legacy.get(key) is not None and out[key] != legacy[key]:
+        if key in out and legacy.get(key) is not None and out[key] is not legacy[key] and out[key] != legacy[key]:
             raise _error(f"{key}={legacy[key]!r} disagrees with rope_parameters.{key}={out[key]!r}; give it once")
     out.setdefault("rope_theta", legacy.get("rope_theta", config.default_rope_theta))
     if out["rope_theta"] is None:

@@ -14,11 +14,7 @@ class AutoConfig:
     def from_pretrained(path_or_id: str | os.PathLike, revision: str | None = None, local_files_only: bool = False,
                         trust_remote_code: bool = False, **overrides: Any) -> PhiKitConfig:
         folder = resolve_folder(path_or_id, revision, local_files_only)
-        config = config_from_folder(folder)
-        for k, v in overrides.items():
-            setattr(config, k, v)
-        config.validate()
-        return config
+        return config_from_folder(folder).with_overrides(**overrides)
 
     @staticmethod
     def for_model(model_type: str, **kwargs: Any) -> PhiKitConfig:

@@ -179,8 +179,9 @@ def resolve_config(folder: str, config: Any, cls: type, overrides: dict[str, Any
         raise ConfigError(f"{cls.__name__} needs a {wanted.__name__}, but {source} is a {type(config).__name__} "
                           f"(model_type {config.model_type!r}); load it with phikit.AutoModelForCausalLM or the "
                           f"{config.model_type} classes")
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    name_or_path = config.name_or_path
+    config = config.with_overrides(**overrides)  # rope keys fold into rope_parameters; validated
+    config.name_or_path = name_or_path
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
     try:

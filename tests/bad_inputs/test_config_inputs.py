@@ -144,7 +144,6 @@ FILE_CASES = [
      ("rope_theta",)),
     ("infinity-eps", json.dumps({**BASE, "model_type": "phi3", "rms_norm_eps": 1e400}), ("rms_norm_eps",)),
 ]
-EXTRA_CASES = FILE_CASES
 
 
 @pytest.mark.parametrize("label,content,names", FILE_CASES, ids=[c[0] for c in FILE_CASES])
@@ -173,3 +172,32 @@ def test_a_failed_override_leaves_the_config_as_it_was():
     with pytest.raises(ConfigError, match="rope_theta"):
         Phi3Config.from_dict(before, rope_theta=math.nan)
     assert config.to_dict() == before
+
+
+# Overrides given to from_pretrained / AutoConfig.from_pretrained go through the same checks (a property such as
+# rope_theta once raised a bare AttributeError there).
+OVERRIDE_CASES = [("rope_theta", NAN), ("rope_theta", -1.0), ("rms_norm_eps", INF), ("partial_rotary_factor", 2.0),
+                  ("hidden_act", ["silu"]), ("num_labels", 0), ("initializer_range", NAN)]
+EXTRA_CASES = FILE_CASES + OVERRIDE_CASES
+
+
+@pytest.fixture(scope="module")
+def saved_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("config")
+    Phi3Config(**BASE).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("field,value", OVERRIDE_CASES, ids=[f"{k}={v!r}" for k, v in OVERRIDE_CASES])
+@pytest.mark.parametrize("reader", ["AutoConfig", "Phi3Config"])
+def test_overrides_are_checked_like_fields(saved_config, field, value, reader):
+    before = (saved_config / "config.json").read_bytes()
+    call = {"AutoConfig": lambda _: phikit.AutoConfig.from_pretrained(saved_config, **{field: value}),
+            "Phi3Config": lambda _: Phi3Config.from_pretrained(saved_config, **{field: value})}[reader]
+    expect_clear_error(Case(field, call, ConfigError, (field,)))
+    assert (saved_config / "config.json").read_bytes() == before
+
+
+def test_rope_overrides_are_applied_not_ignored(saved_config):
+    config = phikit.AutoConfig.from_pretrained(saved_config, rope_theta=5e5, num_labels=3)
+    assert config.rope_theta == 5e5 and config.num_labels == 3 and len(config.id2label) == 3
