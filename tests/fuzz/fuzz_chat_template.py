@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
@@ -38,21 +37,9 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    import atheris
-    import jinja2  # noqa: F401  (heavy dependencies are imported uninstrumented: startup stays short)
-    import numpy  # noqa: F401
-    import tokenizers  # noqa: F401
-    import torch  # noqa: F401
+    from fuzzing import fuzz
 
-    with atheris.instrument_imports():
-        import phikit.tokenizer.chat_template  # noqa: F401
-        import phikit.tokenizer.template_sandbox  # noqa: F401
-    corpus = pathlib.Path(tempfile.mkdtemp(prefix="fuzz-chat-seeds-"))
-    seeds = [s.encode() for s in SNIPPETS]
+    SEEDS = [s.encode() for s in SNIPPETS]
     if (REAL / "microsoft-Phi-3.5-mini-instruct.jinja").is_file():
-        seeds.append((REAL / "microsoft-Phi-3.5-mini-instruct.jinja").read_bytes())
-    for i, seed in enumerate(seeds):
-        (corpus / f"seed{i}").write_bytes(seed)
-    given = [a for a in sys.argv[1:] if not a.startswith("-")]  # a crash file or corpus to replay: no seeds
-    atheris.Setup(sys.argv if given else [*sys.argv, str(corpus)], TestOneInput)
-    atheris.Fuzz()
+        SEEDS.append((REAL / "microsoft-Phi-3.5-mini-instruct.jinja").read_bytes())
+    fuzz(TestOneInput, SEEDS, ["phikit.tokenizer.chat_template", "phikit.tokenizer.template_sandbox"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 
 SEEDS = [
@@ -76,25 +75,7 @@ def TestOneInput(data: bytes) -> None:
         pass
 
 
-def main() -> None:
-    import pathlib
-
-    import atheris
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # this checkout's phikit, not an install's
-    import torch  # noqa: F401  (imported uninstrumented: instrumenting torch makes startup take a minute)
-
-    with atheris.instrument_imports(include=["phikit"]):
-        import phikit.config  # noqa: F401
-        import phikit.config_files  # noqa: F401
-        import phikit.rope_config  # noqa: F401
-    corpus = tempfile.mkdtemp(prefix="phikit-fuzz-config-seeds-")
-    for i, seed in enumerate(seed_corpus()):
-        with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-            f.write(seed)
-    atheris.Setup(sys.argv + [corpus], TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from fuzzing import fuzz
+
+    fuzz(TestOneInput, seed_corpus(), ["phikit.config", "phikit.config_files", "phikit.rope_config"])

@@ -4,7 +4,6 @@ validate). Only GenerationArgumentError (a ValueError naming the file or the opt
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 SEEDS = [b'{"do_sample": true, "temperature": 0.7, "top_p": 0.9, "eos_token_id": [1, 2]}',
@@ -30,20 +29,6 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    import atheris
+    from fuzzing import fuzz
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # this checkout
-
-    import torch  # noqa: F401  (imported uninstrumented: instrumenting torch makes startup take a minute)
-
-    with atheris.instrument_imports(include=["phikit"]):
-        import phikit.generation_checks  # noqa: F401
-        import phikit.generation_config  # noqa: F401
-    if not any(not a.startswith("-") for a in sys.argv[1:]):
-        corpus = tempfile.mkdtemp(prefix="fuzz-genconfig-seeds-")
-        for i, seed in enumerate(SEEDS):
-            with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-                f.write(seed)
-        sys.argv.append(corpus)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz(TestOneInput, SEEDS, ["phikit.generation_checks", "phikit.generation_config"])

@@ -72,18 +72,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    import atheris
-    import jinja2  # noqa: F401  (heavy dependencies are imported uninstrumented: startup stays short)
-    import numpy  # noqa: F401
-    import tokenizers  # noqa: F401
-    import torch  # noqa: F401
+    from fuzzing import fuzz
 
-    with atheris.instrument_imports():
-        import gguf.gguf_reader  # noqa: F401  (the parser itself, so coverage guides the mutations)
-        import phikit.tokenizer.gguf_vocab  # noqa: F401
-    corpus = pathlib.Path(tempfile.mkdtemp(prefix="fuzz-gguf-seeds-"))
-    for i, seed in enumerate(seeds()):
-        (corpus / f"seed{i}").write_bytes(seed)
-    given = [a for a in sys.argv[1:] if not a.startswith("-")]  # a crash file or corpus to replay: no seeds
-    atheris.Setup(sys.argv if given else [*sys.argv, str(corpus)], TestOneInput)
-    atheris.Fuzz()
+    # gguf's reader is instrumented too: its parsing is what the mutations should explore
+    fuzz(TestOneInput, seeds(), ["gguf.gguf_reader", "phikit.tokenizer.gguf_vocab"], include=("phikit", "gguf"))

@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import tempfile
-
-if __name__ != "__main__":
-    from phikit.weights.checkpoint import CheckpointError, CheckpointReader, read_safetensors_header
 
 DIR = tempfile.mkdtemp(prefix="fuzz-st-")
 PATH = os.path.join(DIR, "model.safetensors")
@@ -27,6 +23,8 @@ def to_file(data: bytes) -> bytes:
 
 
 def TestOneInput(data: bytes) -> None:
+    from phikit.weights.checkpoint import CheckpointError, CheckpointReader, read_safetensors_header
+
     with open(PATH, "wb") as f:
         f.write(to_file(data))
     try:
@@ -57,20 +55,6 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    import pathlib
+    from fuzzing import fuzz
 
-    import atheris
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # this checkout's phikit, not an install's
-
-    import torch  # noqa: F401 - imported uninstrumented: only phikit.weights is what we fuzz
-
-    with atheris.instrument_imports(include=["phikit.weights"]):
-        from phikit.weights.checkpoint import CheckpointError, CheckpointReader, read_safetensors_header
-    corpus = tempfile.mkdtemp(prefix="fuzz-st-seeds-")
-    for i, seed in enumerate(seeds()):
-        with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-            f.write(seed)
-    args = sys.argv + ([corpus] if not any(not a.startswith("-") for a in sys.argv[1:]) else [])
-    atheris.Setup(args, TestOneInput)
-    atheris.Fuzz()
+    fuzz(TestOneInput, seeds(), ["phikit.weights.checkpoint", "phikit.weights.safetensors_header"], include=("phikit.weights",))

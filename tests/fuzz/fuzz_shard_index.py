@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
-
-if __name__ != "__main__":
-    from phikit.weights.checkpoint import CheckpointError, CheckpointReader, find_weight_files
 
 ROOT = tempfile.mkdtemp(prefix="fuzz-index-")
 FOLDER = os.path.join(ROOT, "ckpt")
@@ -32,6 +28,8 @@ _setup()
 
 
 def TestOneInput(data: bytes) -> None:
+    from phikit.weights.checkpoint import CheckpointError, CheckpointReader, find_weight_files
+
     with open(os.path.join(FOLDER, "model.safetensors.index.json"), "wb") as f:
         f.write(data)
     try:
@@ -62,20 +60,6 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    import pathlib
+    from fuzzing import fuzz
 
-    import atheris
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # this checkout's phikit, not an install's
-
-    import torch  # noqa: F401 - imported uninstrumented: only phikit.weights is what we fuzz
-
-    with atheris.instrument_imports(include=["phikit.weights"]):
-        from phikit.weights.checkpoint import CheckpointError, CheckpointReader, find_weight_files
-    corpus = tempfile.mkdtemp(prefix="fuzz-index-seeds-")
-    for i, seed in enumerate(seeds()):
-        with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-            f.write(seed)
-    args = sys.argv + ([corpus] if not any(not a.startswith("-") for a in sys.argv[1:]) else [])
-    atheris.Setup(args, TestOneInput)
-    atheris.Fuzz()
+    fuzz(TestOneInput, seeds(), ["phikit.weights.checkpoint", "phikit.weights.shard_index"], include=("phikit.weights",))

@@ -73,19 +73,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    import atheris
-    import jinja2  # noqa: F401  (heavy dependencies are imported uninstrumented: startup stays short)
-    import numpy  # noqa: F401
-    import tokenizers  # noqa: F401
-    import torch  # noqa: F401
+    from fuzzing import fuzz
 
-    with atheris.instrument_imports():
-        import phikit.tokenizer.settings_check  # noqa: F401
-        import phikit.tokenizer.tokenizer_files  # noqa: F401
-    tiny_tokenizer_json = __import__("functools").lru_cache(maxsize=1)(tiny_tokenizer_json)
-    corpus = pathlib.Path(tempfile.mkdtemp(prefix="fuzz-tokfiles-seeds-"))
-    for i, seed in enumerate(seeds()):
-        (corpus / f"seed{i}").write_bytes(seed)
-    given = [a for a in sys.argv[1:] if not a.startswith("-")]  # a crash file or corpus to replay: no seeds
-    atheris.Setup(sys.argv if given else [*sys.argv, str(corpus)], TestOneInput)
-    atheris.Fuzz()
+    fuzz(TestOneInput, seeds(), ["phikit.tokenizer.tokenization", "phikit.tokenizer.tokenizer_files",
+                                 "phikit.tokenizer.settings_check"])
