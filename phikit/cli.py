@@ -171,6 +171,10 @@ def _load(args: argparse.Namespace, auto: Any = None):
     tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
     print(f"phikit: loaded {type(model).__name__} ({model.num_parameters() / 1e6:.1f}M parameters, "
           f"{_weights_held(model)}) in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    fresh = (getattr(model, "loading_info", None) or {}).get("newly_initialized_keys") or []
+    if fresh:  # e.g. a classification head on a causal-LM checkpoint, as transformers does: say so, loudly
+        print(f"phikit: note: {', '.join(fresh)} not in the checkpoint, newly initialised at random: its outputs "
+              f"mean nothing until the model is fine-tuned for this task", file=sys.stderr, flush=True)
     return model, tokenizer
 
 

@@ -177,6 +177,19 @@ def test_cli_run_text_classification_prints_label_and_score_per_line(tmp_path, p
     pipe = phikit.pipeline("text-classification", model=str(tmp_path))
     assert len(rows) == 2 and rows[0]["label"] == pipe("I loved it")[0]["label"]
     assert rows[1]["score"] == pytest.approx(pipe("awful")[0]["score"])
+    assert "newly initialised" not in out.stderr
+
+
+def test_cli_says_when_a_head_is_not_in_the_checkpoint(tmp_path, phi3_tokenizer) -> None:
+    """The seeds' `run --task text-classification` on a causal-LM checkpoint: the head is initialised at random (as
+    transformers does), and the command says so instead of printing labels as if they meant something."""
+    config = phikit.Phi3Config(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, pad_token_id=32000, eos_token_id=32000)
+    phikit.Phi3ForCausalLM(config).save_pretrained(tmp_path)
+    phi3_tokenizer.save_pretrained(tmp_path)
+    out = _cli("run", "--task", "text-classification", "--model", str(tmp_path), stdin="I loved it\n")
+    assert out.returncode == 0, out.stderr
+    assert "score.weight not in the checkpoint, newly initialised at random" in out.stderr
 
 
 def test_cli_bad_task_names_the_tasks() -> None:
