@@ -244,6 +244,24 @@ def test_single_text_and_batch_encoding_api() -> None:
 
 # ----------------------------------------------------------------------------- saving
 
+def test_save_over_an_earlier_save_leaves_no_stale_template(tmp_path) -> None:
+    """Saving a tokenizer into a folder that holds another one's chat templates: what loads back is what was saved,
+    not the earlier templates (they would be read as this tokenizer's)."""
+    ours = AutoTokenizer.from_pretrained(TOKENIZERS / "phi-3-mini")  # not the cached one: this test edits it
+    ours.chat_template = {"default": "{{ 'a' }}", "tool_use": "{{ 'b' }}"}
+    ours.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "{{ 'old' }}"}), encoding="utf-8")
+    assert (tmp_path / "chat_templates" / "tool_use.jinja").is_file()
+    plain = AutoTokenizer.from_pretrained(TOKENIZERS / "phi-2")
+    assert plain.chat_template is None
+    plain.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template is None
+    assert not (tmp_path / "chat_template.jinja").exists() and not list((tmp_path / "chat_templates").glob("*"))
+    ours.chat_template = "{{ 'new' }}"
+    ours.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == "{{ 'new' }}"
+
+
 @pytest.mark.parametrize("name", ["phi-3-mini", "phi-3", "phi-2"])
 def test_save_pretrained_loads_in_transformers_and_phikit(name: str, tmp_path) -> None:
     ours = phikit_tok(name)

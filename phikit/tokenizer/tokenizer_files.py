@@ -243,4 +243,9 @@ def save_folder(folder: str | os.PathLike, backend: Tokenizer, config: dict[str,
     finally:
         for temp, _ in staged:
             temp.unlink(missing_ok=True)
+    # Template files of an earlier save that this tokenizer does not have would be read back as its templates.
+    stale = [out / "chat_template.jinja", out / "chat_template.json", *(out / "chat_templates").glob("*.jinja")]
+    for path in stale:
+        if path not in contents and path.is_file():
+            path.unlink()
     return tuple(str(p) for p in contents)
