@@ -8,6 +8,7 @@ from typing import Any
 from . import modeling
 from ..config import PhiKitConfig, config_from_dict, config_from_folder
 from ..hub import resolve_folder
+from ..weights.load_options import resolve_checkpoint_folder, resolve_config
 
 class AutoConfig:
     @staticmethod
@@ -42,11 +43,13 @@ class _AutoModel:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *args: Any, **kwargs: Any):
         config = kwargs.pop("config", None)
-        if config is None:
-            folder = resolve_folder(path_or_id, kwargs.get("revision"), kwargs.get("local_files_only", False),
-                                    cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"))
-            config = config_from_folder(folder)
-            path_or_id = folder
+        if not isinstance(config, PhiKitConfig):
+            # The family comes from the config, read as the family class will read it (subfolder and variant
+            # applied, errors naming the file); the class gets the original path, so name_or_path stays the hub id.
+            folder = resolve_checkpoint_folder(path_or_id, kwargs.get("subfolder"), kwargs.get("variant"),
+                                               kwargs.get("revision"), kwargs.get("local_files_only", False),
+                                               kwargs.get("cache_dir"), kwargs.get("token"))
+            config = resolve_config(folder, config, object, {}, None)
         return cls._class_for(config).from_pretrained(path_or_id, *args, config=config, **kwargs)
 
 

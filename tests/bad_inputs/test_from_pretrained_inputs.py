@@ -241,6 +241,9 @@ def test_honoured_arguments_do_what_transformers_does(saved, tmp_path) -> None:
     os.rename(sub / "model.safetensors", sub / "model.fp16.safetensors")
     model = Phi3ForCausalLM.from_pretrained(tmp_path / "repo", subfolder="text_model", variant="fp16")
     assert torch.equal(_logits(model), reference)
+    # the same through the Auto class (which reads config.json from the subfolder to pick the family)
+    auto = phikit.AutoModelForCausalLM.from_pretrained(tmp_path / "repo", subfolder="text_model", variant="fp16")
+    assert torch.equal(_logits(auto), reference) and auto.config.name_or_path == str(tmp_path / "repo")
     # disable_mmap reads the same values; use_safetensors=True finds them; ignored network options for a folder
     for kwargs in (dict(disable_mmap=True), dict(use_safetensors=True), dict(force_download=True, proxies={}),
                    dict(low_cpu_mem_usage=True, trust_remote_code=True, _from_auto=True, experts_implementation="eager",
