@@ -74,7 +74,9 @@ IDIOMS: list[Idiom] = [
     *[Idiom(f"save_then_load/{f}", save_then_load, model=f, pairs=CROSS) for f in (*FAMILIES, "tied")],
     Idiom("save_then_load_seq", save_then_load_seq, model="phi/seq", pairs=CROSS),
     Idiom("save_then_load_tok", save_then_load_tok, model="phi/tok", pairs=CROSS),
-    Idiom("save_bf16_then_load", save_bf16_then_load, pairs=CROSS),
+    # bf16 logits at bf16's tolerance (torch's defaults for bf16): below avx512 phikit's bf16 GEMM is MKL's fp32 one
+    # on widened weights, which rounds an element now and then an ulp away from PyTorch's bf16 GEMM
+    Idiom("save_bf16_then_load", save_bf16_then_load, pairs=CROSS, rtol=1.6e-2, atol=1e-5),
     *[Idiom(f"load_state_dict/{f}/{_direction(*pair)}", load_state_dict, model=f, pairs=(TF_TF, pair),
             marks=_state_dict_marks(f, pair))
       for f in FAMILIES for pair in ((transformers, phikit), (phikit, transformers), PK_PK)],
