@@ -299,8 +299,7 @@ class PhiKitConfig:
             check.token_id("eos_token_id", eos)
         else:
             raise ConfigError("eos_token_id=[] names no token; give an id, a list of ids, or null")
-        if isinstance(self.dtype, str) or (self.dtype is not None and not isinstance(self.dtype, torch.dtype)):
-            self.dtype = _normalize_dtype(self.dtype)  # set after construction: check and normalise it again
+        _normalize_dtype(self.dtype)  # a value set after construction: a dtype or its name, checked
         if self.problem_type is not None and not (isinstance(self.problem_type, str) and self.problem_type in (
                 "regression", "single_label_classification", "multi_label_classification")):
             raise ConfigError(f"problem_type={self.problem_type!r} must be regression, single_label_classification "
