@@ -101,6 +101,9 @@ def validation_error(error: RequestValidationError) -> APIError:
         return bad_request(None, f"the request body is not valid JSON ({detail}); send a JSON object with "
                                  f"Content-Type: application/json")
     param = param_of(loc)
+    if param is None and isinstance(first.get("input"), (bytes, str)):  # FastAPI read a non-JSON body as text
+        return bad_request(None, "the request body is not a JSON object; send one with Content-Type: "
+                                 "application/json")
     if kind == "missing" and param:
         return bad_request(param, f"the field {param!r} is required")
     if param is None:
