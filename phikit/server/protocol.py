@@ -131,7 +131,8 @@ def refuse_unsupported(req: SamplingFields) -> None:
                          "web_search_options": "web search", "functions": "function calling",
                          "reasoning_effort": "a reasoning effort setting"}
         for name, what in not_supported.items():
-            if _present(getattr(req, name)):
+            value = getattr(req, name)  # any value asks for it ({} is web search with its defaults); [] asks nothing
+            if value is not None and value != []:
                 raise bad_request(name, f"{name} is not supported: phikit serves text models without {what}; "
                                         f"leave {name} unset")
         if req.modalities is not None and list(req.modalities) != ["text"]:
