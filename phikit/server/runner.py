@@ -128,17 +128,20 @@ class RequestRun:
         """Each output as it comes, with its choice updated, until every choice has finished. With
         `is_disconnected` (an async callable), the client is polled every DISCONNECT_POLL_S while waiting; when it
         is gone the engine requests are aborted and ClientGone is raised."""
+        next_poll = time.monotonic() + DISCONNECT_POLL_S
         try:
             while self.unfinished > 0:
                 if is_disconnected is None:
                     prompt, out = await self.queue.get()
                 else:
-                    try:
-                        prompt, out = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-                    except asyncio.TimeoutError:
+                    if time.monotonic() >= next_poll:  # outputs may come faster than the poll: check on time
+                        next_poll = time.monotonic() + DISCONNECT_POLL_S
                         if await is_disconnected():
                             self.abort()
-                            raise ClientGone() from None
+                            raise ClientGone()
+                    try:
+                        prompt, out = await asyncio.wait_for(self.queue.get(), max(0.0, next_poll - time.monotonic()))
+                    except asyncio.TimeoutError:
                         continue
                 yield self._record(prompt, out), out
         finally:
