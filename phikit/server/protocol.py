@@ -16,6 +16,7 @@ from .errors import APIError, bad_request
 
 log = logging.getLogger("phikit.server")
 _LOGGED_UNKNOWN: set[str] = set()
+MAX_LOGGED_UNKNOWN = 64
 
 TokenIds = list[int]
 
@@ -24,11 +25,16 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def log_unknown_fields(self) -> None:
-        """Log each unknown field name once per process (they are ignored)."""
+        """Log each unknown field name once per process (they are ignored); after MAX_LOGGED_UNKNOWN names, no more
+        (clients choose the names: the log and this set stay bounded)."""
         for name in sorted(self.model_extra or {}):
-            if name not in _LOGGED_UNKNOWN:
-                _LOGGED_UNKNOWN.add(name)
-                log.warning("ignoring unknown request field %r (logged once)", name)
+            if name in _LOGGED_UNKNOWN or len(_LOGGED_UNKNOWN) > MAX_LOGGED_UNKNOWN:
+                continue
+            _LOGGED_UNKNOWN.add(name)
+            if len(_LOGGED_UNKNOWN) > MAX_LOGGED_UNKNOWN:
+                log.warning("more than %d unknown request fields seen; no more are logged", MAX_LOGGED_UNKNOWN)
+            else:
+                log.warning("ignoring unknown request field %s (logged once)", repr(name)[:80])
 
 
 class StreamOptions(OpenAIModel):
