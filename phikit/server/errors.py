@@ -48,10 +48,13 @@ def bad_request(param: str | None, message: str, code: str | None = None) -> API
     return APIError(400, message, param=param, code=code)
 
 
-def from_engine(error: Exception) -> APIError:
-    """The APIError of an exception `Engine.submit` raised."""
+def from_engine(error: Exception, prompt_param: str = "prompt") -> APIError:
+    """The APIError of an exception `Engine.submit` raised; `prompt_param` names the request's prompt field
+    ("messages" or "prompt"), the field to blame when the prompt alone fills the context."""
     if isinstance(error, ContextLengthError):
-        return APIError(400, str(error), param=error.param, code="context_length_exceeded")
+        prompt_alone = error.max_tokens is None or error.prompt_tokens >= error.context
+        return APIError(400, str(error), param=prompt_param if prompt_alone else error.param,
+                        code="context_length_exceeded")
     if isinstance(error, EngineArgumentError):
         return APIError(400, str(error), param=error.param, code=error.code)
     if isinstance(error, QueueFullError):

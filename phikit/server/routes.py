@@ -94,7 +94,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if not ids:
         raise bad_request("messages", "the messages render to an empty prompt")
     run = RequestRun(state.engine, state.metrics, "chatcmpl")
-    run.submit([ids], params)
+    run.submit([ids], params, prompt_param="messages")
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     builder = ResponseBuilder(run, state.served_model_name, state.texts, chat=True, logprobs=bool(body.logprobs),
                               as_ids=bool(body.return_tokens_as_token_ids), include_usage=include_usage)

@@ -67,7 +67,7 @@ class RequestRun:
                 pass
         return deliver
 
-    def submit(self, prompts: Sequence[list[int]], params: SamplingParams) -> None:
+    def submit(self, prompts: Sequence[list[int]], params: SamplingParams, prompt_param: str = "prompt") -> None:
         """Queue every prompt; a refusal (bad value, context, full queue, draining) aborts the ones already queued
         and raises the matching APIError."""
         self.n = params.n
@@ -80,7 +80,7 @@ class RequestRun:
                 self.engine.submit(list(ids), params, self._callback(p), request_id=request_id)
             except Exception as e:
                 self.abort()
-                raise from_engine(e) from None
+                raise from_engine(e, prompt_param) from None
             self.engine_ids.append(request_id)
         self.unfinished = len(self.choices)
         if self.metrics is not None:

@@ -42,6 +42,10 @@ def test_context_length_exceeded_names_both_numbers(server):
     with pytest.raises(openai.BadRequestError) as err:
         server.client().completions.create(model=SERVED, prompt=long_prompt, max_tokens=4)
     assert err.value.code == "context_length_exceeded" and "512" in err.value.message
+    assert err.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().chat.completions.create(model=SERVED, messages=chat_messages(long_prompt), max_tokens=4)
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
 
 
 def test_temperature_5_is_400_naming_temperature(server):
