@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..arch import Architecture
 from ..ops import REFERENCE, Ops
-from ..ops.attention import ATTENTION_FUNCTIONS
+from ..ops.attention import ATTENTION_FUNCTIONS, ragged_decode_attention
 from .cache import CacheProtocol, DynamicCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
@@ -33,6 +33,8 @@ class StepContext:
     attn_implementation: str
     output_attentions: bool
     ops: Ops
+    ragged: bool = False  # rows at their own lengths, one query each: attention per row on the cache's views
+    window: int | None = None  # sliding window (the ragged path applies it per row)
 
 
 class Attention(nn.Module):
@@ -85,6 +87,10 @@ class Attention(nn.Module):
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = ctx.rotary.apply(q, ctx.ops), ctx.rotary.apply(k, ctx.ops)
         bias = ctx.bias
+        if ctx.ragged:  # a serving batch: each row's one query attends to that row's own keys
+            rows = ctx.cache.update_rows(self.layer_idx, k, v)
+            out = ragged_decode_attention(q, rows, self.scale, ctx.window, ctx.ops)  # [B, 1, H, D]
+            return self._modules[self.out_name](out.reshape(b, t, self.num_heads * self.head_dim)), None
         if keep_last:
             q, bias, t = q[:, :, -keep_last:], bias[:, :, -keep_last:], keep_last  # the last queries see every key
         if ctx.cache is not None:
@@ -194,6 +200,9 @@ class Decoder(nn.Module):
             position_ids = torch.arange(start, start + t, device=device)[None]  # [1, T]
         if long is None:
             long = choose_long(self.rope, position_ids, b)  # [B]
+            pinned = getattr(cache, "pinned_long", None)  # [B] bool: rows whose regime was fixed at admission
+            if pinned is not None:
+                long = long | pinned
         if cache is not None:
             if cache.rope_long is not None and cache.get_seq_length() > 0:
                 self._recompute_crossing_rows(cache, long, attention_mask)
@@ -208,6 +217,8 @@ class Decoder(nn.Module):
                 x = fused(self, inputs_embeds, attention_mask, position_ids, long, cache, start)
                 if x is not None:  # every layer ran in one call of the backend's fused step
                     return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)
+            if getattr(cache, "ragged", False) and not reported:
+                return self._run_ragged(inputs_embeds, position_ids, long, cache)
         num_slots = cache.num_slots if cache is not None else t
         query_slots = torch.arange(start, start + t, device=device)
         window = self.config.sliding_window
@@ -247,6 +258,21 @@ class Decoder(nn.Module):
         if all_hidden is not None:
             all_hidden[-1] = x  # the reference reports the normed output in place of the last layer's
         return TrunkOutput(x, _tuple(all_hidden), _tuple(all_attn), _tuple(all_router))
+
+    def _run_ragged(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, long: torch.Tensor,
+                    cache: CacheProtocol) -> TrunkOutput:
+        """One new token per row [B, 1, hidden], each row at its own cache length (a serving engine's decode batch,
+        `cache.ragged`): the linears see all rows at once, attention runs row by row on the cache's views, so a
+        row's numbers are those of the same step run alone wherever the linears' are."""
+        if inputs_embeds.shape[1] != 1:
+            raise ValueError(f"a ragged cache takes one new token per row, got {inputs_embeds.shape[1]}")
+        cos, sin = cos_sin(self.rope, position_ids, long, inputs_embeds.dtype)
+        ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim), None, False, 0, cache,
+                          self.config._attn_implementation, False, self.ops, True, self.config.sliding_window)
+        x = self.embed_dropout(inputs_embeds)
+        for layer in self.layers:
+            x = layer(x, ctx)[0]
+        return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)
 
     def _recompute_crossing_rows(self, cache: CacheProtocol, long: torch.Tensor, attention_mask: torch.Tensor | None
                                  ) -> None:

@@ -67,6 +67,19 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     return out, None
 
 
+def ragged_decode_attention(q: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]], scale: float,
+                            window: int | None, ops: Ops = REFERENCE) -> torch.Tensor:
+    """q [B, H, 1, D], rows[b] = (k, v) [1, KV, S_b, D] (row b's keys up to and including its new one) -> [B, 1, H, D].
+    Each row is the one-query step it would be alone: `ops.decode_attention` over its own keys (the last `window`
+    of them under a sliding window), so a row's output does not depend on the other rows."""
+    out = []
+    for b, (k, v) in enumerate(rows):
+        if window is not None and k.shape[2] > window:
+            k, v = k[:, :, -window:], v[:, :, -window:]
+        out.append(ops.decode_attention(q[b:b + 1], k, v, scale))  # [1, 1, H, D]
+    return torch.cat(out)
+
+
 ATTENTION_FUNCTIONS: dict[str, AttentionFn] = {
     "eager": eager_attention,
     "sdpa": sdpa_attention,

@@ -1,0 +1,41 @@
+"""The engine's two forwards, on the model's own step and cache seams: a prefill chunk of one slot, and a decode
+step of one or more slots (one new token each). Both return the next-token logits in fp32."""
+
+from __future__ import annotations
+
+import torch
+
+from .slots import SlotPool
+
+
+def prefill(model, pool: SlotPool, slot: int, tokens: list[int]) -> torch.Tensor:
+    """Feed `tokens` into `slot` after what it holds -> logits [V] of the last one."""
+    start = pool.lengths[slot]
+    ids = torch.tensor([tokens], dtype=torch.long)  # [1, T]
+    positions = torch.arange(start, start + len(tokens))[None]  # [1, T]
+    cache = pool.view([slot])
+    try:
+        out = model(ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    except BaseException:
+        pool.lengths[slot] = start  # a failed forward leaves the slot as it was
+        raise
+    pool.tokens[slot].extend(tokens)
+    return out.logits[0, -1].float()
+
+
+def decode(model, pool: SlotPool, slots: list[int], tokens: list[int]) -> torch.Tensor:
+    """One new token per slot, each at its slot's length -> logits [B, V]. One slot runs as a batch-1 step (the
+    fused decode step where the backend has one, exactly what `generate()` runs); several as a ragged batch."""
+    starts = [pool.lengths[s] for s in slots]
+    ids = torch.tensor(tokens, dtype=torch.long)[:, None]  # [B, 1]
+    positions = torch.tensor(starts, dtype=torch.long)[:, None]  # [B, 1]
+    cache = pool.view(slots)
+    try:
+        out = model(ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    except BaseException:
+        for s, at in zip(slots, starts):
+            pool.lengths[s] = at
+        raise
+    for s, t in zip(slots, tokens):
+        pool.tokens[s].append(t)
+    return out.logits[:, -1].float()

@@ -1,0 +1,97 @@
+"""One row's next token: its processors, penalties and sampler, with its own random generator.
+
+Order (vLLM's): the vocabulary limit and min_tokens, logit_bias, the user's processors, repetition / presence /
+frequency penalties, then for sampled rows temperature, top-k, top-p and min-p (phikit's warpers, the ones
+`generate()` uses), and a draw from the row's own `torch.Generator`. So a seeded request draws the same tokens
+whatever runs beside it. Logprobs are the log-softmax of the model's raw logits, before any of this (OpenAI reports
+the model's distribution; documented).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..generation.logits_process import min_p_filter, repetition_penalty, top_k_filter, top_p_filter
+from .outputs import TokenLogprob
+from .params import SamplingParams
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def choice_generator(seed: int | None, index: int) -> torch.Generator:
+    """Choice `index` of a request with `seed`: a generator of its own (seeded: reproducible; else from entropy)."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed((seed * _GOLDEN + index * 0x632BE59BD9B4E019) % (2**63))
+    return gen
+
+
+class RowSampler:
+    """The sampling state of one choice: its generator and the counts of the tokens it generated."""
+
+    def __init__(self, params: SamplingParams, index: int, vocab_size: int, vocab_limit: int | None,
+                 stop_ids: list[int]) -> None:
+        self.params = params
+        self.generator = choice_generator(params.seed, index)
+        self.vocab_size, self.vocab_limit = vocab_size, vocab_limit
+        self.stop_ids = stop_ids
+        self.counts: torch.Tensor | None = None  # [V] generated-token counts, for presence / frequency
+        if params.presence_penalty or params.frequency_penalty:
+            self.counts = torch.zeros(vocab_size)
+        self.bias: torch.Tensor | None = None
+        if params.logit_bias:
+            self.bias = torch.zeros(vocab_size)
+            for token, value in params.logit_bias.items():
+                self.bias[token] = float(value)
+
+    def next_token(self, logits: torch.Tensor, ids: list[int], generated: int
+                   ) -> tuple[int, TokenLogprob | None]:
+        """logits [V] fp32 (the model's raw scores), ids = prompt + generated so far -> (token, logprob or None)."""
+        p = self.params
+        logprob = None
+        if p.logprobs is not None:
+            logp = torch.log_softmax(logits, dim=-1)
+        scores = logits
+        if self.vocab_limit is not None and self.vocab_limit < scores.shape[-1]:
+            scores = scores.clone()
+            scores[self.vocab_limit:] = -float("inf")
+        if generated < p.min_tokens and self.stop_ids:
+            scores = scores.clone()
+            scores[self.stop_ids] = -float("inf")
+        if self.bias is not None:
+            scores = scores + self.bias
+        if p.processors:
+            history = torch.tensor([ids], dtype=torch.long)
+            rows = scores[None]
+            for proc in p.processors:
+                rows = proc(history, rows)
+            scores = rows[0]
+        if p.repetition_penalty != 1.0:
+            scores = repetition_penalty(torch.tensor([ids], dtype=torch.long), scores[None],
+                                        p.repetition_penalty)[0]
+        if self.counts is not None:
+            scores = scores - self.counts * p.frequency_penalty - (self.counts > 0).float() * p.presence_penalty
+        if p.greedy:
+            token = int(torch.argmax(scores))
+        else:
+            scores = scores / p.temperature if p.temperature != 1.0 else scores
+            rows = scores[None]
+            if p.top_k > 0:
+                rows = top_k_filter(rows, p.top_k)
+            if p.top_p < 1.0:
+                rows = top_p_filter(rows, p.top_p)
+            if p.min_p > 0.0:
+                rows = min_p_filter(rows, p.min_p)
+            probs = torch.softmax(rows[0], dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.counts is not None:
+            self.counts[token] += 1
+        if p.logprobs is not None:
+            top = []
+            if p.logprobs:
+                values, idx = torch.topk(logp, p.logprobs)
+                top = [(int(i), float(v)) for i, v in zip(idx, values)]
+            logprob = TokenLogprob(token, float(logp[token]), top)
+        return token, logprob

@@ -1,0 +1,202 @@
+"""The engine's KV pool: `parallel` slots of `ctx` positions per layer, one contiguous row per slot (llama.cpp's
+layout; for 1-16 CPU rows contiguous rows keep one-query attention streaming, and copying a cached prefix is
+cheaper than prefilling it), each row at its own length.
+
+    pool = SlotPool(slots=4, ctx=512)
+    pool.view([2])        # one row: a StaticCache-like cache over slot 2 (prefill chunks; the fused decode step)
+    pool.view([0, 2, 3])  # several rows, one new token each at its own length (`ragged`: the decode batch)
+    pool.copy_prefix(src=2, dst=1, n=40)   # n > 1 choices from one prefill; prefix reuse across slots
+
+Per slot it keeps the tokens whose keys and values it holds (`tokens`, for prefix matching once the slot is free),
+each slot's rope positions, the LongRoPE regime its rows were computed in and the regime fixed at admission
+(`pinned_long`), and under the per-sequence LongRoPE policy the layer-0 inputs a crossing recomputes from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotPool:
+    def __init__(self, slots: int, ctx: int) -> None:
+        self.slots, self.ctx = slots, ctx
+        self.keys: list[torch.Tensor] = []  # per layer [slots, KV, ctx, D], allocated on the first write
+        self.values: list[torch.Tensor] = []
+        self.lengths = [0] * slots  # positions filled per slot
+        self.tokens: list[list[int]] = [[] for _ in range(slots)]  # ids of the filled positions
+        self.positions = torch.zeros(slots, ctx, dtype=torch.long)  # rope position of each filled position
+        self.rope_long = torch.zeros(slots, dtype=torch.bool)
+        self.pinned_long = torch.zeros(slots, dtype=torch.bool)
+        self.inputs: torch.Tensor | None = None  # [slots, ctx, hidden] layer-0 inputs, when the model keeps them
+        self._row_views: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def view(self, rows: list[int]) -> "RowCache | RaggedCache":
+        return RowCache(self, rows[0]) if len(rows) == 1 else RaggedCache(self, rows)
+
+    def reset(self, slot: int, keep: int = 0) -> None:
+        """Keep the first `keep` positions of `slot` (a reused prefix), forget the rest."""
+        self.lengths[slot] = keep
+        del self.tokens[slot][keep:]
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Slot dst takes slot src's first n positions (keys, values, positions, regimes, tokens)."""
+        for t in (*self.keys, *self.values):
+            t[dst, :, :n] = t[src, :, :n]
+        self.positions[dst, :n] = self.positions[src, :n]
+        if self.inputs is not None:
+            self.inputs[dst, :n] = self.inputs[src, :n]
+        self.rope_long[dst], self.pinned_long[dst] = self.rope_long[src], self.pinned_long[src]
+        self.lengths[dst], self.tokens[dst] = n, self.tokens[src][:n]
+
+    def used_positions(self, active: list[int]) -> int:
+        return sum(self.lengths[s] for s in active)
+
+    def row_buffers(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each layer's [1, KV, ctx, D] view of one slot, the same tensor objects every call (a fused step binds
+        its pointers once per slot)."""
+        views = self._row_views.get(slot)
+        if views is None or len(views[0]) != len(self.keys):
+            views = self._row_views[slot] = ([k[slot:slot + 1] for k in self.keys],
+                                             [v[slot:slot + 1] for v in self.values])
+        return views
+
+    def allocate(self, layer: int, key: torch.Tensor) -> None:
+        if layer == len(self.keys):
+            _, kv, _, d = key.shape
+            shape = (self.slots, kv, self.ctx, d)
+            self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
+            self.values.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
+
+    def keep_inputs(self, inputs: torch.Tensor | None) -> None:
+        if inputs is not None and self.inputs is None:
+            self.inputs = inputs.new_zeros(self.slots, self.ctx, inputs.shape[-1])
+
+
+class RowCache:
+    """One slot as a batch-1 cache: new tokens append at the slot's length (the `CacheProtocol` of
+    `phikit.model.cache`, with `StaticCache`'s semantics over `ctx` positions)."""
+
+    ragged = False
+
+    def __init__(self, pool: SlotPool, slot: int) -> None:
+        self.pool, self.slot = pool, slot
+        self.start = self.end = pool.lengths[slot]
+        self.pinned_long = pool.pinned_long[slot:slot + 1]
+
+    @property
+    def rope_long(self) -> torch.Tensor | None:
+        return self.pool.rope_long[self.slot:self.slot + 1] if self.pool.lengths[self.slot] else None
+
+    @rope_long.setter
+    def rope_long(self, value: torch.Tensor) -> None:
+        self.pool.rope_long[self.slot] = bool(value[0])
+
+    @property
+    def num_slots(self) -> int:
+        return self.end
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.pool.lengths[self.slot]
+
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int, inputs: torch.Tensor | None = None) -> None:
+        pool, s = self.pool, self.slot
+        end = start + position_ids.shape[-1]
+        if batch != 1 or start != pool.lengths[s] or end > pool.ctx:
+            raise ValueError(f"slot {s} holds {pool.lengths[s]} of {pool.ctx} positions; cannot write batch {batch} "
+                             f"at [{start}, {end})")
+        pool.positions[s, start:end] = position_ids[0]
+        pool.keep_inputs(inputs)
+        if inputs is not None:
+            pool.inputs[s, start:end] = inputs[0]
+        self.start, self.end = start, end
+        pool.lengths[s] = end
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = self.pool
+        pool.allocate(layer_idx, key)
+        k, v = pool.keys[layer_idx][self.slot:self.slot + 1], pool.values[layer_idx][self.slot:self.slot + 1]
+        k[:, :, self.start:self.end] = key
+        v[:, :, self.start:self.end] = value
+        return k[:, :, :self.end], v[:, :, :self.end]
+
+    def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        n, s, pool = self.pool.lengths[self.slot], self.slot, self.pool
+        inputs = None if pool.inputs is None else pool.inputs[s:s + 1, :n]
+        return inputs, pool.positions[s:s + 1, :n]
+
+    def replace_rows(self, rows: torch.Tensor, other) -> None:
+        n = other.length
+        for layer in range(len(self.pool.keys)):
+            self.pool.keys[layer][self.slot, :, :n] = other.keys[layer][0, :, :n]
+            self.pool.values[layer][self.slot, :, :n] = other.values[layer][0, :, :n]
+
+    def slot_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        return self.pool.row_buffers(self.slot) if self.pool.keys else None
+
+
+class RaggedCache:
+    """Several slots, one new token each at its own length (`ragged`: `Decoder.run` then runs attention per row on
+    `update_rows`'s views). A row that would change LongRoPE regime runs as a `RowCache` instead (the engine checks)."""
+
+    ragged = True
+
+    def __init__(self, pool: SlotPool, rows: list[int]) -> None:
+        self.pool, self.rows = pool, rows
+        self.index = torch.tensor(rows)
+        self.pinned_long = pool.pinned_long[self.index]
+        self.starts = [pool.lengths[r] for r in rows]
+
+    @property
+    def rope_long(self) -> torch.Tensor:
+        return self.pool.rope_long[self.index]
+
+    @rope_long.setter
+    def rope_long(self, value: torch.Tensor) -> None:
+        if not torch.equal(value, self.pool.rope_long[self.index]):
+            raise ValueError("a ragged decode batch cannot change a row's LongRoPE regime; run that row alone")
+
+    @property
+    def num_slots(self) -> int:
+        return max(self.starts) + 1
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.starts)
+
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int, inputs: torch.Tensor | None = None) -> None:
+        pool = self.pool
+        if position_ids.shape != (len(self.rows), 1) or batch != len(self.rows):
+            raise ValueError(f"a ragged cache takes one position per row [{len(self.rows)}, 1], "
+                             f"got {tuple(position_ids.shape)}")
+        pool.keep_inputs(inputs)
+        for b, (s, at) in enumerate(zip(self.rows, self.starts)):
+            if at >= pool.ctx:
+                raise ValueError(f"slot {s} is full ({pool.ctx} positions)")
+            pool.positions[s, at] = position_ids[b, 0]
+            if inputs is not None:
+                pool.inputs[s, at] = inputs[b, 0]
+            pool.lengths[s] = at + 1
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("a ragged cache is read through update_rows (one view per row)")
+
+    def update_rows(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """key / value [B, KV, 1, D] -> per row (k, v) [1, KV, start_b + 1, D], views of the pool."""
+        pool = self.pool
+        pool.allocate(layer_idx, key)
+        keys, values = pool.keys[layer_idx], pool.values[layer_idx]
+        out = []
+        for b, (s, at) in enumerate(zip(self.rows, self.starts)):
+            keys[s, :, at] = key[b, :, 0]
+            values[s, :, at] = value[b, :, 0]
+            out.append((keys[s:s + 1, :, :at + 1], values[s:s + 1, :, :at + 1]))
+        return out
+
+    def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
+
+    def replace_rows(self, rows: torch.Tensor, other) -> None:
+        raise ValueError("a ragged decode batch cannot change a row's LongRoPE regime; run that row alone")
+
+    def slot_buffers(self) -> None:
+        return None
