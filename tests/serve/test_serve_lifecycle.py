@@ -30,9 +30,9 @@ def test_health_is_503_loading_until_the_engine_is_attached():
 
 
 def test_sigterm_drains_then_exits_0(tmp_path):
-    server = start_server(tmp_path / "drain", "--drain-timeout-s", "30")
+    server = start_server(tmp_path / "drain", "--drain-timeout-s", "60")
     try:
-        body = {"model": SERVED, "prompt": "def f(x):", "max_tokens": 480, "ignore_eos": True, "temperature": 0,
+        body = {"model": SERVED, "prompt": "def f(x):", "max_tokens": 300, "ignore_eos": True, "temperature": 0,
                 "stream": True}
         started, events = threading.Event(), []
 
