@@ -284,9 +284,11 @@ class Engine:
         if not rows:
             return 0
         batched = [c for c in rows if not c.request.deterministic and not self._crosses(c)]
-        groups = [[c] for c in rows if c not in batched] + ([batched] if batched else [])
-        for group in groups:
-            self._decode_group(group)
+        for c in rows:
+            if c not in batched:
+                self._decode_group([c], ragged=False)
+        if batched:
+            self._decode_group(batched, ragged=True)
         self._stats.decode_rows_histogram.append(len(rows))
         return len(rows)
 
@@ -296,14 +298,14 @@ class Engine:
             return False
         return not bool(self.pool.rope_long[choice.slot]) and self.pool.lengths[choice.slot] + 1 > self._original
 
-    def _decode_group(self, group: list[Choice]) -> None:
+    def _decode_group(self, group: list[Choice], ragged: bool) -> None:
         slots, tokens = [c.slot for c in group], [c.next_input for c in group]
         try:
-            logits = decode(self.model, self.pool, slots, tokens)
+            logits = decode(self.model, self.pool, slots, tokens, ragged)
         except Exception as e:  # noqa: BLE001 - one request's fault must not stop the server
             if len(group) > 1:
                 for c in group:  # find the row that fails alone; the others go on
-                    self._decode_group([c])
+                    self._decode_group([c], ragged)
                 return
             self._fail(group[0].request, e)
             return

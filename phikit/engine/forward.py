@@ -23,13 +23,15 @@ def prefill(model, pool: SlotPool, slot: int, tokens: list[int]) -> torch.Tensor
     return out.logits[0, -1].float()
 
 
-def decode(model, pool: SlotPool, slots: list[int], tokens: list[int]) -> torch.Tensor:
-    """One new token per slot, each at its slot's length -> logits [B, V]. One slot runs as a batch-1 step (the
-    fused decode step where the backend has one, exactly what `generate()` runs); several as a ragged batch."""
+def decode(model, pool: SlotPool, slots: list[int], tokens: list[int], ragged: bool) -> torch.Tensor:
+    """One new token per slot, each at its slot's length -> logits [B, V]. `ragged`: the batched path (linears over
+    all rows, attention per row), also for a single row, so a row's numbers do not depend on how many run beside it
+    wherever the linears' rows do not; else one slot as a batch-1 step (the fused decode step where the backend has
+    one: exactly what `generate()` runs)."""
     starts = [pool.lengths[s] for s in slots]
     ids = torch.tensor(tokens, dtype=torch.long)[:, None]  # [B, 1]
     positions = torch.tensor(starts, dtype=torch.long)[:, None]  # [B, 1]
-    cache = pool.view(slots)
+    cache = pool.view(slots, ragged)
     try:
         out = model(ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     except BaseException:

@@ -30,8 +30,9 @@ class SlotPool:
         self.inputs: torch.Tensor | None = None  # [slots, ctx, hidden] layer-0 inputs, when the model keeps them
         self._row_views: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
-    def view(self, rows: list[int]) -> "RowCache | RaggedCache":
-        return RowCache(self, rows[0]) if len(rows) == 1 else RaggedCache(self, rows)
+    def view(self, rows: list[int], ragged: bool = False) -> "RowCache | RaggedCache":
+        """A batch-1 cache over one slot, or (several slots, or `ragged`) a one-token-per-row decode cache."""
+        return RowCache(self, rows[0]) if len(rows) == 1 and not ragged else RaggedCache(self, rows)
 
     def reset(self, slot: int, keep: int = 0) -> None:
         """Keep the first `keep` positions of `slot` (a reused prefix), forget the rest."""
