@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{run,generate,chat,finetune,export,bench,doctor}")
+                                metavar="{run,generate,chat,serve,finetune,export,bench,doctor}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "taken. PHIKIT_CPU_LEVEL=<level> forces a lower level.")
     bench = sub.add_parser("bench", add_help=False, help="prefill/decode speed and memory next to transformers "
                            "(phikit bench --help)")
+    sub.add_parser("serve", add_help=False, help="OpenAI-compatible server (phikit serve --help)")
     return parser
 
 
@@ -311,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["serve"]:  # its own parser and errors: phikit/serve_cli.py
+        from .serve_cli import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("PHIKIT_DEBUG", "") not in ("", "0")
     try:

@@ -30,6 +30,9 @@ MAY_IMPORT = {
     "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs"),
     # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams
     "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config"),
+    # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
+    "phikit.server": ("phikit.server", "phikit.engine", "phikit.tokenizer", "phikit.hf", "phikit.formats",
+                      "phikit.generation_config", "phikit.errors"),
 }
 
 
