@@ -13,9 +13,11 @@ What it does:
   parameters, vocab 4096) with its own tokenizer: a quick run of the whole pipeline. phikit serve reads its tokenizer
   from the model folder, so it serves `<shape>-serve/`: links to the checkpoint's files plus the tokenizer files.
 - the servers: for each format (bf16: `phikit serve --weights plain` against the bf16 GGUF; int4: `--weights int4`,
-  group 128, against q4_0) and each stream count C, both servers are started with `--parallel C` (slots = streams,
-  the same for both; llama-server's `-c` is C times the context of a slot, as its slots split one context), waited
-  for on `/health`, warmed up with one short request each, measured for every round, then stopped.
+  group 128, against q4_0), both servers are started with the same `--parallel` (default `--parallel max`: the
+  largest stream count, one pair of servers for every stream count of the format; `--parallel streams` restarts
+  both for each stream count with slots = streams), one after the other, waited for on `/health`, warmed up with one
+  short request each, measured, then stopped. llama-server's `-c` is the slots times the context of a slot (its
+  slots split one context); phikit's `--ctx-size` is per slot.
 - the load of one round: C concurrent clients (asyncio + httpx, raw SSE on `/v1/completions`, `stream: true`), each
   sending K requests one after the other (K = `--requests-per-client`; auto: enough for 4 requests in all). Request
   g of a round has the prompt length `prompt_lens[g % len]`, as token ids (the same ids to every server, so the
@@ -147,8 +149,8 @@ def prompt_vocabulary(tokenizer_dir: str, vocab_size: int) -> range:
     return range(300, min(vocab_size, len(tok) - added))
 
 
-def prompt_ids(vocab: range, length: int, round_: int, index: int) -> list[int]:
-    rng = random.Random(f"serve-bench/{round_}/{index}")
+def prompt_ids(vocab: range, length: int, round_: int, index: int, streams: int = 0) -> list[int]:
+    rng = random.Random(f"serve-bench/{streams}/{round_}/{index}")
     return [rng.randrange(vocab.start, vocab.stop) for _ in range(length)]
 
 
@@ -325,7 +327,7 @@ async def run_load(server: Server, streams: int, per_client: int, prompt_lens: l
             out = []
             for k in range(per_client):
                 g = k * streams + i  # the first wave covers the prompt-length mix
-                ids = prompt_ids(vocab, prompt_lens[g % len(prompt_lens)], round_, g)
+                ids = prompt_ids(vocab, prompt_lens[g % len(prompt_lens)], round_, g, streams)
                 out.append(await one_request(client, server, request_body(server, ids, max_tokens,
                                                                           1000 * round_ + g)))
             return out
@@ -463,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="phikit,llama-server",
                    help="phikit, llama-server, transformers (bf16 only; `transformers serve --continuous-batching`)")
     p.add_argument("--llama-server", default=None, help="the binary (default: benchmarks/build_llama_server.sh's)")
+    p.add_argument("--parallel", default="max",
+                   help="both servers' slots: max (default: the largest stream count; one pair of servers serves "
+                        "every stream count), streams (restart both for each stream count, slots = streams), or N")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-per-slot", type=int, default=None, help="default: longest prompt + max tokens + 16")
     p.add_argument("--phikit-root", default=ROOT,
@@ -519,59 +524,76 @@ def main(argv: list[str] | None = None) -> int:
     llama_extra = args.llama_args.split()
     t_start = time.perf_counter()
     for fmt in formats:
-        for streams in streams_list:
-            per_client = max(1, math.ceil(4 / streams)) if args.requests_per_client == "auto" \
-                else int(args.requests_per_client)
-            cell: dict[str, Any] = {"format": fmt, "streams": streams, "requests_per_client": per_client,
-                                    "engines": {}}
+        if args.parallel == "streams":  # a fresh pair of servers for each stream count, slots = streams
+            groups = [[s] for s in streams_list]
+        else:  # one pair of servers for all stream counts, the same slots for both
+            groups = [streams_list]
+        for group in groups:
+            parallel = max(group) if args.parallel in ("streams", "max") else int(args.parallel)
             servers: list[Server] = []
+            started: dict[str, dict[str, Any]] = {}
+            group_cells: list[dict[str, Any]] = []
             try:
                 for e in engines:  # one at a time: a loading server would slow the other's load
                     if e == "phikit":
-                        s = start_phikit(served, fmt, streams, ctx, args.threads, logdir, phikit_extra,
+                        s = start_phikit(served, fmt, parallel, ctx, args.threads, logdir, phikit_extra,
                                          os.path.abspath(args.phikit_root))
                     elif e == "llama-server":
-                        s = start_llama(binary, gguf[GGUF_TYPES[fmt]], fmt, streams, ctx, args.threads, logdir,
+                        s = start_llama(binary, gguf[GGUF_TYPES[fmt]], fmt, parallel, ctx, args.threads, logdir,
                                         llama_extra)
                     else:
                         if fmt != "bf16":
                             continue
-                        s = start_transformers(served, fmt, streams, args.threads, logdir)
+                        s = start_transformers(served, fmt, parallel, args.threads, logdir)
                     servers.append(s)
                     s.wait_ready(args.load_timeout)
                     warm_up(s, vocab)
-                    cell["engines"][e] = {"command": s.command, "load_s": s.load_s, "rounds": []}
-                    print(f"[{time.perf_counter() - t_start:6.0f}s] {fmt} streams={streams}: {e} ready in "
+                    started[e] = {"command": s.command, "load_s": s.load_s, "parallel": parallel, "log": s.log_path}
+                    print(f"[{time.perf_counter() - t_start:6.0f}s] {fmt} --parallel {parallel}: {e} ready in "
                           f"{s.load_s:.1f}s", file=sys.stderr, flush=True)
-                for r in range(args.rounds):
-                    order = servers if r % 2 == 0 else servers[::-1]
-                    for s in order:
-                        m = measure(s, [x for x in servers if x is not s], streams, per_client, prompt_lens, vocab,
-                                    args.max_tokens, r, args.request_timeout)
-                        cell["engines"][s.engine]["rounds"].append(m)
-                        sm = m["summary"]
-                        print(f"[{time.perf_counter() - t_start:6.0f}s] {fmt} streams={streams} round {r + 1} "
-                              f"{s.engine:12s} {sm['tok_s']:7.2f} tok/s  ttft p50 {fmt_num(sm['ttft_p50_s'])}s  "
-                              f"itl p50 {fmt_num(sm['itl_p50_s'], 1e3, 0)}ms  wall {sm['wall_s']:.1f}s  "
-                              f"errors {sm['errors']}  short {sm['short_requests']}  other cpu "
-                              f"{sm['other_cpu_share']:.0%}", file=sys.stderr, flush=True)
-                        for req in m["requests"]:
-                            if req["error"]:
-                                print(f"    error: {req['error']}", file=sys.stderr)
+                for streams in group:
+                    per_client = max(1, math.ceil(4 / streams)) if args.requests_per_client == "auto" \
+                        else int(args.requests_per_client)
+                    cell: dict[str, Any] = {"format": fmt, "streams": streams, "parallel": parallel,
+                                            "requests_per_client": per_client,
+                                            "engines": {e: {**d, "rounds": []} for e, d in started.items()}}
+                    group_cells.append(cell)
+                    for r in range(args.rounds):
+                        order = servers if r % 2 == 0 else servers[::-1]
+                        for s in order:
+                            m = measure(s, [x for x in servers if x is not s], streams, per_client, prompt_lens,
+                                        vocab, args.max_tokens, r, args.request_timeout)
+                            cell["engines"][s.engine]["rounds"].append(m)
+                            sm = m["summary"]
+                            print(f"[{time.perf_counter() - t_start:6.0f}s] {fmt} streams={streams} round {r + 1} "
+                                  f"{s.engine:12s} {sm['tok_s']:7.2f} tok/s  ttft p50 {fmt_num(sm['ttft_p50_s'])}s"
+                                  f"  itl p50 {fmt_num(sm['itl_p50_s'], 1e3, 0)}ms  wall {sm['wall_s']:.1f}s  "
+                                  f"errors {sm['errors']}  short {sm['short_requests']}  other cpu "
+                                  f"{sm['other_cpu_share']:.0%}", file=sys.stderr, flush=True)
+                            for req in m["requests"]:
+                                if req["error"]:
+                                    print(f"    error: {req['error']}", file=sys.stderr)
             except Exception as e:  # noqa: BLE001 - keep what was measured, report the failure
-                cell["failure"] = f"{type(e).__name__}: {e}"
-                print(f"  {fmt} streams={streams}: FAILED: {cell['failure']}", file=sys.stderr, flush=True)
+                failure = f"{type(e).__name__}: {e}"
+                if not group_cells:
+                    group_cells.append({"format": fmt, "streams": group[0], "parallel": parallel, "engines": {}})
+                group_cells[-1]["failure"] = failure
+                print(f"  {fmt} --parallel {parallel}: FAILED: {failure}", file=sys.stderr, flush=True)
             finally:
                 for s in servers:
                     rss = peak_rss_gb(s.proc.pid)
                     s.stop()
-                    if s.engine in cell["engines"]:
-                        cell["engines"][s.engine]["peak_rss_gb"] = rss
-            for e, data in cell["engines"].items():
-                if data["rounds"]:
-                    data["median"] = medians(data["rounds"])
-            cell["engines"] = {e: d for e, d in cell["engines"].items() if d.get("median")}
-            cells.append(cell)
+                    if s.engine in started:
+                        started[s.engine]["peak_rss_gb"] = rss  # over the whole group
+                        for cell in group_cells:
+                            if s.engine in cell["engines"]:
+                                cell["engines"][s.engine]["peak_rss_gb"] = rss
+            for cell in group_cells:
+                for e, data in cell["engines"].items():
+                    if data["rounds"]:
+                        data["median"] = medians(data["rounds"])
+                cell["engines"] = {e: d for e, d in cell["engines"].items() if d.get("median")}
+                cells.append(cell)
             with open(out_path, "w") as f:
                 json.dump(result, f, indent=1)
     meta["total_s"] = time.perf_counter() - t_start
