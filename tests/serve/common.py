@@ -7,6 +7,7 @@ extra or the test clients are absent."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -68,6 +69,38 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def socket_peers(pid: int) -> set[str]:
+    """Local and remote IPv4/IPv6 addresses of every TCP socket process `pid` holds (Linux /proc), e.g. 127.0.0.1."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            fields = line.split()
+            if fields[9] in inodes:
+                for endpoint in fields[1:3]:
+                    addresses.add(_address(endpoint.split(":")[0]))
+    return addresses
+
+
+def _address(hex_ip: str) -> str:
+    raw = bytes.fromhex(hex_ip)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1])  # /proc prints IPv4 little-endian
+    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+    return ipaddress.IPv6Address(b"".join(words)).compressed
+
+
+LOOPBACK = {"127.0.0.1", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1"}
 
 
 def write_chat_model(folder: Path, template: str = PHI3_TEMPLATE) -> Path:

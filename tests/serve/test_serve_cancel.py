@@ -1,6 +1,7 @@
 """Clients that leave: a stream closed after 2 chunks and a non-streaming request whose client gave up are aborted
 in the engine (running back to 0, `requests_aborted_total` up, within 2 s), and a bounded flood of streams, a third
-of them leaving early, leaves every surviving answer equal to its solo output and the server healthy."""
+of them leaving early, leaves every surviving answer equal to its solo output and the server healthy, its sockets
+on loopback only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.serve.common import SERVED, start_server, stop
+from tests.serve.common import LOOPBACK, SERVED, socket_peers, start_server, stop
 
 LONG = 400  # tokens: far more than the test waits for
 
@@ -88,7 +89,24 @@ def test_a_bounded_flood_with_leavers_keeps_every_survivor_correct(server):
             results = await asyncio.gather(*(_stream_text(client, url, body(p), leave) for p, leave in jobs))
         return solo, jobs, results
 
-    solo, jobs, results = asyncio.run(flood())
+    seen: set[str] = set()
+
+    async def watch(done: asyncio.Event) -> None:  # the server's sockets, sampled while the flood runs
+        while not done.is_set():
+            seen.update(socket_peers(server.proc.pid))
+            await asyncio.sleep(0.05)
+
+    async def flood_and_watch():
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        try:
+            return await flood()
+        finally:
+            done.set()
+            await watcher
+
+    solo, jobs, results = asyncio.run(flood_and_watch())
+    assert seen and seen <= LOOPBACK, f"the server touched addresses beyond loopback: {seen - LOOPBACK}"
     for (prompt, leave), got in zip(jobs, results):
         if leave is None:
             assert got == solo[prompt]
