@@ -47,13 +47,15 @@ from .stats import EngineStats
 class Engine:
     def __init__(self, model, tokenizer=None, *, parallel: int = 4, ctx_size: int | None = None,
                  max_num_batched_tokens: int = 512, max_queue: int = 64, deterministic: bool = True,
-                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None) -> None:
+                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None, max_decode_rows: int = 8
+                 ) -> None:
         config = model.config
         limit = config.max_position_embeddings
         ctx_size = min(limit, 8192) if ctx_size is None else ctx_size
         for name, value, low, high in (("parallel", parallel, 1, 256), ("ctx_size", ctx_size, 2, limit),
                                        ("max_num_batched_tokens", max_num_batched_tokens, 1, None),
-                                       ("max_queue", max_queue, 0, None)):
+                                       ("max_queue", max_queue, 0, None),
+                                       ("max_decode_rows", max_decode_rows, 1, None)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 bound = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise EngineArgumentError(name, f"{name}={value!r} must be an integer {bound}"
@@ -62,6 +64,9 @@ class Engine:
         self.parallel, self.ctx_size = parallel, ctx_size
         self.max_num_batched_tokens, self.max_queue = max_num_batched_tokens, max_queue
         self.deterministic, self.prefix_cache = deterministic, prefix_cache
+        # rows per decode forward: CPU matrix-vector kernels take up to 8 rows at once; past that a linear becomes a
+        # GEMM, which for 16 rows cost 1.45x two 8-row passes (phi-1.5 bf16, AVX2; benchmarks/RESULTS.md)
+        self.max_decode_rows = max_decode_rows
         self.vocab_size = config.vocab_size
         self.vocab_limit = len(tokenizer) if tokenizer is not None and len(tokenizer) < self.vocab_size else None
         gen = getattr(model, "generation_config", None)
@@ -287,8 +292,9 @@ class Engine:
         for c in rows:
             if c not in batched:
                 self._decode_group([c], ragged=False)
-        if batched:  # one row alone takes the batch-1 step: the backend's fused step is the faster one there
-            self._decode_group(batched, ragged=len(batched) > 1)
+        for i in range(0, len(batched), self.max_decode_rows):  # a row alone takes the batch-1 (fused) step
+            group = batched[i:i + self.max_decode_rows]
+            self._decode_group(group, ragged=len(group) > 1)
         self._stats.decode_rows_histogram.append(len(rows))
         return len(rows)
 

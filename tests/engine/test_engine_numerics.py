@@ -40,6 +40,18 @@ def test_ragged_decode_batch_equals_the_uncached_forward_every_step(name: str) -
         _check_steps(model, prompt, result.choices[0])
 
 
+def test_a_decode_batch_past_max_decode_rows_runs_in_groups() -> None:
+    """5 rows with max_decode_rows=2: forwards of 2, 2 and 1 rows (the 1 through the batch-1 step), each row equal
+    to the uncached forward."""
+    model = tiny("phi-4-mini")
+    engine = Engine(model, parallel=5, deterministic=False, max_decode_rows=2)
+    prompts = [random_ids(96, 4 + 2 * i, 20 + i) for i in range(5)]
+    results = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0))
+    assert max(engine.stats().decode_rows_histogram) == 5
+    for prompt, result in zip(prompts, results):
+        _check_steps(model, prompt, result.choices[0])
+
+
 @pytest.mark.parametrize("name", ["phi-3-128k", "phi-3.5-moe"])
 def test_a_long_prompt_in_chunks_keeps_the_long_regime_of_its_whole_length(name: str) -> None:
     """A 30-token prompt (past the original 24) prefilled in 8-token chunks: the row's regime is fixed from the whole
