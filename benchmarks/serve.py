@@ -3,7 +3,8 @@ random weights, same requests, concurrent streaming clients.
 
     .venv/bin/python benchmarks/serve.py [--shape phi-1.5|tiny] [--formats bf16,int4] [--streams 1,4,8,16]
         [--rounds 2] [--max-tokens 32] [--prompt-lens 16,64,128,256] [--requests-per-client auto]
-        [--llama-server PATH] [--engines phikit,llama-server[,transformers]] [--threads 2] [--out FILE]
+        [--llama-server PATH] [--engines phikit,llama-server[,transformers]] [--parallel max|streams|N]
+        [--threads 2] [--phikit-args "..."] [--llama-args "..."] [--out FILE]
 
 What it does:
 - the checkpoint: the random-weights folder of the shape that `phikit bench` writes and reuses
