@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from .bundled import default_model_path
+
 # The user's errors: phikit raises ValueError subclasses (ConfigError, CheckpointError, ...) for bad input, OSError
 # for files and the hub, ImportError for a missing optional package, NotImplementedError for unsupported features.
 USER_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
@@ -124,15 +126,6 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         torch.manual_seed(args.seed)
     return kwargs
 
-
-def default_model_path() -> str:
-    """The tiny Phi-3-architecture model trained on Python's standard library that ships inside phikit."""
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        raise OSError(f"this phikit install has no bundled model at {path}; pass --model with a checkpoint folder")
-    return path
 
 
 def read_stdin() -> str:

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Sequence
 
+from .bundled import default_model_path
+
 SERVER_PACKAGES = ("fastapi", "uvicorn", "pydantic", "prometheus_client")
 EXTRA_HINT = "phikit serve needs the server extra: pip install 'phikit[serve]'"
 WEIGHT_FORMATS = ("auto", "plain", "lossless", "int8", "int4")
@@ -94,12 +96,6 @@ def missing_server_packages() -> list[str]:
     return missing
 
 
-def bundled_model_path() -> str:
-    """The tiny Phi-3-architecture model that ships inside phikit (as `phikit generate` uses by default)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        raise OSError(f"this phikit install has no bundled model at {path}; pass --model with a checkpoint folder")
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .server.launch import ServeOptions, serve
 
-        model = args.model or bundled_model_path()
+        model = args.model or default_model_path()
         name = args.served_model_name or (args.model if args.model else BUNDLED_NAME)
         options = ServeOptions(model=model, served_model_name=name, host=args.host, port=args.port,
                                port_file=args.port_file, parallel=args.parallel, ctx_size=args.ctx_size,

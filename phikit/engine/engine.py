@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 

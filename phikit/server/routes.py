@@ -83,12 +83,18 @@ async def _respond(request: Request, state: ServerState, run: RequestRun, builde
     return JSONResponse(builder.full(choices))
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+def _accepted(request: Request, body: ChatCompletionRequest | CompletionRequest) -> tuple[ServerState, Any]:
+    """What every generation endpoint checks first: the server is ready, the model name is the served one, unknown
+    fields are logged and fields it cannot honour refused -> (state, the request's SamplingParams)."""
     state = _served(request, body.model)
     body.log_unknown_fields()
     refuse_unsupported(body)
-    params = sampling_params(body)
+    return state, sampling_params(body)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state, params = _accepted(request, body)
     _, ids = await asyncio.to_thread(state.prompts.prompt_ids, body.messages, bool(body.add_generation_prompt),
                                      bool(body.continue_final_message), body.chat_template_kwargs)
     if not ids:
@@ -130,10 +136,7 @@ def _completion_prompts(state: ServerState, prompt: Any) -> tuple[list[list[int]
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    state = _served(request, body.model)
-    body.log_unknown_fields()
-    refuse_unsupported(body)
-    params = sampling_params(body)
+    state, params = _accepted(request, body)
     ids, texts = await asyncio.to_thread(_completion_prompts, state, body.prompt)
     run = RequestRun(state.engine, state.metrics, "cmpl")
     run.submit(ids, params)
