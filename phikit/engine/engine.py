@@ -245,7 +245,6 @@ class Engine:
             slots = self._take_slots(request)
             for choice, slot in zip(request.choices, slots):
                 choice.slot = slot
-            request.admitted = True
             with self._lock:
                 self._running.append(request)
 

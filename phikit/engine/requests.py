@@ -71,11 +71,9 @@ class Request:
     max_tokens: int
     deterministic: bool
     pinned_long: bool  # the LongRoPE regime its whole prompt asks for, fixed at admission
-    arrival: float = field(default_factory=time.monotonic)
     choices: list[Choice] = field(default_factory=list)
     prefilled: int = 0  # prompt positions in choice 0's slot
     cached_tokens: int = 0  # of them, taken from the prefix cache
-    admitted: bool = False
 
     @property
     def finished(self) -> bool:
