@@ -27,11 +27,15 @@ MAY_IMPORT = {
     "phikit.tokenizer": ("phikit.tokenizer", "phikit.hub", "phikit.errors"),
     "phikit.weights": ("phikit.weights", "phikit.cpu", "phikit.ops", "phikit.formats", "phikit.hub",
                        "phikit.generation_config") + CONFIG,
-    "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs"),
+    # constrained decoding on llguidance: self-contained (it reads a tokenizer through its public methods)
+    "phikit.structured": ("phikit.structured",),
+    "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs",
+                          "phikit.structured"),
     # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams
-    "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config"),
+    "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured"),
     # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
-    "phikit.server": ("phikit.server", "phikit.engine", "phikit.tokenizer", "phikit.hf", "phikit.formats",
+    "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tokenizer", "phikit.hf",
+                      "phikit.formats",
                       "phikit.generation_config", "phikit.errors"),
 }
 

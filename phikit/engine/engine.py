@@ -103,9 +103,10 @@ class Engine:
                           self._per_sequence and len(prompt) > self._original)
         stop_ids = [] if params.ignore_eos else list(self.eos_token_ids)
         stop_ids += [i for i in params.stop_token_ids if i not in stop_ids]
+        matchers = self._matchers(params, stop_ids)
         for i in range(params.n):
             text = StopText(self.tokenizer, list(params.stop), params.skip_special_tokens) if self.tokenizer else None
-            sampler = RowSampler(params, i, self.vocab_size, self.vocab_limit, stop_ids)
+            sampler = RowSampler(params, i, self.vocab_size, self.vocab_limit, stop_ids, matchers[i])
             request.choices.append(Choice(request, i, sampler, text))
         with self._lock:
             if self._closed:
@@ -116,6 +117,23 @@ class Engine:
             self._waiting.append(request)
             self._lock.notify()
         return rid
+
+    def _matchers(self, params: SamplingParams, stop_ids: list[int]) -> list:
+        """One grammar matcher per choice (None each without a grammar); a grammar that does not compile against
+        this vocabulary is an EngineArgumentError naming the field it came from."""
+        if params.grammar is None:
+            return [None] * params.n
+        from ..structured import GrammarError, GrammarMatcher, grammar_tokenizer
+        param = params.grammar.param or "grammar"
+        if self.tokenizer is None:
+            raise EngineArgumentError(param, "a grammar needs the engine's tokenizer (Engine(model, tokenizer))")
+        try:
+            llt = grammar_tokenizer(self.tokenizer, self.vocab_size, stop_ids)
+            params.grammar.check(llt)
+            limit = self.vocab_limit if self.vocab_limit is not None else self.vocab_size
+            return [GrammarMatcher(params.grammar, llt, limit, stop_ids) for _ in range(params.n)]
+        except (GrammarError, ValueError) as e:
+            raise EngineArgumentError(param, str(e)) from e
 
     def abort(self, request_id: str) -> None:
         with self._lock:

@@ -75,6 +75,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     deterministic: bool | None = None  # None: on for greedy requests (batch invariance; see docs)
     processors: Sequence[LogitsProcessor] = field(default_factory=tuple)  # library API only
+    grammar: Any = None  # a phikit.structured.Grammar: every choice constrained to it (needs the engine's tokenizer)
 
     @property
     def greedy(self) -> bool:
@@ -109,6 +110,15 @@ class SamplingParams:
         for key, value in (self.logit_bias or {}).items():
             _token_id("logit_bias", key, vocab_size)
             _number("logit_bias", value, -100.0, 100.0, f"token {key}: OpenAI's range")
+        if self.grammar is not None:
+            from ..structured import Grammar
+            param = getattr(self.grammar, "param", None) or "grammar"
+            if not isinstance(self.grammar, Grammar):
+                raise EngineArgumentError(param, f"grammar must be a phikit.structured.Grammar, got "
+                                                 f"{type(self.grammar).__name__}")
+            if self.ignore_eos:
+                raise EngineArgumentError("ignore_eos", "ignore_eos cannot be combined with a grammar: a complete "
+                                                        "grammar allows only the stop ids; unset one of them")
         if not all(callable(p) for p in self.processors):
             raise EngineArgumentError("processors", "processors must be callables (input_ids, scores) -> scores")
         return self

@@ -1,6 +1,6 @@
 """One row's next token: its processors, penalties and sampler, with its own random generator.
 
-Order (vLLM's): the vocabulary limit and min_tokens, logit_bias, the user's processors, repetition / presence /
+Order (vLLM's): the vocabulary limit, the grammar's mask (structured output), min_tokens, logit_bias, the user's processors, repetition / presence /
 frequency penalties, then for sampled rows temperature, top-k, top-p and min-p (phikit's warpers, the ones
 `generate()` uses), and a draw from the row's own `torch.Generator`. So a seeded request draws the same tokens
 whatever runs beside it. Logprobs are the log-softmax of the model's raw logits, before any of this (OpenAI reports
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..structured import bitmask
 from ..generation.logits_process import min_p_filter, repetition_penalty, top_k_filter, top_p_filter
 from .outputs import TokenLogprob
 from .params import SamplingParams
@@ -32,8 +33,10 @@ class RowSampler:
     """The sampling state of one choice: its generator and the counts of the tokens it generated."""
 
     def __init__(self, params: SamplingParams, index: int, vocab_size: int, vocab_limit: int | None,
-                 stop_ids: list[int]) -> None:
+                 stop_ids: list[int], matcher=None) -> None:
         self.params = params
+        self.matcher = matcher  # a GrammarMatcher (structured output) or None
+        self._mask = bitmask.allocate(1, vocab_size) if matcher is not None else None
         self.generator = choice_generator(params.seed, index)
         self.vocab_size, self.vocab_limit = vocab_size, vocab_limit
         self.stop_ids = stop_ids
@@ -57,6 +60,9 @@ class RowSampler:
         if self.vocab_limit is not None and self.vocab_limit < scores.shape[-1]:
             scores = scores.clone()
             scores[self.vocab_limit:] = -float("inf")
+        if self.matcher is not None:
+            self.matcher.fill(self._mask[0])
+            scores = bitmask.apply_(scores.clone()[None], self._mask)[0]
         if generated < p.min_tokens and self.stop_ids:
             scores = scores.clone()
             scores[self.stop_ids] = -float("inf")
@@ -86,6 +92,8 @@ class RowSampler:
                 rows = min_p_filter(rows, p.min_p)
             probs = torch.softmax(rows[0], dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.matcher is not None:
+            self.matcher.consume(token)
         if self.counts is not None:
             self.counts[token] += 1
         if p.logprobs is not None:

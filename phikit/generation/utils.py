@@ -47,11 +47,14 @@ class GenerationMixin:
         Returns ids [B * num_return_sequences, T + new] (prompt included), or with `return_dict_in_generate=True`
         a `GenerateDecoderOnlyOutput` / `GenerateBeamDecoderOnlyOutput` with `sequences` and, when asked, `scores`
         and `logits`. Any `GenerationConfig` field may be passed as a keyword (max_new_tokens, do_sample, top_p, ...).
-        `tokenizer=` enables `stop_strings` and limits sampling to ids the tokenizer has.
+        `tokenizer=` enables `stop_strings` and limits sampling to ids the tokenizer has. `grammar=` (a
+        `phikit.structured.Grammar`, with `tokenizer=`) constrains every row to the grammar (greedy or sampling) and
+        ends it with a stop id when the grammar is complete.
         """
         config = self.config
         input_ids, attention_mask = split_generate_inputs(inputs, kwargs, config.vocab_size)
         tokenizer = kwargs.pop("tokenizer", None)
+        grammar = kwargs.pop("grammar", None)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
             raise GenerationArgumentError(f"generation_config must be a phikit GenerationConfig, got "
                                           f"{type(generation_config).__name__}; pass options as keywords instead")
@@ -93,6 +96,9 @@ class GenerationMixin:
         processors = build_logits_processors(gen, prompt_len, vocab_limit=vocab_limit,
                                              prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                                              extra=logits_processor, attention_mask=attention_mask)
+        if grammar is not None:
+            processors.insert(1 if vocab_limit is not None else 0,
+                              _grammar_processor(grammar, tokenizer, gen, config, assistant_model))
         if gen.guidance_scale is not None and gen.guidance_scale != 1:
             processors.insert(0, ClassifierFreeGuidance(self, gen.guidance_scale, negative_prompt_ids,
                                                         negative_prompt_attention_mask))
@@ -111,6 +117,21 @@ class GenerationMixin:
         finally:
             if streamer is not None:
                 streamer.end()
+
+
+def _grammar_processor(grammar: Any, tokenizer: Any, gen: GenerationConfig, config: Any, assistant: Any):
+    """generate(grammar=...): the processor, after the vocabulary limit and before everything else."""
+    if tokenizer is None:
+        raise GenerationArgumentError("grammar= needs the tokenizer to read the vocabulary; pass tokenizer=... to "
+                                      "generate()")
+    if gen.num_beams > 1 or assistant is not None:
+        raise GenerationArgumentError(f"grammar= works with greedy decoding and sampling, one matcher per row; unset "
+                                      f"num_beams={gen.num_beams} / assistant_model (they reorder or re-check rows)")
+    if not gen.eos_token_id:
+        raise GenerationArgumentError("grammar= ends a row with the model's stop ids, and there are none; set "
+                                      "eos_token_id")
+    from ..structured import GrammarLogitsProcessor
+    return GrammarLogitsProcessor(grammar, tokenizer, config.vocab_size, gen.eos_token_id)
 
 
 def _infer_attention_mask(input_ids: torch.Tensor, pad: int | None, eos: list[int]) -> torch.Tensor:

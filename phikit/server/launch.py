@@ -74,8 +74,19 @@ def load_engine(options: ServeOptions) -> tuple[Any, Any]:
     engine = Engine(model, tokenizer, parallel=options.parallel, ctx_size=options.ctx_size,
                     max_num_batched_tokens=options.max_num_batched_tokens, max_queue=options.max_queue,
                     deterministic=options.deterministic, prefix_cache=options.prefix_cache)
+    _warm_grammar_vocabulary(tokenizer, engine)
     engine.start()
     return engine, tokenizer
+
+
+def _warm_grammar_vocabulary(tokenizer: Any, engine: Any) -> None:
+    """Build llguidance's view of the vocabulary now (0.1-1 s), not on the first structured request; nothing
+    without the structured extra."""
+    from ..structured import StructuredOutputUnavailable, grammar_tokenizer
+    try:
+        grammar_tokenizer(tokenizer, engine.vocab_size, list(engine.eos_token_ids))
+    except StructuredOutputUnavailable:
+        pass
 
 
 def _write_port_file(path: str, port: int) -> None:

@@ -77,6 +77,7 @@ class SamplingFields(OpenAIModel):
     skip_special_tokens: Optional[bool] = True
     return_tokens_as_token_ids: Optional[bool] = False  # logprobs tokens as "token_id:<id>"
     best_of: Optional[int] = None  # refused above 1
+    structured_outputs: Optional[dict[str, Any]] = None  # vLLM's: json | regex | choice | grammar | json_object
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -146,11 +147,6 @@ def refuse_unsupported(req: SamplingFields) -> None:
                                             f"only; send [\"text\"] or leave it unset")
         if req.function_call is not None and req.function_call != "none":
             raise bad_request("function_call", "function_call is not supported yet; leave it unset")
-        fmt = req.response_format
-        if fmt is not None and fmt.get("type", "text") != "text":
-            raise bad_request("response_format", f"response_format type {fmt.get('type')!r} is not supported yet "
-                                                 f"(structured output is planned); send {{\"type\": \"text\"}} or "
-                                                 f"leave it unset")
         if _present(req.tools):
             raise bad_request("tools", "tools are not supported yet (tool calling is planned); leave tools unset")
         if req.tool_choice is not None and req.tool_choice != "none":

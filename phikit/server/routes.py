@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .state import ServerState
 from .errors import APIError, bad_request
 from .metrics import CONTENT_TYPE
+from .structured import request_grammar
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, check_model,
                        refuse_unsupported)
 from .responses import ResponseBuilder
@@ -89,7 +90,9 @@ def _accepted(request: Request, body: ChatCompletionRequest | CompletionRequest)
     state = _served(request, body.model)
     body.log_unknown_fields()
     refuse_unsupported(body)
-    return state, sampling_params(body)
+    grammar = request_grammar(getattr(body, "response_format", None), body.structured_outputs)
+    params = sampling_params(body)
+    return state, params.with_updates(grammar=grammar) if grammar is not None else params
 
 
 @router.post("/v1/chat/completions")

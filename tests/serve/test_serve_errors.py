@@ -69,7 +69,7 @@ def test_best_of_2_is_400(server):
 @pytest.mark.parametrize("field, value", [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("web_search_options", {}),
-    ("response_format", {"type": "json_object"}),
+    ("response_format", {"type": "xml"}), ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]), ("tool_choice", "required"),
     ("reasoning_effort", "high"),
 ])
