@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests waiting for a slot before new ones get 429 (default 64)")
     p.add_argument("--api-key", default=os.environ.get("PHIKIT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $PHIKIT_API_KEY, else none)")
-    p.add_argument("--chat-template", default=None, metavar="FILE", help="jinja chat template overriding the model's")
+    p.add_argument("--chat-template", default=None, metavar="FILE", help="jinja chat template overriding the model's, or a "
+                   "template phikit ships: phi4-mini-tools (Phi-4-mini with tool calls and tool results)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default: as saved)")
     p.add_argument("--weights", default="auto", choices=sorted(WEIGHT_FORMATS),

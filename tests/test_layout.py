@@ -29,12 +29,15 @@ MAY_IMPORT = {
                        "phikit.generation_config") + CONFIG,
     # constrained decoding on llguidance: self-contained (it reads a tokenizer through its public methods)
     "phikit.structured": ("phikit.structured",),
+    # tool calling: the templates phikit ships and the call parser (it reads a tokenizer through its public methods)
+    "phikit.tool_calls": ("phikit.tool_calls",),
     "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs",
                           "phikit.structured"),
     # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams
     "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured"),
     # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
-    "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tokenizer", "phikit.hf",
+    "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tool_calls", "phikit.tokenizer",
+                      "phikit.hf",
                       "phikit.formats",
                       "phikit.generation_config", "phikit.errors"),
 }

@@ -256,14 +256,14 @@ class Engine:
 
     def _admit(self) -> None:
         while True:
+            # one hold of the lock from queue to running: drain() must never see a request in neither
             with self._lock:
                 if not self._waiting or len(self._free) < self._waiting[0].params.n:
                     return
                 request = self._waiting.popleft()
-            slots = self._take_slots(request)
-            for choice, slot in zip(request.choices, slots):
-                choice.slot = slot
-            with self._lock:
+                slots = self._take_slots(request)
+                for choice, slot in zip(request.choices, slots):
+                    choice.slot = slot
                 self._running.append(request)
 
     def _take_slots(self, request: Request) -> list[int]:

@@ -12,9 +12,12 @@ from .protocol import ChatMessage
 
 
 def read_chat_template(path: str | None) -> str | None:
-    """The text of `--chat-template FILE` (None: use the checkpoint's)."""
+    """The text of `--chat-template FILE` or of a template phikit ships (`phi4-mini-tools`); None: the checkpoint's."""
     if path is None:
         return None
+    from ..tool_calls import BUILTIN_TEMPLATES, builtin_template
+    if path in BUILTIN_TEMPLATES:
+        return builtin_template(path)
     file = Path(path)
     if not file.is_file():
         raise OSError(f"--chat-template {path}: no such file; pass a jinja template file")
@@ -43,7 +46,8 @@ def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         elif content is None:
             item["content"] = ""
         out.append(item)
-    return out
+    from .tools import tool_call_dicts
+    return tool_call_dicts(out)
 
 
 class ChatPrompts:
@@ -58,9 +62,11 @@ class ChatPrompts:
         return self.chat_template is not None or bool(getattr(self.tokenizer, "chat_template", None))
 
     def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True,
-               continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
-        """The prompt text the template renders for `messages`."""
-        if not self.has_template:
+               continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
+               tools: list[dict[str, Any]] | None = None, template: str | None = None) -> str:
+        """The prompt text the template (`template`, else the server's) renders for `messages` and `tools`."""
+        template = template if template is not None else self.chat_template
+        if template is None and not self.has_template:
             raise bad_request("messages", "this model has no chat template, so messages cannot be rendered; start "
                                           "the server with --chat-template FILE, or send a plain prompt to "
                                           "/v1/completions")
@@ -72,7 +78,7 @@ class ChatPrompts:
             raise bad_request("chat_template_kwargs", f"chat_template_kwargs may not set {sorted(reserved)}")
         try:
             return self.tokenizer.apply_chat_template(
-                message_dicts(messages), chat_template=self.chat_template, tokenize=False,
+                message_dicts(messages), tools=tools, chat_template=template, tokenize=False,
                 add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                 **(template_kwargs or {}))
         except (ValueError, TypeError) as e:  # ChatTemplateError is a ValueError
@@ -86,9 +92,9 @@ class ChatPrompts:
             raise bad_request("prompt", f"the prompt cannot be tokenized: {e}") from None
 
     def prompt_ids(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True,
-                   continue_final_message: bool = False,
-                   template_kwargs: dict[str, Any] | None = None) -> tuple[str, list[int]]:
+                   continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
+                   tools: list[dict[str, Any]] | None = None, template: str | None = None) -> tuple[str, list[int]]:
         """(rendered text, ids) as `apply_chat_template(..., add_generation_prompt=True)` gives them: the rendered
         text carries its own special tokens, so none are added."""
-        text = self.render(messages, add_generation_prompt, continue_final_message, template_kwargs)
+        text = self.render(messages, add_generation_prompt, continue_final_message, template_kwargs, tools, template)
         return text, self.encode(text, add_special_tokens=False)

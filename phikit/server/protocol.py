@@ -46,6 +46,8 @@ class ChatMessage(OpenAIModel):
     role: str
     content: Union[str, list[dict[str, Any]], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # assistant: the calls it made
+    tool_call_id: Optional[str] = None  # tool: the call this result answers
 
 
 class SamplingFields(OpenAIModel):
@@ -88,7 +90,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Union[str, dict[str, Any], None] = None
-    parallel_tool_calls: Optional[bool] = None  # meaningless without tools: ignored
+    parallel_tool_calls: Optional[bool] = None  # false: a forced call holds one item; parsed calls are not cut
     functions: Optional[list[dict[str, Any]]] = None
     function_call: Union[str, dict[str, Any], None] = None
     audio: Optional[dict[str, Any]] = None
@@ -114,6 +116,9 @@ class TokenizeRequest(OpenAIModel):
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: Optional[bool] = None  # default: True for a prompt, False for messages (vLLM)
+    tools: Optional[list[dict[str, Any]]] = None  # rendered as /v1/chat/completions renders them
+    tool_choice: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
     add_generation_prompt: Optional[bool] = True
     continue_final_message: Optional[bool] = False
     return_token_strs: Optional[bool] = False
@@ -147,11 +152,6 @@ def refuse_unsupported(req: SamplingFields) -> None:
                                             f"only; send [\"text\"] or leave it unset")
         if req.function_call is not None and req.function_call != "none":
             raise bad_request("function_call", "function_call is not supported yet; leave it unset")
-        if _present(req.tools):
-            raise bad_request("tools", "tools are not supported yet (tool calling is planned); leave tools unset")
-        if req.tool_choice is not None and req.tool_choice != "none":
-            raise bad_request("tool_choice", f"tool_choice={req.tool_choice!r} is not supported yet (no tools); "
-                                             f"send \"none\" or leave it unset")
         if req.top_logprobs is not None and req.top_logprobs > 0 and not req.logprobs:
             raise bad_request("top_logprobs", f"top_logprobs={req.top_logprobs} needs logprobs=true")
     if isinstance(req, CompletionRequest):

@@ -14,6 +14,8 @@ from .state import ServerState
 from .errors import APIError, bad_request
 from .metrics import CONTENT_TYPE
 from .structured import request_grammar
+from .tools import tool_setup
+from ..tool_calls import ToolCallParser
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, check_model,
                        refuse_unsupported)
 from .responses import ResponseBuilder
@@ -98,15 +100,24 @@ def _accepted(request: Request, body: ChatCompletionRequest | CompletionRequest)
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state, params = _accepted(request, body)
+    setup = tool_setup(body, state.tokenizer, state.chat_template)
+    if setup is not None and setup.grammar is not None:
+        if params.grammar is not None:
+            raise bad_request("tool_choice", f"tool_choice={body.tool_choice!r} forces a tool call, which excludes "
+                                             f"response_format / structured_outputs; send one of them")
+        params = params.with_updates(grammar=setup.grammar)
     _, ids = await asyncio.to_thread(state.prompts.prompt_ids, body.messages, bool(body.add_generation_prompt),
-                                     bool(body.continue_final_message), body.chat_template_kwargs)
+                                     bool(body.continue_final_message), body.chat_template_kwargs,
+                                     setup.tools if setup else None, setup.template if setup else None)
     if not ids:
         raise bad_request("messages", "the messages render to an empty prompt")
     run = RequestRun(state.engine, state.metrics, "chatcmpl")
     run.submit([ids], params, prompt_param="messages")
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    parsers = (lambda: ToolCallParser(state.tokenizer)) if setup is not None and setup.parse else None
     builder = ResponseBuilder(run, state.served_model_name, state.texts, chat=True, logprobs=bool(body.logprobs),
-                              as_ids=bool(body.return_tokens_as_token_ids), include_usage=include_usage)
+                              as_ids=bool(body.return_tokens_as_token_ids), include_usage=include_usage,
+                              tool_parsers=parsers)
     return await _respond(request, state, run, builder, bool(body.stream))
 
 
@@ -154,7 +165,9 @@ def _tokenize(state: ServerState, body: TokenizeRequest) -> dict[str, Any]:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("prompt", "send exactly one of prompt (a string) and messages (a chat)")
     if body.messages is not None:
-        text = state.prompts.render(body.messages, bool(body.add_generation_prompt), bool(body.continue_final_message))
+        setup = tool_setup(body, state.tokenizer, state.chat_template)
+        text = state.prompts.render(body.messages, bool(body.add_generation_prompt), bool(body.continue_final_message),
+                                    tools=setup.tools if setup else None, template=setup.template if setup else None)
         ids = state.prompts.encode(text, add_special_tokens=bool(body.add_special_tokens))
     else:
         text = body.prompt

@@ -11,8 +11,9 @@ llguidance: the first grammar does, and a missing package raises `StructuredOutp
 from .backend import StructuredOutputUnavailable
 from .grammar import Grammar, GrammarError, strict_schema
 from .matcher import GrammarMatcher
+from .tools import call_schema, tool_call_grammar
 from .processor import GrammarLogitsProcessor
 from .vocab import grammar_tokenizer, token_table
 
 __all__ = ["Grammar", "GrammarError", "GrammarLogitsProcessor", "GrammarMatcher", "StructuredOutputUnavailable",
-           "grammar_tokenizer", "strict_schema", "token_table"]
+           "call_schema", "grammar_tokenizer", "strict_schema", "token_table", "tool_call_grammar"]
