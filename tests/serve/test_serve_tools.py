@@ -151,3 +151,37 @@ def test_the_shipped_template_is_chosen_by_name_on_the_command_line():
     from phikit.tool_calls import builtin_template
 
     assert read_chat_template("phi4-mini-tools") == builtin_template("phi4-mini-tools")
+
+
+@pytest.fixture(scope="module")
+def bundled_tools_server(tmp_path_factory):
+    """The bundled model (no tool tokens in its vocabulary) served with the shipped tool template."""
+    from tests.serve.common import BUNDLED
+
+    srv = start_server(tmp_path_factory.mktemp("bundled-tools"), "--dtype", "float32", "--parallel", "2",
+                       "--chat-template", "phi4-mini-tools", model=BUNDLED)
+    yield srv
+    stop(srv.proc)
+
+
+def test_even_the_bundled_model_makes_valid_calls_with_text_markers(bundled_tools_server):
+    client = bundled_tools_server.client()
+    for stream in (False, True):
+        # one call (a random model, free to list calls, may list more than max_tokens holds)
+        kwargs = dict(model=SERVED, messages=ASK, tools=TOOLS, tool_choice="required", temperature=1.0, seed=3,
+                      max_tokens=150, parallel_tool_calls=False)
+        if not stream:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            assert choice.finish_reason == "tool_calls" and not choice.message.content
+            _check_calls(choice.message.tool_calls)
+            continue
+        calls, content = {}, ""
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            delta = chunk.choices[0].delta if chunk.choices else None
+            content += (delta.content or "") if delta else ""
+            for d in (delta.tool_calls or []) if delta else []:
+                calls.setdefault(d.index, {"name": d.function.name, "arguments": ""})
+                calls[d.index]["arguments"] += d.function.arguments or ""
+        assert calls and not content.strip()
+        for call in calls.values():
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
