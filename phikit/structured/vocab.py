@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
+from pathlib import Path
 from typing import Any, Sequence
 
 from .backend import llguidance
@@ -124,10 +125,17 @@ class _TableTokenizer:
         return self._backend.encode(text, add_special_tokens=False).ids
 
 
+def _from_tokenizer_json(tokenizer: Any) -> bool:
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    return bool(str(folder)) and folder.is_dir() and (folder / "tokenizer.json").is_file()
+
+
 def grammar_tokenizer(tokenizer: Any, n_vocab: int, stop_ids: Sequence[int], route: str = "auto") -> Any:
     """The cached `llguidance.LLTokenizer` for `tokenizer` over logits of width `n_vocab`, ending on `stop_ids`.
 
-    route: "json" (the backend's tokenizer.json), "table" (phikit's token table) or "auto" (json, else table).
+    route: "json" (the backend's tokenizer.json), "table" (phikit's token table) or "auto": json for a tokenizer
+    loaded from a folder's tokenizer.json, the table for the rest (GGUF, SentencePiece .model, tiktoken ranks, hub
+    ids) and wherever llguidance cannot read the JSON.
     """
     llg = llguidance()
     stops = tuple(int(i) for i in stop_ids)
@@ -144,7 +152,7 @@ def grammar_tokenizer(tokenizer: Any, n_vocab: int, stop_ids: Sequence[int], rou
         if key in per:
             return per[key]
     built = None
-    if route in ("auto", "json"):
+    if route == "json" or (route == "auto" and _from_tokenizer_json(tokenizer)):
         try:
             built = llg.LLTokenizer(tokenizer.backend_tokenizer.to_str(), n_vocab=n_vocab, eos_token=list(stops))
         except Exception:  # noqa: BLE001 - llguidance raises ValueError / RuntimeError on a JSON it cannot read

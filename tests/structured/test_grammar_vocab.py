@@ -86,3 +86,13 @@ def test_a_tiktoken_vocabulary_constrains_as_well() -> None:
     allowed = bitmask.unpack(row[None], 200064)[0].nonzero().flatten().tolist()
     assert set(allowed) <= set(stops) | {i for i in range(len(tok)) if tok.decode([i]).isspace()}
     assert set(stops) <= set(allowed)
+
+
+def test_auto_reads_tokenizer_json_only_where_the_tokenizer_came_from_one() -> None:
+    from phikit.structured.vocab import _from_tokenizer_json
+
+    assert _from_tokenizer_json(PhiTokenizer.from_pretrained(TOKENIZERS / "phi-3-mini"))
+    meta = json.loads((TOKENIZERS / "tiktoken" / "cl100k_base.meta.json").read_text(encoding="utf-8"))
+    tiktoken = PhiTokenizer.from_tiktoken(TOKENIZERS / "tiktoken" / "cl100k_base.tiktoken", meta["pat_str"],
+                                          TOKENIZERS / "phi-4-base")
+    assert not _from_tokenizer_json(tiktoken)  # its folder holds tokenizer_config.json only: the token table
