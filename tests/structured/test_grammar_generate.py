@@ -162,3 +162,13 @@ def test_a_missing_llguidance_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "llguidance", None)  # import llguidance now raises ImportError
     with pytest.raises(StructuredOutputUnavailable, match=r"phikit\[structured\]"):
         Grammar.json_object()
+
+
+def test_the_text_generation_pipeline_passes_a_grammar_through() -> None:
+    from phikit import pipeline
+
+    model, tok = bundled()
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    [out] = pipe("The colour is", grammar=Grammar.choice([" red", " green"]), max_new_tokens=10, do_sample=True,
+                 return_full_text=False)
+    assert out["generated_text"] in (" red", " green")
