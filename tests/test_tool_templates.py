@@ -124,6 +124,8 @@ def test_which_templates_read_tools() -> None:
     assert not template_reads_tools(_official("phi-3-mini"))
     assert template_reads_tools("{% for t in tools %}{{ t }}{% endfor %}")
     assert template_reads_tools("{{ messages[0].tools }}")
+    assert template_reads_tools("{% for m in messages %}{% if m.get('tools') %}x{% break %}{% endif %}{% endfor %}")
+    assert not template_reads_tools("{% for m in messages %}{{ m.get('content') }}{{ m['tool_calls'] }}{% endfor %}")
     assert not template_reads_tools("")
     with pytest.raises(ValueError, match="phi4-mini-tools"):
         builtin_template("nope")
