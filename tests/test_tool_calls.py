@@ -6,6 +6,7 @@ the marker tokens), and streamed deltas that concatenate to the final arguments.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 
 import pytest
@@ -79,6 +80,20 @@ CASES = {
     "malformed": (["Try: ", "<|tool_call|>", '[{"name": "a", "arguments": {oops', "<|/tool_call|>", " then text"],
                   'Try: <|tool_call|>[{"name": "a", "arguments": {oops<|/tool_call|> then text', []),
     "not calls": (["<|tool_call|>", '[1, 2]', "<|/tool_call|>"], "<|tool_call|>[1, 2]<|/tool_call|>", []),
+    "malformed, no end marker": (["Try ", "<|tool_call|>", '[{"name": "a", "argu'],
+                                 'Try <|tool_call|>[{"name": "a", "argu', []),
+    "no arguments key": (["<|tool_call|>", '[{"name": "now"}, {"name": "later", "arguments": {}}]', "<|/tool_call|>"],
+                         "", [("now", {}), ("later", {})]),
+    "arguments as a JSON string": (["<|tool_call|>", '[{"name": "f", "arguments": "{\\"a\\": [1, \\"]\\"]}"}]',
+                                    "<|/tool_call|>"], "", [("f", {"a": [1, "]"]})]),
+    "a second start marker ends the first region": (["<|tool_call|>", '{"name": "a", "arguments": {"x": 1}}',
+                                                     "<|tool_call|>", '{"name": "b", "arguments": {}}',
+                                                     "<|/tool_call|>", " done"],
+                                                    " done", [("a", {"x": 1}), ("b", {})]),
+    "text after the call": (["<|tool_call|>", '[{"name": "a", "arguments": {"q": "x"}}]', "<|/tool_call|>",
+                             " I called it."], " I called it.", [("a", {"q": "x"})]),
+    "multi-token characters": (["龘靐 🧑\u200d🔬 𝔘𝔫𝔦 ", "<|tool_call|>", '[{"name": "t", "arguments": {"s": "𝔘𝔫𝔦 龘"}}]',
+                                "<|/tool_call|>"], "龘靐 🧑\u200d🔬 𝔘𝔫𝔦 ", [("t", {"s": "𝔘𝔫𝔦 龘"})]),
 }
 
 
@@ -102,10 +117,20 @@ def test_recorded_outputs_parse_whole_and_streamed_alike(name: str) -> None:
     whole = parse_whole(tok, ids)
     assert whole.content == content
     assert [(c.name, json.loads(c.arguments)) for c in whole.tool_calls] == expected
-    assert all(c.id.startswith("call_") and len(c.id) == 29 for c in whole.tool_calls)
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", c.id) for c in whole.tool_calls)
+    assert len({c.id for c in whole.tool_calls}) == len(whole.tool_calls)
     shown, streamed, final = parse_streamed(tok, ids)
-    assert final.content == content and shown == content
-    if name != "malformed":  # a malformed region may have streamed deltas before it turned out not to parse
+    assert final.content == content and "\ufffd" not in shown
+    # what streaming showed is a prefix of the content: only a region that never ended comes out at finish()
+    assert shown == content if name != "malformed, no end marker" else shown == "Try "
+    assert [(c.name, c.arguments) for c in final.tool_calls] == [(c.name, c.arguments) for c in whole.tool_calls]
+    chunked = ToolCallParser(tok)
+    for k in range(0, len(ids), 3):
+        chunked.feed(ids[k:k + 3])
+    assert [(c.name, c.arguments) for c in chunked.finish().tool_calls] == [(c.name, c.arguments) for c in
+                                                                            whole.tool_calls]
+    assert chunked.finish().content == content
+    if not name.startswith("malformed"):  # a malformed region may have streamed deltas before it turned out not to parse
         assert [(v[1], v[2]) for _, v in sorted(streamed.items())] == [(c.name, c.arguments) for c in
                                                                        final.tool_calls]
         assert [v[0] for _, v in sorted(streamed.items())] == [c.id for c in final.tool_calls]
@@ -139,3 +164,34 @@ def test_the_first_delta_of_a_call_carries_its_name_and_later_ones_argument_text
     assert parser.finish().tool_calls[0].to_openai() == {
         "id": deltas[0].id, "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "C"}'}}
+
+
+def test_control_tokens_never_reach_the_content() -> None:
+    # <|tool|> / <|/tool|> are added tokens *not* flagged special in Phi-4-mini's config; a stray end marker (no
+    # region open) is a control token too
+    tok = phi4_mini()
+    ids = [200019] + tok.encode("It is ", add_special_tokens=False) + [200023, 200024, END, 200027] + \
+        tok.encode("<warm> & sunny.", add_special_tokens=False) + [EOT, 199999]
+    shown, _, final = parse_streamed(tok, ids)
+    assert shown == final.content == "It is <warm> & sunny." and not final.tool_calls
+
+
+def test_content_streams_before_the_call_and_the_call_before_it_ends() -> None:
+    tok = phi4_mini()
+    parser = ToolCallParser(tok)
+    assert parser.feed(tok.encode("Checking.", add_special_tokens=False)) == ("Checking.", [])
+    assert not parser.saw_tool_call
+    text, deltas = parser.feed([START] + tok.encode('[{"name": "get_weather", "arguments": {"city": "Os',
+                                                    add_special_tokens=False))
+    assert text == "" and parser.saw_tool_call
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [(0, "get_weather", '{"city": "Os')]
+    text, deltas = parser.feed(tok.encode('lo"}}, {"name": "b", "parameters": [{"x": [1]}]}]', add_special_tokens=False)
+                               + [END])
+    assert [(d.index, d.id is None, d.name, d.arguments) for d in deltas] == [
+        (0, True, None, 'lo"}'), (1, False, "b", '[{"x": [1]}]')]
+    final = parser.finish()
+    assert final.content == "Checking." and [(c.name, c.arguments) for c in final.tool_calls] == [
+        ("get_weather", '{"city": "Oslo"}'), ("b", '[{"x": [1]}]')]
+    assert parser.finish() is final
+    with pytest.raises(RuntimeError, match="new parser"):
+        parser.feed([1])

@@ -1,20 +1,24 @@
 """Tool calls out of a model's output, read from its token ids as they are generated.
 
-Phi-4-mini writes `text <|tool_call|>[{"name": ..., "arguments": {...}}, ...]<|/tool_call|>` (the markers are special
-tokens 200025 / 200026). The parser decodes the ids into one text in which the markers stand as text (in a vocabulary
-without those tokens, the model's own text spells them), so one state machine serves both:
+Phi-4-mini writes `text <|tool_call|>[{"name": ..., "arguments": {...}}, ...]<|/tool_call|>` (the markers are added
+tokens 200025 / 200026). `decode.IncrementalText` turns the ids into one growing text in which a marker token stands
+as its token string at a recorded offset; in a vocabulary without those tokens (phi-2, the bundled tiny model) the
+model spells the markers as text, and the parser matches the text instead. On that text one state machine runs:
 
-  - content: the text outside call regions; text that may be the start of a marker is held back until it is not;
-  - a call region runs from the start marker to the end marker (or to the end of the output); its JSON is a list of
-    calls or one call, each `{"name": str, "arguments" | "parameters": value}`; vLLM's `functools[...]` text form is
-    read as a region too. While a region grows, `scan.py` finds each call's name and the extent of its arguments, so
-    the first delta of a call carries its name and later deltas its argument text; the deltas of a call concatenate
-    to `ToolCall.arguments`, the arguments' JSON text as the model wrote it;
+  - content: the text outside call regions. Text that may be the start of a marker (or of `functools[`) is held back
+    until it is not. With marker tokens, a stray end marker outside a region is dropped.
+  - a call region runs from the start marker to the end marker, the next start marker, or the end of the output. Its
+    JSON is a list of calls or one call, each `{"name": str, "arguments" | "parameters": value}`; vLLM's
+    `functools[...]` text form is read as a region too (it ends where its JSON list ends).
+  - streaming: while a region grows, `scan.CallScanner` finds each call's name and the extent of its arguments. The
+    first ToolDelta of a call carries its index, id and name (and the arguments known so far); later ones carry
+    argument text. A call's fragments concatenate to its final `ToolCall.arguments`.
   - when a region ends it is checked with `json.JSONDecoder.raw_decode` (never a regex: nested arrays and objects
-    work); one that does not parse into calls is returned as content, markers included, and reports no call
-    (a streaming client may have seen deltas of it already).
+    work). A region that does not parse into calls is returned as content, its markers included as text, and reports
+    no call. A streaming client may already have seen deltas of it; the next call then reuses its index, so the
+    indices of `finish().tool_calls` and of the deltas of the calls it keeps always agree.
 
-Special tokens other than the markers never reach the text.
+Special tokens other than the markers never reach the text (`decode.control_ids`).
 """
 
 from __future__ import annotations
@@ -24,32 +28,34 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from .scan import ARGUMENT_KEYS, scan_calls
+from .decode import IncrementalText, control_ids
+from .scan import ARGUMENT_KEYS, CallScanner, arguments_text, scan_calls
 
 FUNCTOOLS = "functools"
 
 
 @dataclass
 class ToolCall:
-    id: str
+    id: str  # "call_" + 24 hex characters
     name: str
-    arguments: str  # the arguments' JSON text as the model wrote it ("{}" when it gave none)
+    arguments: str  # the arguments' JSON text as the model wrote it, stripped ("{}" when it gave none)
 
     def to_openai(self) -> dict[str, Any]:
+        """OpenAI's `message.tool_calls[i]`: {"id", "type": "function", "function": {"name", "arguments"}}."""
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass
 class ToolDelta:
-    index: int
-    id: str | None  # the first delta of a call: its id and name
+    index: int  # the call's position among the output's calls (0, 1, ...)
+    id: str | None  # the first delta of a call: its id and name; later deltas: None
     name: str | None
-    arguments: str
+    arguments: str  # the next fragment of the call's arguments (may be "")
 
 
 @dataclass
 class ParsedOutput:
-    content: str
+    content: str  # the text outside call regions (and regions that did not parse), markers of those included
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
@@ -59,151 +65,174 @@ def new_call_id() -> str:
 
 @dataclass
 class _Region:
-    start: int  # offset in the text of the region's JSON (after the marker)
-    marker: str  # what opened it (the start marker or "functools")
-    end: int | None = None  # offset of the end marker, once seen
+    start: int  # offset in the text of the region's JSON (after its opening marker)
+    marker: str  # what opened it: the start marker, or "functools"
+    first_index: int  # the index of its first call
+    end: int | None = None  # offset where its JSON ends, once known
+    closing: str = ""  # the end marker that closed it ("" if none)
+    scanner: CallScanner = field(default_factory=CallScanner)
     ids: list[str] = field(default_factory=list)  # call ids handed out while streaming
     sent_args: list[int] = field(default_factory=list)  # characters of each call's arguments streamed
-    first_index: int = 0
+    calls: list[ToolCall] = field(default_factory=list)  # once it ended and parsed
 
 
 class ToolCallParser:
-    """feed(ids) -> (content to show now, tool deltas); finish() -> the whole ParsedOutput."""
+    """`feed(ids) -> (content to show now, tool deltas)`; `finish() -> ParsedOutput`, the whole result.
+
+    One parser per output. The concatenated content of all `feed` calls is always a prefix of `finish().content`
+    (what was held back, and regions that did not parse, come last)."""
 
     def __init__(self, tokenizer: Any, *, start_token: str = "<|tool_call|>", end_token: str = "<|/tool_call|>"):
-        self.tokenizer = tokenizer
+        for what, marker in (("start_token", start_token), ("end_token", end_token)):
+            if not isinstance(marker, str) or not marker:
+                raise ValueError(f"{what}={marker!r} must be a non-empty string such as '<|tool_call|>'")
         self.start, self.end = start_token, end_token
-        ids = {m: tokenizer.convert_tokens_to_ids(m) for m in (start_token, end_token)}
+        ids = [tokenizer.convert_tokens_to_ids(m) for m in (start_token, end_token)]
         unk = getattr(tokenizer, "unk_token_id", None)
-        self.marker_ids = {i: m for m, i in ids.items() if isinstance(i, int) and i != unk}
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or []) - set(self.marker_ids)
-        self.done_text = ""  # text of ids up to the last marker token
-        self.pending: list[int] = []  # ids after it, decoded together (multi-token characters)
-        self.text = ""
-        self.pos = 0  # content: offset up to which the text has been looked at
+        # marker tokens only when both are single tokens; otherwise the model spells them and they are matched as text
+        self.token_markers = all(isinstance(i, int) and i != unk for i in ids)
+        markers = dict(zip(ids, (start_token, end_token))) if self.token_markers else {}
+        self.out = IncrementalText(tokenizer, markers, control_ids(tokenizer, keep=set(markers)))
+        self.pos = 0  # offset up to which the text has been handled (as content or region)
         self.segments: list[str | _Region] = []  # content text and call regions, in order
-        self.regions: list[_Region] = []
-        self.calls_streamed = 0
+        self.calls_streamed = 0  # index of the next call
         self.finished: ParsedOutput | None = None
-        self.finished_input = False
 
     @property
     def saw_tool_call(self) -> bool:
-        return bool(self.regions)
-
-    # ------------------------------------------------------------------ text
-
-    def _push(self, ids: list[int]) -> None:
-        for i in ids:
-            if i in self.marker_ids:
-                self.done_text += self._decode(self.pending) + self.marker_ids[i]
-                self.pending = []
-            elif i not in self.special:
-                self.pending.append(i)
-        tail = self._decode(self.pending)
-        if not self.finished_input and tail.endswith("\ufffd"):
-            tail = tail.rstrip("\ufffd")  # a character still missing its last bytes
-        self.text = self.done_text + tail
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+        """A call region has been opened that has not (yet) turned out to be text."""
+        return any(isinstance(s, _Region) for s in self.segments)
 
     # ------------------------------------------------------------------ streaming
 
     def feed(self, ids: list[int]) -> tuple[str, list[ToolDelta]]:
-        self._push(list(ids))
+        """Take the next generated ids; return the content to show now and the tool deltas they complete."""
+        if self.finished is not None:
+            raise RuntimeError("ToolCallParser.feed() after finish(): use a new parser for each output")
+        self.out.push(list(ids))
         return self._advance(final=False)
 
+    def finish(self) -> ParsedOutput:
+        """The output ended: everything held back is resolved. Idempotent."""
+        if self.finished is None:
+            self.out.push([], final=True)
+            self._advance(final=True)
+            if self._open_region() is not None:
+                self._settle(self._open_region(), len(self.out.text), "")
+            content, calls = "", []
+            for segment in self.segments:
+                if isinstance(segment, str):
+                    content += segment
+                else:
+                    calls += segment.calls
+            self.finished = ParsedOutput(content, calls)
+        return self.finished
+
+    def _open_region(self) -> _Region | None:
+        last = self.segments[-1] if self.segments else None
+        return last if isinstance(last, _Region) and last.end is None else None
+
     def _advance(self, final: bool) -> tuple[str, list[ToolDelta]]:
+        text = self.out.text
         shown, deltas = "", []
         while True:
-            region = self.regions[-1] if self.regions and self.regions[-1].end is None else None
+            region = self._open_region()
             if region is None:
-                text = self.text[self.pos:]
-                at, marker = self._next_marker(text)
+                at, marker = self._next_start(text, self.pos)
                 if at is None:
-                    hold = 0 if final else self._hold(text)
-                    shown += text[:len(text) - hold]
-                    self._add_text(text[:len(text) - hold])
-                    self.pos += len(text) - hold
-                    break
-                shown += text[:at]
-                self._add_text(text[:at])
-                self.pos += at + len(marker)
-                self.regions.append(_Region(self.pos, marker, first_index=self.calls_streamed))
-                self.segments.append(self.regions[-1])
+                    stop = len(text) if final else len(text) - self._hold(text)
+                    shown += self._add_text(self._content(text, self.pos, stop))
+                    self.pos = max(self.pos, stop)
+                    return shown, deltas
+                shown += self._add_text(self._content(text, self.pos, at))
+                self.pos = at + len(marker)
+                self.segments.append(_Region(self.pos, marker, self.calls_streamed))
                 continue
-            end = self.text.find(self.end, region.start) if region.marker == self.start else -1
-            body_end = end if end != -1 else len(self.text)
-            deltas += self._region_deltas(region, self.text[region.start:body_end])
-            if end == -1:
-                if region.marker == FUNCTOOLS and self._json_end(self.text[region.start:]) is not None:
-                    region.end = region.start + self._json_end(self.text[region.start:])
-                    self.pos = region.end
-                    shown += self._settle(region, "")
-                    continue
-                break
-            region.end = end
-            self.pos = end + len(self.end)
-            shown += self._settle(region, self.end)
-        return shown, deltas
+            if region.marker == FUNCTOOLS:
+                body_end, closing, resume = self._json_end(text, region.start), "", None
+            else:
+                body_end, closing, resume = self._region_end(text, region.start)
+            body = text[region.start:body_end if body_end is not None else len(text)]
+            deltas += self._deltas(region, body)
+            if body_end is None:
+                return shown, deltas
+            shown += self._settle(region, body_end, closing)
+            self.pos = resume if resume is not None else body_end + len(closing)
 
-    def _settle(self, region: _Region, closing: str) -> str:
-        """A region just ended: if it does not parse into calls, it becomes text (returned, to show now)."""
-        body = self.text[region.start:region.end]
-        if self._calls(body, region) is not None:
-            return ""
-        self.regions.remove(region)
-        self.segments.pop()
-        self.calls_streamed = region.first_index
-        text = region.marker + body + closing
-        self._add_text(text)
-        return text
+    # ------------------------------------------------------------------ markers
 
-    def _add_text(self, text: str) -> None:
-        if not text:
-            return
-        if self.segments and isinstance(self.segments[-1], str):
-            self.segments[-1] += text
-        else:
-            self.segments.append(text)
+    def _marks(self, marker: str, lo: int) -> int | None:
+        return next((at for at, m in self.out.marks if m == marker and at >= lo), None)
 
-    def _next_marker(self, text: str) -> tuple[int | None, str]:
-        best = None, ""
-        for marker in (self.start, FUNCTOOLS + "["):
-            at = text.find(marker)
-            if at != -1 and (best[0] is None or at < best[0]):
-                best = at, marker
-        if best[1] == FUNCTOOLS + "[":
-            return best[0], FUNCTOOLS  # the "[" belongs to the region's JSON
-        return best
+    def _find(self, text: str, marker: str, lo: int) -> int | None:
+        if self.token_markers:
+            return self._marks(marker, lo)
+        at = text.find(marker, lo)
+        return None if at == -1 else at
 
-    def _hold(self, text: str) -> int:
-        """Characters at the end of `text` that may be the start of a marker."""
-        for n in range(min(len(text), max(len(self.start), len(FUNCTOOLS) + 1)), 0, -1):
-            tail = text[-n:]
-            if self.start.startswith(tail) or (FUNCTOOLS + "[").startswith(tail):
-                return n
-        return 0
+    def _next_start(self, text: str, lo: int) -> tuple[int | None, str]:
+        """The next region opener at or after `lo`: (offset, marker) or (None, "")."""
+        best: tuple[int | None, str] = (self._find(text, self.start, lo), self.start)
+        functools = text.find(FUNCTOOLS + "[", lo)
+        if functools != -1 and (best[0] is None or functools < best[0]):
+            best = functools, FUNCTOOLS  # the "[" belongs to the region's JSON
+        return best if best[0] is not None else (None, "")
+
+    def _region_end(self, text: str, lo: int) -> tuple[int | None, str, int | None]:
+        """Where a marker region's JSON ends: (offset, closing marker consumed, offset to resume at or None)."""
+        end = self._find(text, self.end, lo)
+        again = self._find(text, self.start, lo)
+        if again is not None and (end is None or again < end):
+            return again, "", again  # a new region starts: this one ends without its end marker
+        return end, self.end if end is not None else "", None
 
     @staticmethod
-    def _json_end(text: str) -> int | None:
-        stripped = len(text) - len(text.lstrip())
+    def _json_end(text: str, lo: int) -> int | None:
+        """Offset one past a complete JSON value starting at `lo` (after whitespace), else None."""
+        start = lo + len(text[lo:]) - len(text[lo:].lstrip())
         try:
-            _, end = json.JSONDecoder().raw_decode(text, stripped)
+            _, end = json.JSONDecoder().raw_decode(text, start)
         except ValueError:
             return None
         return end
 
-    def _region_deltas(self, region: _Region, body: str) -> list[ToolDelta]:
+    def _hold(self, text: str) -> int:
+        """Characters at the end of `text` (past `pos`) that may be the start of a marker or of `functools[`."""
+        openers = [FUNCTOOLS + "["] + ([] if self.token_markers else [self.start])
+        for n in range(min(len(text) - self.pos, max(map(len, openers))), 0, -1):
+            if any(o.startswith(text[-n:]) for o in openers):
+                return n
+        return 0
+
+    def _content(self, text: str, lo: int, hi: int) -> str:
+        """text[lo:hi] without stray end-marker tokens."""
+        if lo >= hi:
+            return ""
+        if not self.token_markers:
+            return text[lo:hi]
+        out, at = "", lo
+        for mark, marker in self.out.marks:
+            if marker == self.end and lo <= mark < hi:
+                out += text[at:mark]
+                at = mark + len(marker)
+        return out + text[at:hi]
+
+    def _add_text(self, text: str) -> str:
+        if text:
+            if self.segments and isinstance(self.segments[-1], str):
+                self.segments[-1] += text
+            else:
+                self.segments.append(text)
+        return text
+
+    # ------------------------------------------------------------------ regions
+
+    def _deltas(self, region: _Region, body: str) -> list[ToolDelta]:
         out = []
-        for k, call in enumerate(scan_calls(body)):
+        for k, call in enumerate(region.scanner.scan(body)):
             if call.name is None:
                 break  # later calls wait for this one's name (indices stay in order)
-            args = body[call.args_start:call.args_end if call.args_end is not None else len(body)] \
-                if call.args_start is not None else ""
-            if call.args_end is None:
-                args = args.rstrip()
+            args = arguments_text(body, call) or ""
             if k == len(region.ids):
                 region.ids.append(new_call_id())
                 region.sent_args.append(len(args))
@@ -214,34 +243,24 @@ class ToolCallParser:
                 region.sent_args[k] = len(args)
         return out
 
-    # ------------------------------------------------------------------ the end
+    def _settle(self, region: _Region, end: int, closing: str) -> str:
+        """A region ended at `end`: keep its calls, or, if it does not parse into calls, turn it into content
+        (returned, to show now)."""
+        region.end, region.closing = end, closing
+        body = self.out.text[region.start:end]
+        calls = self._calls(body, region)
+        if calls is not None:
+            region.calls = calls
+            return ""
+        self.segments.pop()
+        self.calls_streamed = region.first_index
+        return self._add_text(region.marker + body + closing)
 
-    def finish(self) -> ParsedOutput:
-        if self.finished is not None:
-            return self.finished
-        self.finished_input = True
-        self._push([])
-        self._advance(final=True)
-        content, calls = "", []
-        for segment in self.segments:
-            if isinstance(segment, str):
-                content += segment
-                continue
-            end = segment.end if segment.end is not None else len(self.text)
-            body = self.text[segment.start:end]
-            parsed = self._calls(body, segment)
-            if parsed is None:  # not calls: the region is text, its markers included
-                closing = self.end if segment.end is not None and segment.marker == self.start else ""
-                content += segment.marker + body + closing
-                continue
-            calls += [ToolCall(*call) for call in parsed]
-        self.finished = ParsedOutput(content, calls)
-        return self.finished
-
-    def _calls(self, body: str, region: _Region) -> list[tuple[str, str, str]] | None:
-        stripped = len(body) - len(body.lstrip())
+    def _calls(self, body: str, region: _Region) -> list[ToolCall] | None:
+        """The calls of a whole region, or None when it is not a list of calls / one call."""
+        start = len(body) - len(body.lstrip())
         try:
-            value, end = json.JSONDecoder().raw_decode(body, stripped)
+            value, end = json.JSONDecoder().raw_decode(body, start)
         except ValueError:
             return None
         if body[end:].strip():
@@ -253,15 +272,28 @@ class ToolCallParser:
         out = []
         for k, item in enumerate(items):
             key = next((a for a in ARGUMENT_KEYS if a in item), None)
-            raw = "{}"
-            if key is not None:
-                s = scanned[k] if k < len(scanned) else None
-                if s is not None and s.args_start is not None and s.args_end is not None:
-                    raw = body[s.args_start:s.args_end]
-                else:
-                    raw = json.dumps(item[key], ensure_ascii=False)
-                if json.loads(raw) != item[key]:
-                    raw = json.dumps(item[key], ensure_ascii=False)
+            raw = arguments_text(body, scanned[k]) if k < len(scanned) and scanned[k].name == item["name"] else None
+            if key is None:
+                raw = "{}"
+            elif raw is None or not _same_arguments(raw, item[key]):  # the scan disagrees: trust the parse
+                raw = _arguments_json(item[key])
             call_id = region.ids[k] if k < len(region.ids) else new_call_id()
-            out.append((call_id, item["name"], raw))
+            out.append(ToolCall(call_id, item["name"], raw))
         return out
+
+
+def _arguments_json(value: Any) -> str:
+    """`ToolCall.arguments` for a parsed arguments value: a string is taken as the JSON text itself."""
+    if isinstance(value, str):
+        return value.strip() or "{}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _same_arguments(raw: str, value: Any) -> bool:
+    """Does the scanned text `raw` stand for the parsed arguments `value`?"""
+    if isinstance(value, str):
+        return raw == _arguments_json(value)
+    try:
+        return json.loads(raw) == value
+    except ValueError:
+        return False
