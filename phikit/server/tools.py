@@ -78,7 +78,7 @@ def tool_setup(body: Any, tokenizer: Any, server_template: str | None) -> ToolSe
     template = server_template
     if template is None and has_markers:
         template = builtin_template("phi4-mini-tools")
-    if shown and not template_reads_tools(template or _default_template(tokenizer)):
+    if shown and not _reads_tools(template or _default_template(tokenizer), template_reads_tools):
         raise bad_request("tools", "this model's chat template does not render tools, so the model would never see "
                                    "them; start the server with --chat-template phi4-mini-tools (or a template FILE "
                                    "that reads `tools`), or leave tools unset")
@@ -93,6 +93,15 @@ def tool_setup(body: Any, tokenizer: Any, server_template: str | None) -> ToolSe
                                                  f"{[t['function']['name'] for t in tools]}")
         grammar = _forced_call_grammar(forced, has_markers, body.parallel_tool_calls is not False)
     return ToolSetup(shown, template, grammar, parse=shown is not None)
+
+
+def _reads_tools(template: str, template_reads_tools: Any) -> bool:
+    """A template that does not even parse shows no tools (rendering it fails on its own, as a 400 on messages)."""
+    import jinja2
+    try:
+        return template_reads_tools(template)
+    except jinja2.TemplateError:
+        return False
 
 
 def _default_template(tokenizer: Any) -> str:
