@@ -295,3 +295,18 @@ def test_logits_to_keep_under_autograd_gives_every_gradient() -> None:
     assert kept.keys() == full.keys() and "model.layers.1.self_attn.q_proj.weight" in kept
     for name in full:
         torch.testing.assert_close(kept[name], full[name], rtol=2**-5, atol=2**-7 * full[name].abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [2, 3, 8])
+def test_bf16_matvec_of_several_rows_equals_each_row_alone_bit_for_bit(rows: int) -> None:
+    """A serving engine decodes several rows in one call; each row's output must be the very numbers of that row
+    alone (the two-row kernel sums in the one-row order), whatever its neighbours, here at N % 4 != 0 too."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(203, 256, generator=gen).bfloat16()
+    b = torch.randn(203, generator=gen).bfloat16()
+    x = torch.randn(rows, 256, generator=gen).bfloat16()
+    together = native_kernels.linear_bf16(x, w, b)
+    for m in range(rows):
+        assert torch.equal(together[m], native_kernels.linear_bf16(x[m:m + 1], w, b)[0]), m
+    within_bf16(together, x.float() @ w.float().t() + b.float())

@@ -1,0 +1,99 @@
+"""The bf16 matrix-vector kernel with several rows of x, as a serving engine's batched decode calls it: the time of
+M rows against one row in the same process, and (with --base) against the kernel of an older commit.
+
+    .venv/bin/python benchmarks/matvec_rows.py [--rows 1,2,4,8] [--rounds 5] [--threads 2] [--base COMMIT]
+
+16 distinct 8192 x 2048 bf16 weights (phi-1.5's fc1 shape, 512 MB: they come from memory), each multiplied by an
+[M, 2048] bf16 x in turn; per M, the median over rounds of the time for all 16. With --base, the base commit is
+checked out into a temporary git worktree and both trees run as fresh child processes in turn (ABBA), each with its
+own native build; the ratio that counts is the median per-round base / new time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child(rows: list[int], rounds: int, threads: int) -> dict:
+    import torch
+
+    from phikit.cpu import kernels as native
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(8192, 2048, generator=gen).bfloat16() for _ in range(16)]
+    out = {}
+    for m in rows:
+        x = torch.randn(m, 2048, generator=gen).bfloat16()
+        native.linear_bf16(x, weights[0], None)
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for w in weights:
+                native.linear_bf16(x, w, None)
+            times.append(time.perf_counter() - t0)
+        out[m] = statistics.median(times)
+    return out
+
+
+def run_child(tree: Path, rows: str, rounds: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "matvec_rows.py"), "--child", "--rows", rows,
+                           "--rounds", str(rounds), "--threads", str(threads)], env=env, cwd=tree,
+                          capture_output=True, text=True, check=True)
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="1,2,4,8")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base", default=None)
+    ap.add_argument("--child", action="store_true")
+    args = ap.parse_args()
+    rows = [int(r) for r in args.rows.split(",")]
+    if args.child:
+        print(json.dumps(child(rows, args.rounds, args.threads)))
+        return 0
+    if args.base is None:
+        res = run_child(REPO, args.rows, args.rounds, args.threads)
+        for m in rows:
+            print(f"M={m}: {res[m] * 1e3:.1f} ms for 16 weights; {res[m] / res[rows[0]]:.2f}x M={rows[0]}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base], cwd=REPO, check=True)
+        try:
+            (base / "benchmarks" / "matvec_rows.py").write_text(Path(__file__).read_text())
+            per_round = {m: [] for m in rows}
+            news = {m: [] for m in rows}
+            for r in range(3):
+                order = [("base", base), ("new", REPO)] if r % 2 == 0 else [("new", REPO), ("base", base)]
+                got = {name: run_child(tree, args.rows, args.rounds, args.threads) for name, tree in order}
+                for m in rows:
+                    per_round[m].append(got["base"][m] / got["new"][m])
+                    news[m].append(got["new"][m] / got["new"][rows[0]])
+            load = os.getloadavg()[0]
+            print(f"load average at the end {load:.2f}; base {args.base}; 3 rounds (ABBA), {args.rounds} timings each")
+            for m in rows:
+                print(f"M={m}: base / new time {statistics.median(per_round[m]):.2f}x "
+                      f"({min(per_round[m]):.2f}-{max(per_round[m]):.2f}); new M={m} / M={rows[0]} "
+                      f"{statistics.median(news[m]):.2f}x")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
