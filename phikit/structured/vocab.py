@@ -51,11 +51,11 @@ def _is_byte_level(spec: dict) -> bool:
     return has(spec.get("decoder")) or has(spec.get("pre_tokenizer"))
 
 
-def token_table(tokenizer: Any, n_vocab: int) -> tuple[list[bytes], list[int]]:
+def token_table(tokenizer: Any, n_vocab: int, spec: dict | None = None) -> tuple[list[bytes], list[int]]:
     """(bytes of ids 0 .. n_vocab - 1, the special ids). Ids the tokenizer lacks (gaps, the embedding's padding)
-    are b"": a grammar can never allow them."""
+    are b"": a grammar can never allow them. `spec`: the backend's tokenizer.json as a dict, if already parsed."""
     backend = tokenizer.backend_tokenizer
-    spec = json.loads(backend.to_str())
+    spec = spec if spec is not None else json.loads(backend.to_str())
     byte_level = _is_byte_level(spec)
     decoder = _byte_decoder() if byte_level else None
     special = {t["id"]: t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
@@ -106,10 +106,10 @@ class _TableTokenizer:
     def __init__(self, tokenizer: Any, n_vocab: int, eos: int) -> None:
         from tokenizers import Tokenizer
 
-        self.tokens, self.special_token_ids = token_table(tokenizer, n_vocab)
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())  # 1-2 s for a 200k vocabulary: parsed once
+        self.tokens, self.special_token_ids = token_table(tokenizer, n_vocab, spec)
         self.eos_token_id = eos
         self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
         spec["post_processor"] = None
         for key in ("normalizer", "pre_tokenizer"):
             spec[key] = _without_prefix_space(spec.get(key))

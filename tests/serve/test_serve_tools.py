@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.serve.common import SERVED, start_server, stop
-from tests.tokenizer_cases import TOKENIZERS, require_fixtures
+from tests.tokenizer_cases import require_fixtures
 
 require_fixtures()
 pytest.importorskip("llguidance", reason="llguidance is not installed: pip install 'phikit[structured]'")
@@ -33,11 +33,10 @@ def phi4_mini_model(tmp_path_factory):
     """A random 2-layer Phi-4-mini-shaped model (tied head, GQA) with the Phi-4-mini vocabulary, saved."""
     import torch
 
-    from phikit import Phi3Config, Phi3ForCausalLM, PhiTokenizer
+    from phikit import Phi3Config, Phi3ForCausalLM
+    from tests.test_tool_calls import phi4_mini
 
-    meta = json.loads((TOKENIZERS / "tiktoken" / "o200k_base.meta.json").read_text(encoding="utf-8"))
-    tok = PhiTokenizer.from_tiktoken(TOKENIZERS / "tiktoken" / "o200k_base.tiktoken", meta["pat_str"],
-                                     TOKENIZERS / "phi-4-mini")
+    tok = phi4_mini()
     config = Phi3Config(vocab_size=200064, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                         tie_word_embeddings=True, bos_token_id=199999, eos_token_id=[199999, 200020],
