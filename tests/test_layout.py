@@ -28,7 +28,7 @@ MAY_IMPORT = {
     "phikit.weights": ("phikit.weights", "phikit.cpu", "phikit.ops", "phikit.formats", "phikit.hub",
                        "phikit.generation_config") + CONFIG,
     # constrained decoding on llguidance: self-contained (it reads a tokenizer through its public methods)
-    "phikit.structured": ("phikit.structured",),
+    "phikit.structured": ("phikit.structured", "phikit.tokenizer"),
     # tool calling: the templates phikit ships and the call parser (it reads a tokenizer through its public methods)
     "phikit.tool_calls": ("phikit.tool_calls",),
     "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs",

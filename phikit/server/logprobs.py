@@ -12,27 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
 from typing import Any, Sequence
 
 from ..engine.outputs import TokenLogprob
+from ..tokenizer.byte_level import unicode_to_byte
 
 LOGPROB_FLOOR = -9999.0  # stands in for -inf (JSON has no infinities)
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-@lru_cache(maxsize=1)
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-to-unicode alphabet, inverted: character -> byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 def _clean(value: float) -> float:
@@ -62,7 +48,7 @@ class TokenTexts:
             byte = _BYTE_TOKEN.match(piece)
             if byte:
                 return [int(byte.group(1), 16)]
-            alphabet = _byte_level_alphabet()
+            alphabet = unicode_to_byte()
             if self.byte_level and piece and all(c in alphabet for c in piece):
                 return [alphabet[c] for c in piece]
             if not self.byte_level and "\u2581" in piece:  # SentencePiece's word-boundary mark is a space

@@ -19,23 +19,11 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..tokenizer.byte_level import unicode_to_byte
 from .backend import llguidance
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: the printable character that stands for each byte -> the byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 def _is_byte_level(spec: dict) -> bool:
@@ -57,7 +45,7 @@ def token_table(tokenizer: Any, n_vocab: int, spec: dict | None = None) -> tuple
     backend = tokenizer.backend_tokenizer
     spec = spec if spec is not None else json.loads(backend.to_str())
     byte_level = _is_byte_level(spec)
-    decoder = _byte_decoder() if byte_level else None
+    decoder = unicode_to_byte() if byte_level else None
     special = {t["id"]: t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
     added = {t["id"]: t["content"] for t in spec.get("added_tokens", [])}
     table: list[bytes] = []

@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import base64
 import os
-from functools import lru_cache
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from .byte_level import byte_to_unicode
 
 
 class TiktokenError(ValueError):
     """A tiktoken rank file is malformed; the message names the file and line."""
-
-
-@lru_cache(maxsize=1)
-def _byte_to_unicode() -> dict[int, str]:
-    # GPT-2's reversible map from bytes to printable characters (what ByteLevel pre-tokenizers produce)
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
@@ -56,7 +43,7 @@ def tiktoken_to_tokenizer(ranks: dict[bytes, int], pattern: str,
     Added tokens must come at ids past the ranks in increasing order (gaps are filled by unused placeholders, so
     ids match the checkpoint's, as in Phi-4-mini's tokenizer.json).
     """
-    b2u = _byte_to_unicode()
+    b2u = byte_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(b2u[b] for b in token)
