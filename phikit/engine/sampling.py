@@ -1,10 +1,10 @@
 """One row's next token: its processors, penalties and sampler, with its own random generator.
 
-Order (vLLM's): the vocabulary limit, the grammar's mask (structured output), min_tokens, logit_bias, the user's processors, repetition / presence /
-frequency penalties, then for sampled rows temperature, top-k, top-p and min-p (phikit's warpers, the ones
-`generate()` uses), and a draw from the row's own `torch.Generator`. So a seeded request draws the same tokens
-whatever runs beside it. Logprobs are the log-softmax of the model's raw logits, before any of this (OpenAI reports
-the model's distribution; documented).
+Order (vLLM's): the vocabulary limit, the grammar's mask (structured output), min_tokens, logit_bias, the user's
+processors, repetition / presence / frequency penalties, then for sampled rows temperature, top-k, top-p and min-p
+(phikit's warpers, the ones `generate()` uses), and a draw from the row's own `torch.Generator`. So a seeded request
+draws the same tokens whatever runs beside it. Logprobs are the log-softmax of the model's raw logits, before any of
+this (OpenAI reports the model's distribution; documented).
 """
 
 from __future__ import annotations
