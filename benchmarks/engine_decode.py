@@ -18,9 +18,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from base_tree import abba, base_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,28 +88,21 @@ def main() -> int:
         for r, tps in run_child(REPO, args).items():
             print(f"{r} rows: {tps:.2f} tok/s")
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base], cwd=REPO, check=True)
-        try:
-            (base / "benchmarks" / "engine_decode.py").write_text(Path(__file__).read_text())
-            ratios = {r: [] for r in rows}
-            seen = {"base": {r: [] for r in rows}, "new": {r: [] for r in rows}}
-            for k in range(2):
-                order = [("base", base), ("new", REPO)] if k % 2 == 0 else [("new", REPO), ("base", base)]
-                got = {name: run_child(tree, args) for name, tree in order}
-                for r in rows:
-                    ratios[r].append(got["new"][r] / got["base"][r])
-                    for name in got:
-                        seen[name][r].append(got[name][r])
-            print(f"shape {args.shape}, {args.tokens} tokens a request, base {args.base}, load average "
-                  f"{os.getloadavg()[0]:.2f} at the end")
+    with base_tree(args.base, Path(__file__).resolve()) as base:
+        ratios = {r: [] for r in rows}
+        seen = {"base": {r: [] for r in rows}, "new": {r: [] for r in rows}}
+        for order in abba(2, base):
+            got = {name: run_child(tree, args) for name, tree in order}
             for r in rows:
-                print(f"{r} rows: base {statistics.median(seen['base'][r]):.2f} tok/s, new "
-                      f"{statistics.median(seen['new'][r]):.2f} tok/s, new / base {statistics.median(ratios[r]):.2f}x "
-                      f"({min(ratios[r]):.2f}-{max(ratios[r]):.2f})")
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
+                ratios[r].append(got["new"][r] / got["base"][r])
+                for name in got:
+                    seen[name][r].append(got[name][r])
+        print(f"shape {args.shape}, {args.tokens} tokens a request, base {args.base}, load average "
+              f"{os.getloadavg()[0]:.2f} at the end")
+        for r in rows:
+            print(f"{r} rows: base {statistics.median(seen['base'][r]):.2f} tok/s, new "
+                  f"{statistics.median(seen['new'][r]):.2f} tok/s, new / base {statistics.median(ratios[r]):.2f}x "
+                  f"({min(ratios[r]):.2f}-{max(ratios[r]):.2f})")
     return 0
 
 

@@ -17,9 +17,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from base_tree import abba, base_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,27 +72,20 @@ def main() -> int:
         for m in rows:
             print(f"M={m}: {res[m] * 1e3:.1f} ms for 16 weights; {res[m] / res[rows[0]]:.2f}x M={rows[0]}")
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base], cwd=REPO, check=True)
-        try:
-            (base / "benchmarks" / "matvec_rows.py").write_text(Path(__file__).read_text())
-            per_round = {m: [] for m in rows}
-            news = {m: [] for m in rows}
-            for r in range(3):
-                order = [("base", base), ("new", REPO)] if r % 2 == 0 else [("new", REPO), ("base", base)]
-                got = {name: run_child(tree, args.rows, args.rounds, args.threads) for name, tree in order}
-                for m in rows:
-                    per_round[m].append(got["base"][m] / got["new"][m])
-                    news[m].append(got["new"][m] / got["new"][rows[0]])
-            load = os.getloadavg()[0]
-            print(f"load average at the end {load:.2f}; base {args.base}; 3 rounds (ABBA), {args.rounds} timings each")
+    with base_tree(args.base, Path(__file__).resolve()) as base:
+        per_round = {m: [] for m in rows}
+        news = {m: [] for m in rows}
+        for order in abba(3, base):
+            got = {name: run_child(tree, args.rows, args.rounds, args.threads) for name, tree in order}
             for m in rows:
-                print(f"M={m}: base / new time {statistics.median(per_round[m]):.2f}x "
-                      f"({min(per_round[m]):.2f}-{max(per_round[m]):.2f}); new M={m} / M={rows[0]} "
-                      f"{statistics.median(news[m]):.2f}x")
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
+                per_round[m].append(got["base"][m] / got["new"][m])
+                news[m].append(got["new"][m] / got["new"][rows[0]])
+        load = os.getloadavg()[0]
+        print(f"load average at the end {load:.2f}; base {args.base}; 3 rounds (ABBA), {args.rounds} timings each")
+        for m in rows:
+            print(f"M={m}: base / new time {statistics.median(per_round[m]):.2f}x "
+                  f"({min(per_round[m]):.2f}-{max(per_round[m]):.2f}); new M={m} / M={rows[0]} "
+                  f"{statistics.median(news[m]):.2f}x")
     return 0
 
 
