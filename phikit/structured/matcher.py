@@ -15,7 +15,7 @@ class GrammarMatcher:
     """An `llguidance.LLMatcher` for one row.
 
     `fill(row)` writes the allowed ids into a bitmask row [W] int32; `consume(token)` takes the sampled id. Once the
-    grammar is complete only the stop ids are allowed (`done`); a row whose matcher failed (an id it did not allow
+    grammar is complete only the stop ids are allowed; a row whose matcher failed (an id it did not allow
     reached it, e.g. a stop string cut the text) allows only the stop ids too, so it ends instead of sampling from
     nothing (`error` says why).
     """
@@ -31,11 +31,6 @@ class GrammarMatcher:
         self.stops = bitmask.pack(torch.isin(torch.arange(bitmask.words(n_vocab) * 32),
                                              torch.tensor(stop_ids, dtype=torch.long)))
         self.failed = False
-
-    @property
-    def done(self) -> bool:
-        """The grammar is complete (only a stop id may follow) or was ended by a stop id."""
-        return self.matcher.is_stopped() and not self.matcher.is_error()
 
     @property
     def error(self) -> str | None:
