@@ -25,8 +25,10 @@ MAY_IMPORT = {
     "phikit.formats": ("phikit.formats", "phikit.cpu", "phikit.errors"),
     "phikit.backends": ("phikit.backends", "phikit.cpu", "phikit.ops", "phikit.model", "phikit.formats"),
     "phikit.tokenizer": ("phikit.tokenizer", "phikit.hub", "phikit.errors"),
+    # tensor parallelism: the sharding plan over the reference model's modules, the collectives
+    "phikit.parallel": ("phikit.parallel", "phikit.model", "phikit.ops", "phikit.errors"),
     "phikit.weights": ("phikit.weights", "phikit.cpu", "phikit.ops", "phikit.formats", "phikit.hub",
-                       "phikit.generation_config") + CONFIG,
+                       "phikit.generation_config", "phikit.parallel") + CONFIG,
     # constrained decoding on llguidance: self-contained (it reads a tokenizer through its public methods)
     "phikit.structured": ("phikit.structured", "phikit.tokenizer"),
     # tool calling: the templates phikit ships and the call parser (it reads a tokenizer through its public methods)
@@ -37,7 +39,7 @@ MAY_IMPORT = {
     "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured"),
     # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
     "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tool_calls", "phikit.tokenizer",
-                      "phikit.hf",
+                      "phikit.hf", "phikit.parallel",
                       "phikit.formats",
                       "phikit.generation_config", "phikit.errors"),
 }

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import bind
+from ..parallel import tied_head_rows
 from ..ops.attention import check_attention_implementation
 from ..ops.backends import default_ops
 from ..generation.inputs import check_forward_inputs
@@ -68,7 +69,10 @@ class PreTrainedMixin:
     def tie_weights(self) -> None:
         head = self.get_output_embeddings()
         if head is not None and self.config.tie_word_embeddings:
-            head.weight = self.get_input_embeddings().weight
+            tp = getattr(self, "tensor_parallel", None)
+            weight = self.get_input_embeddings().weight
+            # a tensor-parallel rank's head is its vocabulary rows of the embedding (a view)
+            head.weight = weight if tp is None else nn.Parameter(tied_head_rows(weight, tp))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.embed_tokens

@@ -7,6 +7,7 @@ Module attribute names equal the Hugging Face checkpoint names (`self_attn.qkv_p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -113,6 +114,9 @@ class DecoderLayer(nn.Module):
     """
 
     owns_dropout = True
+    # Tensor parallelism (phikit/parallel) sets this: the sum over ranks of a residual branch's partial output (one
+    # call per branch, so phi's parallel block reduces attention + MLP at once). None: the model is whole.
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, config, arch: Architecture, layer_idx: int) -> None:
         super().__init__()
@@ -145,16 +149,19 @@ class DecoderLayer(nn.Module):
         if keep_last:
             x, h = x[:, -keep_last:], h[:, -keep_last:]
         drop = self.resid_dropout if self.training and self.resid_dropout.p > 0 else _identity
+        reduce = self.reduce
         if self.parallel:
+            if reduce is not None:
+                return x + reduce(drop(attn) + drop(mlp(h))), weights, None
             return x + drop(attn) + drop(mlp(h)), weights, None
-        x = x + drop(attn)
+        x = x + (drop(attn) if reduce is None else reduce(drop(attn)))
         h = self.post_attention_layernorm(x)
         router_logits = None
         if self.is_moe:
             h, router_logits = mlp(h)
         else:
             h = mlp(h)
-        return x + drop(h), weights, router_logits
+        return x + (drop(h) if reduce is None else reduce(drop(h))), weights, router_logits
 
 
 @dataclass

@@ -31,6 +31,9 @@ from .load_options import (DTYPES, pick_dtype, resolve_checkpoint_folder, resolv
 from .pretrained_args import check_network_arguments, screen_arguments
 from ..formats.lossless import LosslessBf16Config
 from .name_maps import plan_sources
+from ..parallel import Shard, shard_for_loading, wants_tp
+from ..parallel import finish as finish_tensor_parallel
+from ..parallel.group import device_for_rank
 from ..formats.configs import config_from_dict as quant_config_from_dict
 from ..formats.configs import resolve_quantization_config
 from ..formats.streaming import StreamingQuantizer, finalize_quantized_model, prepare_quantized_model
@@ -77,11 +80,13 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
                     use_safetensors: bool | None = None, ignore_mismatched_sizes: bool = False,
                     weights_only: bool = True, disable_mmap: bool | None = None, generation_config: Any = None,
                     tqdm_class: Any = None, force_download: bool = False, proxies: dict | None = None,
+                    tp_plan: str | None = None, tp_size: int | None = None, device_mesh: Any = None,
                     **config_overrides: Any):
     """Load `cls` (a phikit model class) from a local folder or hub id. `trust_remote_code` is accepted for
     compatibility and never executes code: phikit implements every Phi family itself. transformers' other
     arguments are honoured or refused by name (`pretrained_args.py`); the rest are config overrides. Everything is
-    checked before any weight is read, and the caller's `config=` object is never changed."""
+    checked before any weight is read, and the caller's `config=` object is never changed. `tp_plan="auto"` loads
+    this rank's shard for tensor parallelism (phikit/parallel), reading only its slices of the checkpoint."""
     overrides = screen_arguments(config_overrides)
     if weights_only is not True:
         raise ValueError(f"weights_only={weights_only!r}: phikit reads pytorch_model.bin weights-only (no pickled "
@@ -94,6 +99,9 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
     folder = resolve_checkpoint_folder(path_or_id, subfolder, variant, revision, local_files_only, cache_dir, token)
     config = resolve_config(folder, config, cls, overrides, attn_implementation)
     device = resolve_device(device_map)
+    tensor_parallel = wants_tp(tp_plan, tp_size, device_mesh)
+    if tensor_parallel:
+        device = device_for_rank(device)
     if not isinstance(requested_dtype, str) or requested_dtype != "auto":
         resolve_dtype(requested_dtype, config, None)  # a bad dtype fails before the weights are opened
     gen_config = resolve_generation_config(folder, generation_config, config)
@@ -105,6 +113,7 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
             quant = lossless.applicable(quant, target_dtype, device)
         with torch.device("meta"), _skip_init():
             model = cls(config)
+        shards = shard_for_loading(model, tp_size, device_mesh, device) if tensor_parallel else None
         quantizer = None
         prepare_for_device(model, device, target_dtype)  # the backend's ops and module swaps (phikit/backends)
         if saved is not None:
@@ -113,12 +122,14 @@ def load_pretrained(cls, path_or_id: str | os.PathLike, *, config: PhiKitConfig 
             quantizer = StreamingQuantizer(model, quant)  # each weight is quantized right after it is read
         progress = tqdm_class if tqdm_class is not None else (_tqdm() if show_progress else None)
         info = _fill(model, reader, folder, target_dtype, device, strict, progress, quantizer,
-                     ignore_mismatched_sizes)
+                     ignore_mismatched_sizes, shards)
         if quantizer is not None:
             quantizer.finish(model)
         if saved is not None:
             finalize_quantized_model(model, reader)
     model.tie_weights()
+    if tensor_parallel:
+        finish_tensor_parallel(model)
     model.eval()
     config.dtype = target_dtype  # a torch.dtype, as transformers holds it; to_dict writes its name
     config._name_or_path = os.fspath(path_or_id)
@@ -165,12 +176,16 @@ def _tokenizer_size(folder: str) -> int | None:
 
 
 def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.dtype, device: torch.device,
-          strict: bool, progress: Any = None, quantizer: Any = None, ignore_mismatched: bool = False
-          ) -> dict[str, list]:
-    """Check the whole plan first (names and shapes from headers), then read tensors one at a time."""
+          strict: bool, progress: Any = None, quantizer: Any = None, ignore_mismatched: bool = False,
+          shards: dict[str, Shard] | None = None) -> dict[str, list]:
+    """Check the whole plan first (names and shapes from headers), then read tensors one at a time. `shards`
+    (tensor parallelism): the parameters this rank holds part of; the plan is checked against their full shapes,
+    and only the rank's slices are copied out of the checkpoint."""
     config = model.config
+    shards = shards or {}
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    params = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items() if n not in tied}
+    local = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items() if n not in tied}
+    params = {n: shards[n].full_shape if n in shards else shape for n, shape in local.items()}
     checkpoint = {n: ref.shape for n, ref in reader.refs.items()}
     plan = plan_sources(config, checkpoint, params)
     missing = [n for n in params if n not in plan.sources]
@@ -210,6 +225,13 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
         if tuple(tensor.shape) != params[name]:  # shapes only known after building (fused splits)
             raise CheckpointError(f"tensor {name} built from {', '.join(source.names)} in {folder} has shape "
                                   f"{tuple(tensor.shape)}, the model expects {params[name]}")
+        shard = shards.get(name)
+        if shards:  # tensor parallelism: count what this rank copies out of the checkpoint
+            full = tensor.numel() * tensor.element_size()
+            if shard is not None:  # this rank's rows or columns: a view, so only those file pages are read
+                tensor = shard.take(tensor)
+            read = tensor.numel() * tensor.element_size() if shard is None or shard.reads else 0
+            model.tensor_parallel.reads[name] = (read, full)
         placed = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
         release_rows = _file_rows(placed, tensor, reader, source.names) if placed.device.type == "cpu" else None
         if quantizer is not None and quantizer.wants(name):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-TP = ("tensor parallelism is not built in phikit yet: it loads a model on one device; drop the argument (or pass "
+TP = ("distributed_config (FSDP) is not built in phikit; drop it (tensor parallelism: tp_plan='auto'; or pass "
       "device_map='cuda:N' for one GPU)")
 
 # argument -> why accepting it changes nothing observable
@@ -48,10 +48,7 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
                      "alternative where bitsandbytes cannot run)"),
     "load_in_8bit": (_default(False, None), "pass quantization_config=phikit.Int8WeightOnlyConfig() for 8-bit weights "
                      "(or phikit.BitsAndBytesConfig(load_in_8bit=True))"),
-    "tp_plan": (_default(None), TP),
-    "tp_size": (_default(None), TP),
-    "device_mesh": (_default(None), TP),
-    "distributed_config": (_default(None), TP + "; FSDP is not built either"),
+    "distributed_config": (_default(None), TP),
     "max_memory": (_empty, "phikit places the whole model on one device and does not cap memory per device; drop "
                    "it, or quantize (quantization_config=phikit.Int4WeightOnlyConfig()) to fit a smaller budget"),
     "offload_folder": (_default(None), "phikit does not offload weights to disk; drop it (the weights are mapped "

@@ -1,0 +1,139 @@
+"""Tensor parallelism on CPU with gloo: two real rank processes (OMP_NUM_THREADS=1 each, a free loopback port, the
+process group destroyed in `finally`) load each tiny model with tp_plan="auto"; their logits equal the whole
+model's (fp32) and their 16 greedy tokens are the same, on every family shape that shards differently."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import phikit
+from phikit.parallel import TensorParallelError, assign_heads, valid_tp_values
+from phikit.parallel.heads import HeadShard
+
+from .common import WORKER, free_port, loopback_name, read_rank, run_ranks
+from .models import MODELS, NEW_TOKENS, PROMPT, save_all
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_all(str(tmp_path_factory.mktemp("tp_models")))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(checkpoints, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tp_out"))
+    run_ranks([WORKER, out, *checkpoints.values()])
+    return out
+
+
+def whole(folder: str):
+    model = phikit.AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor(PROMPT)
+    with torch.no_grad():
+        logits = model(ids).logits
+        tokens = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
+    return logits, tokens
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_tp2_logits_and_greedy_tokens_equal_the_whole_model(name, checkpoints, two_ranks):
+    logits, tokens = whole(checkpoints[name])
+    assert len(set(tokens[0, len(PROMPT[0]):].tolist())) > 1, "the probe needs tokens that vary"
+    for rank in (0, 1):
+        got, meta = read_rank(two_ranks, name, rank)
+        assert meta["tp"] == 2 and meta["rank"] == rank
+        torch.testing.assert_close(got["logits"], logits)
+        assert got["tokens"].tolist() == tokens.tolist()
+        assert meta["all_reduce_calls"] > 0
+
+
+def test_phi_parallel_block_needs_one_all_reduce_per_layer(checkpoints, two_ranks):
+    # the phi2 worker ran one forward of 2 layers, then a generate of 16 steps (prefill + 15 decode steps)
+    _, meta = read_rank(two_ranks, "phi2", 0)
+    assert meta["all_reduce_calls"] == 2 * (1 + 1 + NEW_TOKENS - 1)
+    _, meta = read_rank(two_ranks, "phi3", 0)  # sequential blocks: attention and MLP branches, one each
+    assert meta["all_reduce_calls"] == 2 * 2 * (1 + 1 + NEW_TOKENS - 1)
+
+
+@pytest.mark.parametrize("name", ["phi2", "phi3", "phi4mini", "phimoe"])
+def test_each_rank_reads_half_of_the_layer_weights(name, two_ranks):
+    for rank in (0, 1):
+        _, meta = read_rank(two_ranks, name, rank)
+        share = meta["layer_read"] / meta["layer_full"]
+        assert 0.49 < share < 0.52, (rank, share)  # norms and the router are replicated; biases on rank 0
+
+
+def test_replicated_kv_heads_are_read_once_per_rank(two_ranks):
+    # 6 query / 3 kv heads at tp=2: each rank holds 3 query heads and kv heads (0, 0, 1) or (1, 2, 2)
+    for rank in (0, 1):
+        _, meta = read_rank(two_ranks, "uneven_kv", rank)
+        assert (meta["q_heads"], meta["kv_heads"]) == (3, 3)
+        assert meta["layer_read"] / meta["layer_full"] < 0.6
+
+
+def test_under_torchrun(checkpoints, tmp_path):
+    out = str(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=loopback_name(),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), WORKER, out, checkpoints["phi4mini"]]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logits, tokens = whole(checkpoints["phi4mini"])
+    for rank in (0, 1):
+        got, _ = read_rank(out, "phi4mini", rank)
+        torch.testing.assert_close(got["logits"], logits)
+        assert got["tokens"].tolist() == tokens.tolist()
+
+
+def brute_force(num_heads: int, num_kv: int, tp: int, rank: int) -> HeadShard:
+    """The largest run length g' of consecutive local query heads that always share a kv head, found by trying
+    every divisor of the local head count."""
+    local = num_heads // tp
+    first = rank * local
+    kv_of = [h // (num_heads // num_kv) for h in range(first, first + local)]
+    for g in sorted((d for d in range(1, local + 1) if local % d == 0), reverse=True):
+        runs = [kv_of[i:i + g] for i in range(0, local, g)]
+        if all(len(set(run)) == 1 for run in runs):
+            return HeadShard(rank, tp, range(first, first + local), tuple(run[0] for run in runs))
+    raise AssertionError("unreachable: g' = 1 always works")
+
+
+@pytest.mark.parametrize("heads", [(40, 10, 4), (24, 8, 3), (32, 32, 8), (6, 3, 2), (6, 2, 2), (32, 8, 2)])
+def test_head_assignment_matches_brute_force(heads):
+    num_heads, num_kv, tp = heads
+    for rank in range(tp):
+        got = assign_heads(num_heads, num_kv, tp, rank)
+        assert got == brute_force(num_heads, num_kv, tp, rank)
+        for i, h in enumerate(got.q_heads):  # every local query head reads its own kv head
+            assert got.kv_heads[i // got.group] == h // (num_heads // num_kv)
+    # every kv head is held by some rank
+    assert set().union(*(assign_heads(num_heads, num_kv, tp, r).kv_heads for r in range(tp))) == set(range(num_kv))
+
+
+def test_phi3_medium_at_tp4_replicates_by_group():
+    assert [assign_heads(40, 10, 4, r).kv_heads for r in range(4)] == [
+        (0, 0, 1, 1, 2), (2, 3, 3, 4, 4), (5, 5, 6, 6, 7), (7, 8, 8, 9, 9)]
+
+
+def test_a_tp_that_cannot_work_names_the_heads_and_the_valid_values():
+    with pytest.raises(TensorParallelError, match=r"tp=3 does not divide num_attention_heads=40 "
+                                                  r"\(num_key_value_heads=10\).*1, 2, 4, 5, 8, 10, 20, 40"):
+        assign_heads(40, 10, 3, 0)
+    assert valid_tp_values(24) == [1, 2, 3, 4, 6, 8, 12, 24]
+
+
+def test_tp_plan_errors_name_the_fix(checkpoints, monkeypatch):
+    with pytest.raises(TensorParallelError, match="pass tp_plan='auto'"):
+        phikit.AutoModelForCausalLM.from_pretrained(checkpoints["phi3"], tp_plan={"layers.*": "colwise"})
+    with pytest.raises(TensorParallelError, match="only with tp_plan='auto'"):
+        phikit.AutoModelForCausalLM.from_pretrained(checkpoints["phi3"], tp_size=2)
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(TensorParallelError, match="torchrun --nproc-per-node N"):
+        phikit.AutoModelForCausalLM.from_pretrained(checkpoints["phi3"], tp_plan="auto")

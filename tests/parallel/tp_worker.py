@@ -1,0 +1,50 @@
+"""One tensor-parallel rank, started as torchrun would start it (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
+loads each model folder with tp_plan="auto", runs a forward and 16 greedy tokens, and writes, per model, the
+logits, the tokens and what it read from the checkpoint to <out>/<name>.rank<r>.safetensors.
+
+    python tests/parallel/tp_worker.py OUT FOLDER [FOLDER ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import phikit  # noqa: E402
+from tests.parallel.models import NEW_TOKENS, PROMPT  # noqa: E402
+
+
+def main(out: str, folders: list[str]) -> None:
+    try:
+        for folder in folders:
+            model = phikit.AutoModelForCausalLM.from_pretrained(folder, tp_plan="auto")
+            rank = dist.get_rank()
+            ids = torch.tensor(PROMPT)
+            with torch.no_grad():
+                logits = model(ids).logits
+                tokens = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
+            name = os.path.basename(folder)
+            tp = model.tensor_parallel
+            layer_read = sum(r for n, (r, _) in tp.reads.items() if ".layers." in n)
+            layer_full = sum(f for n, (_, f) in tp.reads.items() if ".layers." in n)
+            heads = model.model.layers[0].self_attn
+            meta = {"tp": tp.tp, "rank": tp.rank, "layer_read": layer_read, "layer_full": layer_full,
+                    "q_heads": heads.num_heads, "kv_heads": heads.num_kv_heads,
+                    "all_reduce_calls": tp.stats.all_reduce_calls}
+            save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()},
+                      os.path.join(out, f"{name}.rank{rank}.safetensors"), metadata={"meta": json.dumps(meta)})
+            dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
