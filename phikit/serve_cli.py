@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", choices=sorted(WEIGHT_FORMATS),
                    help="how weights are held (as phikit generate; default auto)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel ranks: this process and tp - 1 "
+                   "workers each hold a shard (default 1; on CPU it divides memory, not time: docs/ARCHITECTURE.md)")
     p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
                    help="let greedy outputs depend on the batch (faster); by default they equal solo runs")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                api_key=args.api_key or None, chat_template=args.chat_template, dtype=args.dtype,
                                weights=args.weights, device=args.device, deterministic=args.deterministic,
                                prefix_cache=args.prefix_cache, max_body_mb=args.max_body_mb,
-                               drain_timeout_s=args.drain_timeout_s, log_level=args.log_level)
+                               drain_timeout_s=args.drain_timeout_s, log_level=args.log_level, tp=args.tp)
         return serve(options)
     except KeyboardInterrupt:
         return 130

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..generation_config import merge_eos_ids
-from .forward import decode, prefill
+from .mirror import OPERATIONS, STOP
 from .outputs import ChoiceResult, RequestResult, StepOutput
 from .params import (ContextLengthError, EngineArgumentError, EngineClosedError, QueueFullError, SamplingParams)
 from .requests import Choice, Request, StopText
@@ -47,8 +47,10 @@ from .stats import EngineStats
 class Engine:
     def __init__(self, model, tokenizer=None, *, parallel: int = 4, ctx_size: int | None = None,
                  max_num_batched_tokens: int = 512, max_queue: int = 64, deterministic: bool = True,
-                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None, max_decode_rows: int = 8
-                 ) -> None:
+                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None, max_decode_rows: int = 8,
+                 mirror: Callable[[str, tuple], None] | None = None) -> None:
+        """`mirror` (tensor parallelism, `mirror.py`): called with each pool or model operation before it runs, so
+        worker ranks run the same step on their shards."""
         config = model.config
         limit = config.max_position_embeddings
         ctx_size = min(limit, 8192) if ctx_size is None else ctx_size
@@ -86,6 +88,13 @@ class Engine:
         self._stop = False
         self._stats = EngineStats()
         self._ids = itertools.count()
+        self._mirror = mirror
+
+    def _run(self, op: str, *args):
+        """A pool change or forward, sent to the worker ranks first where the model is sharded."""
+        if self._mirror is not None:
+            self._mirror(op, args)
+        return OPERATIONS[op](self.model, self.pool, *args)
 
     # ---------------------------------------------------------------- public API (any thread)
     def submit(self, prompt_token_ids: Sequence[int], params: SamplingParams,
@@ -176,6 +185,9 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        if self._mirror is not None:
+            self._mirror(STOP, ())  # the worker ranks return from `follow`
+            self._mirror = None
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
                  | None = None) -> list[RequestResult]:
@@ -284,18 +296,18 @@ class Engine:
             first = min(self._free, key=lambda s: pool.lengths[s])  # keep the longer cached prefixes for later
         self._free.remove(first)
         if best_len and best != first:
-            pool.copy_prefix(best, first, best_len)
-        pool.reset(first, best_len)
+            self._run("copy_prefix", best, first, best_len)
+        self._run("reset", first, best_len)
         if best_len:
             self._stats.prefix_hits += 1
             self._stats.prefix_hit_tokens += best_len
-        pool.pinned_long[first] = request.pinned_long
+        self._run("pin", first, request.pinned_long)
         request.prefilled = request.cached_tokens = best_len
         slots = [first]
         for _ in range(request.params.n - 1):
             slot = min(self._free, key=lambda s: pool.lengths[s])
             self._free.remove(slot)
-            pool.reset(slot)
+            self._run("reset", slot)
             slots.append(slot)
         return slots
 
@@ -324,7 +336,7 @@ class Engine:
     def _decode_group(self, group: list[Choice], ragged: bool) -> None:
         slots, tokens = [c.slot for c in group], [c.next_input for c in group]
         try:
-            logits = decode(self.model, self.pool, slots, tokens, ragged)
+            logits = self._run("decode", slots, tokens, ragged)
         except Exception as e:  # noqa: BLE001 - one request's fault must not stop the server
             if len(group) > 1:
                 for c in group:  # find the row that fails alone; the others go on
@@ -348,7 +360,7 @@ class Engine:
             slot = request.choices[0].slot
             tokens = request.prompt[request.prefilled:request.prefilled + chunk]
             try:
-                logits = prefill(self.model, self.pool, slot, tokens)
+                logits = self._run("prefill", slot, tokens)
             except Exception as e:  # noqa: BLE001
                 self._fail(request, e)
                 continue
@@ -357,7 +369,7 @@ class Engine:
             self._stats.prompt_tokens += chunk
             if request.prefilled == len(request.prompt):
                 for c in request.choices[1:]:
-                    self.pool.copy_prefix(slot, c.slot, len(request.prompt))
+                    self._run("copy_prefix", slot, c.slot, len(request.prompt))
                 for c in request.choices:
                     self._sample(c, logits)
             if budget <= 0:

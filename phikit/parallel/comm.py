@@ -39,6 +39,9 @@ class TensorParallel:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of each rank's partial x [..., hidden] (a new tensor where autograd needs one)."""
         start = time.perf_counter()
+        dtype = x.dtype
+        if dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
+            x = x.float()  # summed in fp32 and rounded once, as a whole model's fp32-accumulated product is
         if x.requires_grad:
             from torch.distributed.nn.functional import all_reduce
 
@@ -46,6 +49,7 @@ class TensorParallel:
         else:
             x = x.contiguous()
             dist.all_reduce(x, group=self.group)
+        x = x.to(dtype)
         self.stats.all_reduce_calls += 1
         self.stats.all_reduce_s += time.perf_counter() - start
         return x

@@ -50,6 +50,7 @@ class ServeOptions:
     max_body_mb: float = DEFAULT_MAX_BODY_MB
     drain_timeout_s: float = 30.0
     log_level: str = "warning"
+    tp: int = 1  # tensor-parallel ranks (server/tensor_parallel.py)
 
 
 def quantization_for(weights: str) -> Any:
@@ -67,13 +68,20 @@ def load_engine(options: ServeOptions) -> tuple[Any, Any]:
     from ..hf.auto import AutoModelForCausalLM
     from ..tokenizer.tokenization import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=options.dtype, device_map=options.device,
-                                                 quantization_config=quantization_for(options.weights))
+    mirror = None
+    if options.tp > 1:
+        from ..engine.mirror import Broadcast
+        from .tensor_parallel import load_sharded
+
+        model, mirror = load_sharded(options), Broadcast()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(options.model, dtype=options.dtype, device_map=options.device,
+                                                     quantization_config=quantization_for(options.weights))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     engine = Engine(model, tokenizer, parallel=options.parallel, ctx_size=options.ctx_size,
                     max_num_batched_tokens=options.max_num_batched_tokens, max_queue=options.max_queue,
-                    deterministic=options.deterministic, prefix_cache=options.prefix_cache)
+                    deterministic=options.deterministic, prefix_cache=options.prefix_cache, mirror=mirror)
     _warm_grammar_vocabulary(tokenizer, engine)
     engine.start()
     return engine, tokenizer
@@ -166,7 +174,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(options: ServeOptions) -> int:
-    """Run until SIGTERM / SIGINT; the exit status."""
+    """Run until SIGTERM / SIGINT; the exit status. With --tp N, rank 0 serves and starts the other ranks (under
+    torchrun, ranks k > 0 run the worker instead)."""
+    from . import tensor_parallel
+
+    if options.tp > 1 and tensor_parallel.under_torchrun() and int(os.environ["RANK"]) > 0:
+        return tensor_parallel.worker_main(options)
+    workers = tensor_parallel.start_workers(options) if options.tp > 1 else []
+    try:
+        return _serve(options)
+    finally:
+        tensor_parallel.stop_workers(workers)
+
+
+def _serve(options: ServeOptions) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("phikit: %(levelname)s: %(message)s"))
     if not log.handlers:
@@ -187,4 +208,9 @@ def serve(options: ServeOptions) -> int:
         if state.engine is not None:
             state.engine.shutdown()
         sock.close()
+        if options.tp > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return server.exit_code

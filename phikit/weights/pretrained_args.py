@@ -6,7 +6,8 @@ silent config attribute (`load_in_4bit=True` must not load an unquantized model)
 * honoured by `load_pretrained` itself (explicit parameters): config, cache_dir, ignore_mismatched_sizes,
   local_files_only, token, revision, use_safetensors, weights_only (True), disable_mmap, output_loading_info, dtype,
   torch_dtype, device_map (one device), quantization_config, subfolder, variant, generation_config, tqdm_class,
-  attn_implementation, trust_remote_code (never runs code: phikit implements every Phi family itself),
+  attn_implementation, tp_plan ("auto"), tp_size and device_mesh (tensor parallelism, phikit/parallel),
+  trust_remote_code (never runs code: phikit implements every Phi family itself),
   low_cpu_mem_usage (phikit always loads on the meta device first), force_download and proxies (for a local folder
   nothing is downloaded, so they change nothing; for a hub id they are refused, below);
 * `NO_OPS`: accepted where they change nothing a user can observe (each says why);

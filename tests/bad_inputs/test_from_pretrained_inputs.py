@@ -55,10 +55,11 @@ def refused(name: str, value, *extra: str) -> Case:
 ARGUMENT_CASES = [
     refused("load_in_4bit", True, "Int4WeightOnlyConfig"),
     refused("load_in_8bit", True, "Int8WeightOnlyConfig"),
-    refused("tp_plan", "auto", "tensor parallelism"),
-    refused("tp_size", 2, "tensor parallelism"),
-    refused("device_mesh", object(), "tensor parallelism"),
-    refused("distributed_config", {"tp_size": 2}, "tensor parallelism"),
+    refused("tp_plan", "auto", "torch.distributed process group", "torchrun"),  # outside torchrun
+    Case("refuses-tp_plan-dict", load(tp_plan={"layers.*": "colwise"}), ValueError, ("tp_plan", "tp_plan='auto'")),
+    refused("tp_size", 2, "only with tp_plan='auto'"),
+    refused("device_mesh", object(), "only with tp_plan='auto'"),
+    refused("distributed_config", {"tp_size": 2}, "FSDP", "tp_plan='auto'"),
     refused("max_memory", {0: "10GiB", "cpu": "30GiB"}, "one device"),
     refused("offload_folder", "offload", "offload"),
     refused("offload_buffers", True, "offload"),

@@ -137,3 +137,22 @@ def test_tp_plan_errors_name_the_fix(checkpoints, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(TensorParallelError, match="torchrun --nproc-per-node N"):
         phikit.AutoModelForCausalLM.from_pretrained(checkpoints["phi3"], tp_plan="auto")
+
+
+def test_engine_steps_broadcast_to_the_worker_rank(checkpoints, tmp_path):
+    """Batched (ragged) decode, n > 1 and prefix reuse on a sharded model: rank 0's engine gives the whole model's
+    greedy tokens while rank 1 mirrors every step."""
+    import json
+
+    from phikit.engine import Engine, SamplingParams
+
+    from .common import ROOT
+    from .engine_requests import REQUESTS
+
+    run_ranks([os.path.join(ROOT, "tests", "parallel", "engine_worker.py"), str(tmp_path), checkpoints["phi3"]])
+    got = json.loads((tmp_path / "engine.json").read_text())
+    model = phikit.AutoModelForCausalLM.from_pretrained(checkpoints["phi3"])
+    engine = Engine(model, None, parallel=4, ctx_size=64, deterministic=False)
+    want = engine.generate([r[0] for r in REQUESTS], [SamplingParams(**r[1]) for r in REQUESTS])
+    assert got == [[c.token_ids for c in r.choices] for r in want]
+    assert len(got[2]) == 2 and len(set(map(tuple, sum(got, [])))) > 1
