@@ -10,11 +10,14 @@ import torch
 _OPS = torch.ops.aten
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(weight: torch.Tensor, row_absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] -> (q int8 [N, K], scales [N] in weight's dtype). Rounds against the stored scale, so
-    dequantization reproduces exactly the values the error was minimised for."""
+    dequantization reproduces exactly the values the error was minimised for. `row_absmax` [N] (fp32): each row's
+    largest magnitude over more columns than `weight` holds (a tensor-parallel rank's columns of a whole row), so
+    the scales are the whole row's."""
     w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(weight.dtype)
+    absmax = w.abs().amax(dim=1) if row_absmax is None else row_absmax.float()
+    scales = (absmax / 127.0).clamp(min=1e-12).to(weight.dtype)
     q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scales
 

@@ -42,10 +42,12 @@ HEAD_INT8 = ("lm_head",)  # quantized to int8 per channel whatever the config (m
 
 # ----- building modules from tensors (the streaming interface) ---------------------------------------------------
 def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig,
-                           rows_done: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+                           rows_done: Callable[[int, int], None] | None = None,
+                           row_absmax: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One Linear weight [N, K] -> its quantized tensors in portable form: int8 {"qweight" int8 [N, K], "scales" [N]};
     int4 {"qweight" uint8 [N, K/2], "scales_and_zeros" [K/g, N, 2]}. Scales take the weight's dtype. Works in
-    slices of rows and calls `rows_done(a, b)` after each (a loader drops those rows' file pages)."""
+    slices of rows and calls `rows_done(a, b)` after each (a loader drops those rows' file pages). `row_absmax` [N]:
+    int8 scales from these row maxima instead of the weight's own (`quantize_int8`)."""
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"quantize_linear_weight needs a float [out, in] weight, got {weight.dtype} "
                          f"{tuple(weight.shape)}")
@@ -56,7 +58,8 @@ def quantize_linear_weight(weight: torch.Tensor, config: QuantConfig,
         hugepages.advise(q)  # before the first write: 2 MB pages where the host gives them on request
         scales = torch.empty(n, dtype=weight.dtype, device=weight.device)
         for a in range(0, n, rows):  # per-row math: slicing changes no value
-            q[a:a + rows], scales[a:a + rows] = quantize_int8(weight[a:a + rows])
+            q[a:a + rows], scales[a:a + rows] = quantize_int8(
+                weight[a:a + rows], None if row_absmax is None else row_absmax[a:a + rows])
             if rows_done is not None:
                 rows_done(a, min(n, a + rows))
         return {"qweight": q, "scales": scales}
@@ -140,17 +143,20 @@ class StreamingQuantizer:
         return param_name in self.pending
 
     def consume(self, model: nn.Module, param_name: str, weight: torch.Tensor,
-                rows_done: Callable[[int, int], None] | None = None) -> None:
+                rows_done: Callable[[int, int], None] | None = None,
+                row_absmax: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """Quantize `weight` and put the quantized module in place of the Linear `param_name` belongs to. A bias
         already loaded is kept; one set later lands on the new module under the same name. `rows_done(a, b)` is
-        called as rows [a, b) of `weight` are no longer needed."""
+        called as rows [a, b) of `weight` are no longer needed. `row_absmax(weight)`: the rows' maxima over the
+        whole row where `weight` holds only some of its columns (tensor parallelism), for int8 scales."""
         module_name = self.pending.pop(param_name)
         linear = model.get_submodule(module_name)
         if isinstance(self.config, LosslessBf16Config):  # the head too: lossless keeps every value
             model.set_submodule(module_name, LosslessBf16Linear.from_weight(weight, linear.bias, rows_done))
             return
         config = Int8WeightOnlyConfig() if _skipped(module_name, HEAD_INT8) else self.config
-        tensors = quantize_linear_weight(weight, config, rows_done)
+        absmax = row_absmax(weight) if row_absmax is not None and isinstance(config, Int8WeightOnlyConfig) else None
+        tensors = quantize_linear_weight(weight, config, rows_done, absmax)
         model.set_submodule(module_name, linear_from_quantized(tensors, config, linear.bias))
 
     def finish(self, model: nn.Module) -> nn.Module:

@@ -60,11 +60,12 @@ def finish(model: nn.Module) -> None:
     state: TensorParallel = model.tensor_parallel
     _, decoder = find_decoder(model)
     head = getattr(model, "lm_head", None)
-    if isinstance(head, nn.Linear):
+    if isinstance(head, nn.Module):  # nn.Linear, FastLinear, or a quantized linear the loader swapped in
         vocab = decoder.config.vocab_size
         if decoder.config.tie_word_embeddings:
             model.tie_weights()  # PreTrainedMixin.tie_weights takes the rank's rows (tied_head_rows)
-        head.out_features = head.weight.shape[0]
+        if isinstance(head, nn.Linear):
+            head.out_features = head.weight.shape[0]
         head.register_forward_hook(VocabGather(state, vocab))
     reduce = BranchReduce(state)
     for layer in decoder.layers:

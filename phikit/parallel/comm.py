@@ -54,6 +54,13 @@ class TensorParallel:
         self.stats.all_reduce_s += time.perf_counter() - start
         return x
 
+    def row_absmax(self, columns: torch.Tensor) -> torch.Tensor:
+        """columns [N, K/tp] of a column-sharded weight -> each whole row's largest magnitude [N] (fp32), so a
+        rank's int8 scales equal the whole model's."""
+        absmax = columns.detach().abs().amax(dim=1).float().contiguous()
+        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
+        return absmax
+
     def gather_last(self, x: torch.Tensor, total: int) -> torch.Tensor:
         """x [..., this rank's part of `total`] -> [..., total]: the parts of every rank in rank order."""
         start = time.perf_counter()

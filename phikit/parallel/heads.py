@@ -64,14 +64,21 @@ def assign_heads(num_heads: int, num_kv_heads: int, tp: int, rank: int) -> HeadS
     return HeadShard(rank, tp, range(first, first + local), kv)
 
 
-def split_sizes(total: int, tp: int) -> list[int]:
-    """`total` rows in tp near-equal consecutive parts, the larger ones first."""
-    base, extra = divmod(total, tp)
-    return [base + (1 if r < extra else 0) for r in range(tp)]
+def split_sizes(total: int, tp: int, align: int = 1) -> list[int]:
+    """`total` rows in tp near-equal consecutive parts, the larger ones first, each a multiple of `align` (which
+    must divide `total`)."""
+    base, extra = divmod(total // align, tp)
+    return [(base + (1 if r < extra else 0)) * align for r in range(tp)]
 
 
-def part(total: int, tp: int, rank: int) -> tuple[int, int]:
+def alignment(total: int) -> int:
+    """The block an intermediate size is split in: the largest of 128, 64, 32, 16 that divides it (so each part
+    keeps whole int4 groups and the kernels' column multiples), else 1."""
+    return next((a for a in (128, 64, 32, 16) if total % a == 0), 1)
+
+
+def part(total: int, tp: int, rank: int, align: int = 1) -> tuple[int, int]:
     """[start, stop) of rank's part of `total` rows (`split_sizes`)."""
-    sizes = split_sizes(total, tp)
+    sizes = split_sizes(total, tp, align)
     start = sum(sizes[:rank])
     return start, start + sizes[rank]

@@ -25,7 +25,7 @@ import torch.nn as nn
 from ..model.decoder import Attention, Decoder, DecoderLayer
 from ..model.layers import FcMLP, GatedMLP
 from ..model.moe import SparseMoE
-from .heads import HeadShard, assign_heads, part
+from .heads import HeadShard, alignment, assign_heads, part
 
 Piece = tuple[int, int]  # [start, stop) along the shard's dimension
 
@@ -111,7 +111,7 @@ def shard_plan(model: nn.Module, tp: int, rank: int) -> dict[str, Shard]:
         plan[name] = Shard(tuple(shape), rank0_only=True, rank=rank)
 
     inter = config.intermediate_size
-    lo, hi = part(inter, tp, rank)
+    lo, hi = part(inter, tp, rank, alignment(inter))
     for i, layer in enumerate(decoder.layers):
         p = f"{prefix}layers.{i}."
         attn: Attention = layer.self_attn

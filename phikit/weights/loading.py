@@ -235,7 +235,8 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
         placed = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
         release_rows = _file_rows(placed, tensor, reader, source.names) if placed.device.type == "cpu" else None
         if quantizer is not None and quantizer.wants(name):
-            quantizer.consume(model, name, placed, release_rows)  # the float rows go as they are quantized
+            whole_rows = model.tensor_parallel.row_absmax if shard is not None and shard.dim == 1 else None
+            quantizer.consume(model, name, placed, release_rows, whole_rows)  # float rows go as they are quantized
             for src in source.names:
                 reader.release(src)
             _return_freed_memory()

@@ -156,3 +156,26 @@ def test_engine_steps_broadcast_to_the_worker_rank(checkpoints, tmp_path):
     want = engine.generate([r[0] for r in REQUESTS], [SamplingParams(**r[1]) for r in REQUESTS])
     assert got == [[c.token_ids for c in r.choices] for r in want]
     assert len(got[2]) == 2 and len(set(map(tuple, sum(got, [])))) > 1
+
+
+def test_bf16_and_quantized_shards(checkpoints, tmp_path):
+    """The other weight formats load sharded too, each quantized as the whole model is: int4 groups never straddle
+    ranks (the intermediate size is split in blocks of 32-128), and int8's per-row scales of a column-sharded
+    projection (o_proj, down_proj) come from the whole row (an all-reduce of the row maxima while loading), so both
+    equal the whole quantized model up to fp32 summation order. bf16 rounds each rank's partial sums (bf16
+    tolerance)."""
+    from safetensors.torch import load_file
+
+    from .common import ROOT
+    from .formats_worker import FORMATS, run
+
+    folder = checkpoints["phi3"]
+    run_ranks([os.path.join(ROOT, "tests", "parallel", "formats_worker.py"), str(tmp_path), folder])
+    tolerance = {"bf16": 0.1, "int8": 1e-4, "int4": 1e-4}
+    for name, kwargs in FORMATS.items():
+        want = run(phikit.AutoModelForCausalLM.from_pretrained(folder, **kwargs))
+        for rank in (0, 1):
+            got = load_file(str(tmp_path / f"{name}.rank{rank}.safetensors"))
+            torch.testing.assert_close(got["logits"], want["logits"], atol=tolerance[name], rtol=0)
+            if name != "bf16":
+                assert got["tokens"].tolist() == want["tokens"].tolist()
