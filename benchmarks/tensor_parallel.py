@@ -5,7 +5,8 @@ process, 2 threads) on the same random bf16 checkpoint, decode and prefill, with
 
 Each mode runs in fresh processes, alternating (tp1, tp2, tp1-unfused, ...) for --rounds rounds; medians are printed.
 `tp1-unfused` is tp=1 with the fused one-call decode step switched off (as it is under tp>1), which separates what
-sharding costs from what losing the fused step costs. Decode tok/s: (N - 1) tokens over the time from the first
+sharding costs from what losing the fused step costs; `tp2-gloo` is tp=2 with every all-reduce through gloo instead
+of the shared-memory one (PHIKIT_TP_SHM=0). Decode tok/s: (N - 1) tokens over the time from the first
 generated token to the last of one greedy generate(); prefill tok/s: one forward of --prompt tokens (median of 3).
 The checkpoint is phikit/bench's (written once to ~/.cache/phikit/bench/<shape>).
 """
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = {"tp1": (1, 2), "tp2": (2, 1), "tp1-unfused": (1, 2)}  # mode -> (ranks, threads per rank)
+# mode -> (ranks, threads per rank); tp2-gloo: every all-reduce through gloo (PHIKIT_TP_SHM=0)
+MODES = {"tp1": (1, 2), "tp2": (2, 1), "tp2-gloo": (2, 1), "tp1-unfused": (1, 2)}
 
 
 def child(folder: str, mode: str, prompt: int, tokens: int) -> None:
@@ -64,6 +66,17 @@ def child(folder: str, mode: str, prompt: int, tokens: int) -> None:
             result["all_reduce_ms_per_token"] = 1e3 * stats.all_reduce_s / tokens
             result["all_reduce_calls_per_token"] = stats.all_reduce_calls / tokens
             result["gather_ms_per_token"] = 1e3 * stats.gather_s / tokens
+            # the collective alone: one decode step's hidden state [1, 1, hidden] fp32, both ranks at it together
+            # (the in-model time above also holds the wait for the slower rank); phikit's reducer, then gloo's
+            x = torch.zeros(1, 1, model.config.hidden_size)
+            for key, reduce in (("all_reduce_alone_us", model.tensor_parallel.all_reduce),
+                                ("gloo_all_reduce_alone_us", dist.all_reduce)):
+                dist.barrier()
+                start = time.perf_counter()
+                for _ in range(200):
+                    reduce(x)
+                result[key] = 1e6 * (time.perf_counter() - start) / 200
+            result["reducer"] = model.tensor_parallel.reducer
         if ranks == 1 or dist.get_rank() == 0:
             print("RESULT " + json.dumps(result), flush=True)
     finally:
@@ -83,6 +96,8 @@ def run(folder: str, mode: str, prompt: int, tokens: int) -> dict:
     procs = []
     for rank in range(ranks):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
+        if mode == "tp2-gloo":
+            env["PHIKIT_TP_SHM"] = "0"
         if ranks > 1:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
@@ -119,18 +134,23 @@ def main() -> None:
         for mode in MODES:
             results[mode].append(run(folder, mode, args.prompt, args.tokens))
             print(json.dumps(results[mode][-1]), flush=True)
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "mode"} for m, rs in results.items()}
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("mode", "reducer")}
+           for m, rs in results.items()}
     print(f"\n{args.shape}, bf16, {args.prompt}-token prefill, {args.tokens} decode tokens, medians of {args.rounds}")
-    print("| mode | ranks x threads | prefill tok/s | decode tok/s | all-reduce ms/token | gather ms/token |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | ranks x threads | prefill tok/s | decode tok/s | all-reduce ms/token (in the model) | "
+          "gather ms/token | one all-reduce alone, us (gloo's) |")
+    print("|---|---|---|---|---|---|---|")
     for m, r in med.items():
         ranks, threads = MODES[m]
         print(f"| {m} | {ranks} x {threads} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
-              f"{r.get('all_reduce_ms_per_token', 0):.2f} | {r.get('gather_ms_per_token', 0):.2f} |")
+              f"{r.get('all_reduce_ms_per_token', 0):.2f} | {r.get('gather_ms_per_token', 0):.2f} | "
+              f"{r.get('all_reduce_alone_us', 0):.0f} ({r.get('gloo_all_reduce_alone_us', 0):.0f}) |")
     base = med["tp1"]
     print(f"\ntp2 / tp1: prefill {med['tp2']['prefill_tok_s'] / base['prefill_tok_s']:.2f}x, decode "
           f"{med['tp2']['decode_tok_s'] / base['decode_tok_s']:.2f}x; tp2 / tp1-unfused decode "
-          f"{med['tp2']['decode_tok_s'] / med['tp1-unfused']['decode_tok_s']:.2f}x")
+          f"{med['tp2']['decode_tok_s'] / med['tp1-unfused']['decode_tok_s']:.2f}x; shared-memory / gloo all-reduce: "
+          f"decode {med['tp2']['decode_tok_s'] / med['tp2-gloo']['decode_tok_s']:.2f}x, prefill "
+          f"{med['tp2']['prefill_tok_s'] / med['tp2-gloo']['prefill_tok_s']:.2f}x")
 
 
 if __name__ == "__main__":

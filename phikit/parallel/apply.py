@@ -25,6 +25,7 @@ def _setup(model: nn.Module, tp_size: Any, device_mesh: Any, device: torch.devic
     group, rank, tp = resolve_group(tp_size, device_mesh, device)
     check_tp(config.num_attention_heads, config.num_key_value_heads, tp)
     state = TensorParallel(group, rank, tp)
+    state.choose_reducer(device)
     plan = shard_plan(model, tp, rank)
     localise(model, plan, tp, rank)
     model.tensor_parallel = state

@@ -4,13 +4,17 @@ benchmark can state what communication costs per token."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from . import shm
 from .heads import split_sizes
+from .shm import ShmAllReduce
 
 
 @dataclass
@@ -35,6 +39,18 @@ class TensorParallel:
     # parameter -> (checkpoint bytes this rank copied while loading it, bytes of the whole tensor)
     reads: dict[str, tuple[int, int]] = field(default_factory=dict)
     stats: CommStats = field(default_factory=CommStats)
+    shm: ShmAllReduce | None = None  # the shared-memory all-reduce where it was chosen at load (shm.py)
+
+    def choose_reducer(self, device: torch.device) -> None:
+        """At load: the shared-memory all-reduce where every rank is on this x86-64 machine (all ranks decide
+        alike), else gloo / NCCL's."""
+        if (self.tp > 1 and device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64")
+                and os.environ.get("PHIKIT_TP_SHM", "1") != "0" and shm.same_machine(self.group)):
+            self.shm = shm.create(self.group, self.rank, self.tp)
+
+    @property
+    def reducer(self) -> str:
+        return "shared memory" if self.shm is not None else dist.get_backend(self.group)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of each rank's partial x [..., hidden] (a new tensor where autograd needs one)."""
@@ -46,6 +62,8 @@ class TensorParallel:
             from torch.distributed.nn.functional import all_reduce
 
             x = all_reduce(x, group=self.group)
+        elif self.shm is not None and self.shm.fits(x):
+            x = self.shm(x.contiguous())
         else:
             x = x.contiguous()
             dist.all_reduce(x, group=self.group)

@@ -71,10 +71,13 @@ def split_sizes(total: int, tp: int, align: int = 1) -> list[int]:
     return [(base + (1 if r < extra else 0)) * align for r in range(tp)]
 
 
-def alignment(total: int) -> int:
-    """The block an intermediate size is split in: the largest of 128, 64, 32, 16 that divides it (so each part
-    keeps whole int4 groups and the kernels' column multiples), else 1."""
-    return next((a for a in (128, 64, 32, 16) if total % a == 0), 1)
+def alignment(total: int, tp: int) -> int:
+    """The block an intermediate size is split in, so each part keeps whole int4 groups and the kernels' column
+    multiples: the largest of 128, 64, 32, 16 that gives every rank an equal part; else the largest that divides it
+    into at least tp blocks (parts differ by one block: 8192 at tp=3 -> 2816, 2688, 2688); else 1."""
+    blocks = (128, 64, 32, 16)
+    return next((a for a in blocks if total % (a * tp) == 0),
+                next((a for a in blocks if total % a == 0 and total // a >= tp), 1))
 
 
 def part(total: int, tp: int, rank: int, align: int = 1) -> tuple[int, int]:

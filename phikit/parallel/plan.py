@@ -111,7 +111,7 @@ def shard_plan(model: nn.Module, tp: int, rank: int) -> dict[str, Shard]:
         plan[name] = Shard(tuple(shape), rank0_only=True, rank=rank)
 
     inter = config.intermediate_size
-    lo, hi = part(inter, tp, rank, alignment(inter))
+    lo, hi = part(inter, tp, rank, alignment(inter, tp))
     for i, layer in enumerate(decoder.layers):
         p = f"{prefix}layers.{i}."
         attn: Attention = layer.self_attn

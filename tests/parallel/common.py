@@ -33,10 +33,11 @@ def loopback_name() -> str:
     return "lo" if "lo" in names else names[0]
 
 
-def run_ranks(args: list[str], world: int = 2, timeout: float = 600) -> None:
-    """Start `world` ranks of `python <args>` and wait for all; a failing rank fails with its output."""
+def run_ranks(args: list[str], world: int = 2, timeout: float = 600, **env: str) -> None:
+    """Start `world` ranks of `python <args>` (extra environment `env`) and wait for all; a failing rank fails
+    with its output."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, *args], env=rank_env(r, world, port), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, *args], env={**rank_env(r, world, port), **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(world)]
     outputs = []
     try:

@@ -14,7 +14,7 @@ MODELS = {
     "phi2": (phikit.PhiForCausalLM, dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                           num_attention_heads=4, partial_rotary_factor=0.5, qk_layernorm=True)),
     # Phi-3-like: fused qkv_proj and gate_up_proj, RMSNorm, SiLU, no biases, sliding window
-    "phi3": (phikit.Phi3ForCausalLM, dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    "phi3": (phikit.Phi3ForCausalLM, dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=4, sliding_window=24,
                                            pad_token_id=0, bos_token_id=1, eos_token_id=2)),
     # Phi-4-mini-like: GQA 6 / 2, partial rotary, tied head

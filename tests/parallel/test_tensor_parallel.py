@@ -52,6 +52,26 @@ def test_tp2_logits_and_greedy_tokens_equal_the_whole_model(name, checkpoints, t
         assert meta["all_reduce_calls"] > 0
 
 
+def test_shared_memory_all_reduce_is_chosen_on_one_x86_machine(two_ranks):
+    import platform
+
+    _, meta = read_rank(two_ranks, "phi3", 0)
+    want = "shared memory" if platform.machine().lower() in ("x86_64", "amd64") else "gloo"
+    assert meta["reducer"] == want
+
+
+def test_gloo_all_reduce_gives_the_same_tokens(checkpoints, tmp_path):
+    """PHIKIT_TP_SHM=0: every all-reduce through gloo (the path where ranks are on several machines)."""
+    names = ["phi2", "phimoe"]
+    run_ranks([WORKER, str(tmp_path), *(checkpoints[n] for n in names)], PHIKIT_TP_SHM="0")
+    for name in names:
+        logits, tokens = whole(checkpoints[name])
+        got, meta = read_rank(str(tmp_path), name, 1)
+        assert meta["reducer"] == "gloo"
+        torch.testing.assert_close(got["logits"], logits)
+        assert got["tokens"].tolist() == tokens.tolist()
+
+
 def test_phi_parallel_block_needs_one_all_reduce_per_layer(checkpoints, two_ranks):
     # the phi2 worker ran one forward of 2 layers, then a generate of 16 steps (prefill + 15 decode steps)
     _, meta = read_rank(two_ranks, "phi2", 0)
@@ -114,6 +134,15 @@ def test_head_assignment_matches_brute_force(heads):
             assert got.kv_heads[i // got.group] == h // (num_heads // num_kv)
     # every kv head is held by some rank
     assert set().union(*(assign_heads(num_heads, num_kv, tp, r).kv_heads for r in range(tp))) == set(range(num_kv))
+
+
+def test_intermediate_parts_keep_whole_blocks():
+    from phikit.parallel.heads import alignment, split_sizes
+
+    assert split_sizes(8192, 2, alignment(8192, 2)) == [4096, 4096]
+    assert split_sizes(8192, 3, alignment(8192, 3)) == [2816, 2688, 2688]  # whole 128-column int4 groups
+    assert split_sizes(17920, 4, alignment(17920, 4)) == [4480] * 4  # Phi-3-medium
+    assert split_sizes(100, 2, alignment(100, 2)) == [50, 50]
 
 
 def test_phi3_medium_at_tp4_replicates_by_group():

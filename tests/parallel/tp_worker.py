@@ -37,7 +37,7 @@ def main(out: str, folders: list[str]) -> None:
             heads = model.model.layers[0].self_attn
             meta = {"tp": tp.tp, "rank": tp.rank, "layer_read": layer_read, "layer_full": layer_full,
                     "q_heads": heads.num_heads, "kv_heads": heads.num_kv_heads,
-                    "all_reduce_calls": tp.stats.all_reduce_calls}
+                    "all_reduce_calls": tp.stats.all_reduce_calls, "reducer": tp.reducer}
             save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()},
                       os.path.join(out, f"{name}.rank{rank}.safetensors"), metadata={"meta": json.dumps(meta)})
             dist.barrier()
