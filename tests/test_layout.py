@@ -38,8 +38,9 @@ MAY_IMPORT = {
     # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams
     "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured"),
     # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
+    # (ray_serve.py: the bundled model's path)
     "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tool_calls", "phikit.tokenizer",
-                      "phikit.hf", "phikit.parallel",
+                      "phikit.hf", "phikit.parallel", "phikit.bundled",
                       "phikit.formats",
                       "phikit.generation_config", "phikit.errors"),
 }
