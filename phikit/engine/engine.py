@@ -159,6 +159,11 @@ class Engine:
             s.decode_rows_histogram.clear()
             return out
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine's thread runs (False before `start`, after `shutdown`, or once it crashed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="phikit-engine", daemon=True)

@@ -86,6 +86,9 @@ class PreTrainedMixin:
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
         """Resize the vocabulary rows (embedding, and an untied lm_head) as transformers does; see hf/resize.py."""
+        if getattr(self, "tensor_parallel", None) is not None:
+            raise ValueError("resize_token_embeddings on a tensor-parallel shard (tp_plan='auto') would resize one "
+                             "rank's vocabulary rows only; resize the whole model, save it, then load it sharded")
         from .resize import resize_token_embeddings
 
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)

@@ -8,10 +8,9 @@ from fastapi import FastAPI
 
 from . import errors
 from .middleware import APIKeyMiddleware, BodyLimitMiddleware
+from .options import DEFAULT_MAX_BODY_MB
 from .routes import router
 from .state import ServerState
-
-DEFAULT_MAX_BODY_MB = 16.0
 
 
 def create_app(engine: Any, tokenizer: Any, served_model_name: str, *, api_key: str | None = None,

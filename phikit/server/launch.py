@@ -14,52 +14,17 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
-from .app import DEFAULT_MAX_BODY_MB, create_app
+from .app import create_app
 from .chat import read_chat_template
+from .options import ServeOptions, quantization_for  # noqa: F401 - ServeOptions is imported from here too
 from .state import ServerState
 
 log = logging.getLogger("phikit.server")
 GRACEFUL_SHUTDOWN_S = 5.0  # after the engine drained: how long uvicorn waits for responses to finish sending
-
-
-@dataclass
-class ServeOptions:
-    """`phikit serve`'s flags."""
-
-    model: str
-    served_model_name: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    port_file: str | None = None
-    parallel: int = 4
-    ctx_size: int | None = None
-    max_num_batched_tokens: int = 512
-    max_queue: int = 64
-    api_key: str | None = None
-    chat_template: str | None = None  # a file
-    dtype: str = "auto"
-    weights: str = "auto"
-    device: str | None = None
-    deterministic: bool = True
-    prefix_cache: bool = True
-    max_body_mb: float = DEFAULT_MAX_BODY_MB
-    drain_timeout_s: float = 30.0
-    log_level: str = "warning"
-    tp: int = 1  # tensor-parallel ranks (server/tensor_parallel.py)
-
-
-def quantization_for(weights: str) -> Any:
-    """The `quantization_config` of a `--weights` choice (as `phikit generate`)."""
-    from ..formats.configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
-    from ..formats.lossless import LosslessBf16Config
-
-    return {"auto": LosslessBf16Config(required=False), "plain": None, "lossless": LosslessBf16Config(),
-            "int8": Int8WeightOnlyConfig(), "int4": Int4WeightOnlyConfig(group_size=128)}[weights]
 
 
 def load_engine(options: ServeOptions) -> tuple[Any, Any]:

@@ -72,8 +72,7 @@ class PhikitDeployment:
 
     def check_health(self) -> None:
         """Ray Serve calls this every `health_check_period_s`; raising marks the replica unhealthy (it is replaced)."""
-        thread = getattr(self.engine, "_thread", None)  # Engine.start() made it; it ends only on shutdown or a crash
-        if thread is None or not thread.is_alive():
+        if not self.engine.alive:  # Engine.start() made its thread; it ends only on shutdown or a crash
             raise RuntimeError("phikit: the engine's thread is not running; this replica cannot serve")
 
     async def __del__(self) -> None:

@@ -39,7 +39,10 @@ def _served(request: Request, model: str | None) -> ServerState:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    status = _state(request).status
+    state = _state(request)
+    status = state.status
+    if status == "ok" and not state.engine.alive:  # the engine's thread is gone: nothing will be served
+        status = "engine stopped"
     return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
 

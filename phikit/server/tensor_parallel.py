@@ -81,7 +81,7 @@ def init_group(device: str | None) -> None:
 def load_sharded(options: Any):
     """This rank's shard of options.model."""
     from ..hf.auto import AutoModelForCausalLM
-    from .launch import quantization_for
+    from .options import quantization_for
 
     init_group(options.device)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=options.dtype, device_map=options.device,
@@ -128,7 +128,7 @@ def worker_main(options: Any) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from .launch import ServeOptions
+    from .options import ServeOptions
 
     return worker_main(ServeOptions(**json.loads(argv[0])))
 

@@ -323,6 +323,10 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, max_shard_size:
     and phikit both load. Tied lm_head weights are not written twice."""
     from .checkpoint import write_safetensors
 
+    if getattr(model, "tensor_parallel", None) is not None:
+        raise ValueError(f"this model is rank {model.tensor_parallel.rank}'s shard of a tp={model.tensor_parallel.tp} "
+                         f"model (tp_plan='auto'); saving it would write a partial checkpoint. Save from a model "
+                         f"loaded without tp_plan")
     if not safe_serialization:
         raise ValueError("phikit writes safetensors only (pickles can run code when loaded); drop "
                          "safe_serialization=False")

@@ -40,6 +40,14 @@ def main(out: str, folders: list[str]) -> None:
                     "all_reduce_calls": tp.stats.all_reduce_calls, "reducer": tp.reducer}
             save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()},
                       os.path.join(out, f"{name}.rank{rank}.safetensors"), metadata={"meta": json.dumps(meta)})
+            for refused in (lambda: model.save_pretrained(os.path.join(out, "never")),
+                            lambda: model.resize_token_embeddings(200)):
+                try:
+                    refused()
+                except ValueError as e:
+                    assert "tp_plan" in str(e), e
+                else:
+                    raise AssertionError("a shard must refuse to be saved or resized")
             dist.barrier()
     finally:
         if dist.is_initialized():

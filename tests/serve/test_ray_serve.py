@@ -10,8 +10,6 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -110,19 +108,21 @@ def test_two_replicas_answer_chat_and_completion_as_generate(ray_url, model):
     assert [m.id for m in client.models.list().data] == [SERVED]
 
 
-def test_check_health_fails_once_the_engine_thread_has_died():
+def test_check_health_fails_unless_the_engine_thread_runs():
+    """A real engine on the bundled model: not started, running, shut down."""
+    from phikit import AutoModelForCausalLM
+    from phikit.bundled import default_model_path
+    from phikit.engine import Engine
+
     check_health = ray_serve.PhikitDeployment.func_or_class.check_health
-    stopped = threading.Thread(target=lambda: None)
-    stopped.start()
-    stopped.join()
+    replica = SimpleNamespace(engine=Engine(AutoModelForCausalLM.from_pretrained(default_model_path()), parallel=1))
     with pytest.raises(RuntimeError, match="engine's thread is not running"):
-        check_health(SimpleNamespace(engine=SimpleNamespace(_thread=stopped)))
+        check_health(replica)  # never started
+    replica.engine.start()
+    check_health(replica)
+    replica.engine.shutdown()
     with pytest.raises(RuntimeError, match="engine's thread is not running"):
-        check_health(SimpleNamespace(engine=SimpleNamespace(_thread=None)))  # never started, or shut down
-    alive = threading.Thread(target=time.sleep, args=(0.5,))
-    alive.start()
-    check_health(SimpleNamespace(engine=SimpleNamespace(_thread=alive)))
-    alive.join()
+        check_health(replica)
 
 
 def test_app_builder_takes_serve_run_strings():
