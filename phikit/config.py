@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -162,6 +162,10 @@ class PhiKitConfig:
         """Read `config.json` from a local folder (or the file itself), through the one reader
         (`config_files.read_config_dict`)."""
         return cls.from_dict(read_config_dict(path), **overrides)
+
+    def __iter__(self) -> Iterator[str]:
+        """The attribute names, as transformers' configs iterate (so `"text_config" in config` works, as PEFT asks)."""
+        return iter([k for k in self.__dict__ if not k.startswith("_")])
 
     def to_dict(self) -> dict[str, Any]:
         """The `config.json` dict: every field, `rope_parameters` in normalised form, plus `model_type` and (as

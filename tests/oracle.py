@@ -90,10 +90,11 @@ def to_hf_state_dict(config: phikit.PhiKitConfig, state: dict[str, torch.Tensor]
     if config.model_type != "phimoe":
         return dict(state)
     out = {}
+    root = "model." if any(k.startswith("model.") for k in state) else ""  # a head class, or the bare model
     for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}.block_sparse_moe."
+        prefix = f"{root}layers.{i}.block_sparse_moe."
         experts = range(config.num_local_experts)
-        target = f"model.layers.{i}.mlp."
+        target = f"{root}layers.{i}.mlp."
         out[target + "router.weight"] = state[prefix + "gate.weight"]
         out[target + "experts.gate_up_proj"] = torch.stack(
             [torch.cat((state[f"{prefix}experts.{e}.w1.weight"], state[f"{prefix}experts.{e}.w3.weight"]))

@@ -34,6 +34,34 @@ class GenerationMixin:
 
         return compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits)
 
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, past_key_values: Any = None,
+                                      attention_mask: torch.Tensor | None = None, inputs_embeds: Any = None,
+                                      cache_position: torch.Tensor | None = None, use_cache: bool = True,
+                                      logits_to_keep: int | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The forward arguments of one generation step (transformers' contract): input_ids [B, L] holds every
+        token so far; only those the cache lacks go in, with rope positions counted from each row's first real
+        token: the arguments `step.forward_step` gives every forward of `generate()`, for tools that call it
+        (PEFT's `PeftModelForCausalLM` reads it). Extra keyword arguments pass through to `forward`."""
+        from .step import rope_positions
+
+        seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = rope_positions(attention_mask)
+        if cache_position is None:
+            cache_position = torch.arange(seen, input_ids.shape[1], device=input_ids.device)
+        out: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": positions[:, seen:],
+                               "past_key_values": past_key_values, "use_cache": use_cache and past_key_values
+                               is not None, "cache_position": cache_position}
+        if inputs_embeds is not None and seen == 0:
+            out["inputs_embeds"] = inputs_embeds
+        else:
+            out["input_ids"] = input_ids[:, seen:]
+        if logits_to_keep is not None:
+            out["logits_to_keep"] = logits_to_keep
+        out.update(kwargs)
+        return out
+
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
                  generation_config: GenerationConfig | None = None, logits_processor: list | None = None,
@@ -51,6 +79,14 @@ class GenerationMixin:
         `phikit.structured.Grammar`, with `tokenizer=`) constrains every row to the grammar (greedy or sampling) and
         ends it with a stop id when the grammar is complete.
         """
+        if "prepare_inputs_for_generation" in vars(self):
+            # PEFT installs its own on the model it wraps only for prompt learning (prompt / prefix tuning,
+            # p-tuning), whose virtual tokens change what the cache holds; phikit's loops feed the tokens the cache
+            # lacks themselves, so that adapter would be silently ignored
+            raise GenerationArgumentError(
+                "generate() was given a replaced prepare_inputs_for_generation (a PEFT prompt-learning adapter: "
+                "prompt tuning, prefix tuning or p-tuning); phikit's generate does not run those. Use a LoRA "
+                "adapter (PEFT or phikit.lora), or call forward with the virtual-token embeddings yourself")
         config = self.config
         input_ids, attention_mask = split_generate_inputs(inputs, kwargs, config.vocab_size)
         tokenizer = kwargs.pop("tokenizer", None)

@@ -6,6 +6,7 @@ checkpoint parameter names (`model.layers.0...`, `lm_head`, `score`). Family dif
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -155,14 +156,15 @@ class UnknownForwardArgument(GenerationArgumentError, TypeError):
     """forward() got an argument it does not take, or one of the wrong kind."""
 
 
-def _reject_unknown(kwargs: dict[str, Any]) -> None:
+def _reject_unknown(kwargs: dict[str, Any], forward: Any) -> None:
+    """Refuse keyword arguments `forward` (a bound method) does not take, naming the ones it does."""
     # Keys transformers' generate or Trainer may pass that carry no meaning here.
     for key in ("num_items_in_batch", "output_router_logits", "token_type_ids"):
         kwargs.pop(key, None)
     if kwargs:
-        raise UnknownForwardArgument(f"forward() got unexpected arguments {sorted(kwargs)}; phikit models take input_ids, "
-                        f"attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache, "
-                        f"output_attentions, output_hidden_states, cache_position, logits_to_keep, return_dict")
+        takes = [n for n in inspect.signature(forward).parameters if n != "kwargs"]
+        raise UnknownForwardArgument(f"forward() got unexpected arguments {sorted(kwargs)}; "
+                                     f"{type(forward.__self__).__name__}.forward takes {', '.join(takes)}")
 
 
 def _input_shape(input_ids: Any, inputs_embeds: Any) -> tuple[int, int] | None:
@@ -191,7 +193,13 @@ class DecoderModel(PreTrainedMixin, Decoder):
         past_key_values (the cache, when use_cache), hidden_states (embeddings + one per layer, the last one
         normed) and attentions ([B, H, T, S] per layer) when asked.
         """
-        _reject_unknown(kwargs)
+        if kwargs.get("labels", 0) is None:
+            del kwargs["labels"]  # a wrapper (PEFT without a task type) passes labels=None to a bare model
+        if "labels" in kwargs:
+            raise UnknownForwardArgument(f"{type(self).__name__} returns hidden states and computes no loss, so it "
+                                         f"takes no labels; load a ...ForCausalLM / ...ForSequenceClassification "
+                                         f"class for a loss")
+        _reject_unknown(kwargs, self.forward)
         trunk, cache = self._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                    use_cache, output_attentions, output_hidden_states, cache_position,
                                    output_router_logits)
@@ -266,7 +274,7 @@ class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
         T' = T, or the last `logits_to_keep` positions (an int), or the positions a 1D index tensor names.
         `labels` [B, T] (-100 = ignore) gives the mean next-token cross entropy in `loss`."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        _reject_unknown(kwargs)
+        _reject_unknown(kwargs, self.forward)
         if labels is not None and (shape := _input_shape(input_ids, inputs_embeds)) is not None:
             check_labels("labels", labels, shape, self.config.vocab_size, "vocab_size")
         is_moe = self.config.architecture().mlp == "moe"
@@ -316,7 +324,7 @@ class SequenceClassification(PreTrainedMixin, nn.Module):
                 cache_position: torch.LongTensor | None = None, **kwargs: Any):
         """Returns `SequenceClassifierOutputWithPast` with logits [B, num_labels] taken at the last real token:
         the last position the attention mask marks, else the last token that is not `pad_token_id`."""
-        _reject_unknown(kwargs)
+        _reject_unknown(kwargs, self.forward)
         trunk, cache = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                          use_cache, output_attentions, output_hidden_states, cache_position, False)
         logits = self.score(trunk.last_hidden_state)  # [B, T, num_labels]
@@ -369,7 +377,7 @@ class TokenClassification(PreTrainedMixin, nn.Module):
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 cache_position: torch.LongTensor | None = None, **kwargs: Any):
         """Returns `TokenClassifierOutput` with logits [B, T, num_labels]; labels [B, T] (-100 = ignore)."""
-        _reject_unknown(kwargs)
+        _reject_unknown(kwargs, self.forward)
         if labels is not None and (shape := _input_shape(input_ids, inputs_embeds)) is not None:
             check_labels("labels", labels, shape, self.num_labels, "num_labels")
         trunk, _ = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,

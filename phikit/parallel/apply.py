@@ -60,6 +60,8 @@ def tied_head_rows(embedding: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
 def finish(model: nn.Module) -> None:
     state: TensorParallel = model.tensor_parallel
     _, decoder = find_decoder(model)
+    if state.tp == 1:  # a one-rank group (tp_size=1): the whole model, nothing to reduce or gather
+        return
     head = getattr(model, "lm_head", None)
     if isinstance(head, nn.Module):  # nn.Linear, FastLinear, or a quantized linear the loader swapped in
         vocab = decoder.config.vocab_size

@@ -60,16 +60,27 @@ def test_shared_memory_all_reduce_is_chosen_on_one_x86_machine(two_ranks):
     assert meta["reducer"] == want
 
 
-def test_gloo_all_reduce_gives_the_same_tokens(checkpoints, tmp_path):
-    """PHIKIT_TP_SHM=0: every all-reduce through gloo (the path where ranks are on several machines)."""
-    names = ["phi2", "phimoe"]
-    run_ranks([WORKER, str(tmp_path), *(checkpoints[n] for n in names)], PHIKIT_TP_SHM="0")
-    for name in names:
-        logits, tokens = whole(checkpoints[name])
-        got, meta = read_rank(str(tmp_path), name, 1)
-        assert meta["reducer"] == "gloo"
+def test_gloo_all_reduce_and_a_device_mesh(checkpoints, tmp_path):
+    """PHIKIT_TP_SHM=0: every all-reduce through gloo (the path where ranks are on several machines), on every
+    family; the ranks initialise the group themselves and pass a 1-D `device_mesh`, as transformers accepts."""
+    run_ranks([WORKER, str(tmp_path), *checkpoints.values()], PHIKIT_TP_SHM="0", TP_WORKER_MESH="1")
+    for name, folder in checkpoints.items():
+        logits, tokens = whole(folder)
+        for rank in (0, 1):
+            got, meta = read_rank(str(tmp_path), name, rank)
+            assert meta["reducer"] == "gloo" and meta["tp"] == 2
+            torch.testing.assert_close(got["logits"], logits)
+            assert got["tokens"].tolist() == tokens.tolist()
+
+
+def test_tp_size_below_the_world_size_makes_replicas(checkpoints, tmp_path):
+    """tp_size=1 of 2 ranks: two one-rank groups, each rank a whole model (no collective inside a forward)."""
+    run_ranks([WORKER, str(tmp_path), checkpoints["phi4mini"]], TP_WORKER_TP_SIZE="1")
+    logits, tokens = whole(checkpoints["phi4mini"])
+    for rank in (0, 1):
+        got, meta = read_rank(str(tmp_path), "phi4mini", rank)
+        assert meta["tp"] == 1 and meta["all_reduce_calls"] == 0 and meta["layer_read"] == meta["layer_full"]
         torch.testing.assert_close(got["logits"], logits)
-        assert got["tokens"].tolist() == tokens.tolist()
 
 
 def test_phi_parallel_block_needs_one_all_reduce_per_layer(checkpoints, two_ranks):

@@ -3,6 +3,9 @@ loads each model folder with tp_plan="auto", runs a forward and 16 greedy tokens
 logits, the tokens and what it read from the checkpoint to <out>/<name>.rank<r>.safetensors.
 
     python tests/parallel/tp_worker.py OUT FOLDER [FOLDER ...]
+
+TP_WORKER_MESH=1: the worker initialises the process group itself and passes `device_mesh=` (a 1-D DeviceMesh);
+TP_WORKER_TP_SIZE=k: it passes `tp_size=k` (consecutive ranks in groups of k).
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from tests.parallel.models import NEW_TOKENS, PROMPT  # noqa: E402
 
 
 def main(out: str, folders: list[str]) -> None:
+    kwargs = {}
+    if os.environ.get("TP_WORKER_MESH") == "1":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        dist.init_process_group("gloo")
+        kwargs["device_mesh"] = init_device_mesh("cpu", (dist.get_world_size(),))
+    if os.environ.get("TP_WORKER_TP_SIZE"):
+        kwargs["tp_size"] = int(os.environ["TP_WORKER_TP_SIZE"])
     try:
         for folder in folders:
-            model = phikit.AutoModelForCausalLM.from_pretrained(folder, tp_plan="auto")
+            model = phikit.AutoModelForCausalLM.from_pretrained(folder, tp_plan="auto", **kwargs)
             rank = dist.get_rank()
             ids = torch.tensor(PROMPT)
             with torch.no_grad():
@@ -32,6 +43,8 @@ def main(out: str, folders: list[str]) -> None:
                 tokens = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
             name = os.path.basename(folder)
             tp = model.tensor_parallel
+            if tp.tp == 1:  # tp_size=1: each rank a whole replica
+                assert model.tp_size == 1
             layer_read = sum(r for n, (r, _) in tp.reads.items() if ".layers." in n)
             layer_full = sum(f for n, (_, f) in tp.reads.items() if ".layers." in n)
             heads = model.model.layers[0].self_attn
