@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -61,7 +62,8 @@ def child(folder: str, mode: str, prompt: int, tokens: int) -> None:
                            streamer=clock)
             arrived = clock.times[1:]  # the first put() is the prompt
             decode = (len(arrived) - 1) / (arrived[-1] - arrived[0])
-        result = {"mode": mode, "prefill_tok_s": prefill, "decode_tok_s": decode}
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, this rank's peak
+        result = {"mode": mode, "prefill_tok_s": prefill, "decode_tok_s": decode, "peak_rss_gib": peak_gb}
         if stats is not None:  # collectives of the whole generate: prefill of 16 + `tokens` steps
             result["all_reduce_ms_per_token"] = 1e3 * stats.all_reduce_s / tokens
             result["all_reduce_calls_per_token"] = stats.all_reduce_calls / tokens
@@ -138,13 +140,14 @@ def main() -> None:
            for m, rs in results.items()}
     print(f"\n{args.shape}, bf16, {args.prompt}-token prefill, {args.tokens} decode tokens, medians of {args.rounds}")
     print("| mode | ranks x threads | prefill tok/s | decode tok/s | all-reduce ms/token (in the model) | "
-          "gather ms/token | one all-reduce alone, us (gloo's) |")
-    print("|---|---|---|---|---|---|---|")
+          "gather ms/token | one all-reduce alone, us (gloo's) | peak RSS of rank 0, GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for m, r in med.items():
         ranks, threads = MODES[m]
         print(f"| {m} | {ranks} x {threads} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
               f"{r.get('all_reduce_ms_per_token', 0):.2f} | {r.get('gather_ms_per_token', 0):.2f} | "
-              f"{r.get('all_reduce_alone_us', 0):.0f} ({r.get('gloo_all_reduce_alone_us', 0):.0f}) |")
+              f"{r.get('all_reduce_alone_us', 0):.0f} ({r.get('gloo_all_reduce_alone_us', 0):.0f}) | "
+              f"{r['peak_rss_gib']:.2f} |")
     base = med["tp1"]
     print(f"\ntp2 / tp1: prefill {med['tp2']['prefill_tok_s'] / base['prefill_tok_s']:.2f}x, decode "
           f"{med['tp2']['decode_tok_s'] / base['decode_tok_s']:.2f}x; tp2 / tp1-unfused decode "
