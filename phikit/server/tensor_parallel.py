@@ -48,6 +48,8 @@ def start_workers(options: Any) -> list[subprocess.Popen]:
     threads = threads_per_rank(options.tp)
     common = {"WORLD_SIZE": str(options.tp), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
               "LOCAL_WORLD_SIZE": str(options.tp)}
+    if "GLOO_SOCKET_IFNAME" not in os.environ and "lo" in (name for _, name in socket.if_nameindex()):
+        common["GLOO_SOCKET_IFNAME"] = "lo"  # the ranks talk over loopback, not the host name's interface
     os.environ.update(common, RANK="0", LOCAL_RANK="0")
     torch.set_num_threads(threads)
     payload = json.dumps(dataclasses.asdict(options))

@@ -3,12 +3,14 @@ completion with the same greedy text as the whole model (fp32, so both sides rou
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 import torch
 
 import phikit
 
-from .common import SERVED, chat_messages, chat_model, start_server, stop  # noqa: F401 - chat_model is a fixture
+from .common import SERVED, chat_messages, chat_model, socket_peers, start_server, stop  # noqa: F401
 
 PROMPTS = ["Tell me a story about a fox.", "def add(a, b):"]
 
@@ -33,6 +35,18 @@ def test_tp2_chat_completion_equals_the_whole_model(tp_server, chat_model, promp
                                                      max_completion_tokens=24)
     assert out.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
     assert out.choices[0].message.content  # a real completion, not an empty one
+
+
+def loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:7f00:1 is 127.0.0.1
+    return ip.is_loopback or ip.is_unspecified
+
+
+def test_the_ranks_talk_over_loopback_only(tp_server):
+    for pid in [tp_server.proc.pid, *children(tp_server.proc.pid)]:
+        peers = socket_peers(pid)
+        assert peers and all(loopback(a) for a in peers), (pid, peers)
 
 
 def children(pid: int) -> list[int]:
