@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{run,generate,chat,serve,finetune,export,bench,doctor}")
+                                metavar="{run,generate,chat,serve,finetune,export,eval,bench,doctor}")
     run = sub.add_parser("run", help="read a prompt from stdin, print the generated text",
                          description="Read the whole of stdin as one prompt and print the generated text "
                                      "(like `transformers run`).")
@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="system prompt")
     _add_model_flags(chat)
     _add_generation_flags(chat)
+    from .eval_cli import add_eval_parser
     from .export_cli import add_export_parser
     from .finetune_cli import add_finetune_parser
 
     add_finetune_parser(sub)
     add_export_parser(sub)
+    add_eval_parser(sub)
     sub.add_parser("doctor", help="what runs on this machine: CPU features and level, the kernel of each operation, "
                    "and why a fast path is not taken", description="Print the CPU's features, the CPU level in use, "
                    "the kernel behind each operation and each weight format, and the reason for every fast path not "
@@ -289,6 +291,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_cli import run_eval  # imports lm-eval: only when asked
+
+    return run_eval(args)
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import main as doctor_main  # builds the native kernels: only when asked
 
@@ -296,7 +304,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "generate": _cmd_generate, "chat": _cmd_chat, "finetune": _cmd_finetune,
-            "export": _cmd_export, "doctor": _cmd_doctor}
+            "export": _cmd_export, "eval": _cmd_eval, "doctor": _cmd_doctor}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
