@@ -20,7 +20,6 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-import phikit  # noqa: E402
 from phikit.bundled import default_model_path  # noqa: E402
 from phikit.integrations.lm_eval import PhikitLM  # noqa: E402
 
