@@ -211,6 +211,19 @@ def test_generate_takes_the_native_step_by_default_and_gives_the_same_tokens(spy
     assert torch.equal(model.generate(ids, max_new_tokens=12, do_sample=False), native)
 
 
+@pytest.mark.parametrize("weights", ["bf16", "int4"])
+def test_a_one_token_prompt_on_a_fresh_model_runs_the_modules_first(weights: str, spy, monkeypatch) -> None:
+    """A one-token prompt makes the prefill itself a [1, 1] step, before the StaticCache has allocated its buffers;
+    on a fresh plan (no cache bound yet) that once bound null cache pointers and crashed in C (`phikit generate
+    "import"` on the bundled model). The prefill must run the modules and every later step natively."""
+    model = build("phi-3-window", weights)
+    ids = torch.tensor([[7]])
+    native = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert spy == [False] + [True] * 5  # the prefill: modules (no buffers yet); the 5 decode steps: native
+    monkeypatch.setenv("PHIKIT_NATIVE_STEP", "0")
+    assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), native)
+
+
 def test_what_the_step_does_not_take_runs_the_modules(spy) -> None:
     model = build("phi-1.5")
     reference = decode(model)

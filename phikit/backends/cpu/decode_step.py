@@ -207,12 +207,12 @@ class _Plan:
         if buffers is None:
             return False
         keys, values = buffers
+        model = self.model
+        if len(keys) != model.n_layers or len(values) != model.n_layers:  # e.g. a StaticCache before its first
+            return False  # update, whose buffers do not exist yet (matching the empty `cache_tensors` of a new plan)
         tensors = (*keys, *values)
         if len(tensors) == len(self.cache_tensors) and all(a is b() for a, b in zip(tensors, self.cache_tensors)):
             return True
-        model = self.model
-        if len(keys) != model.n_layers or len(values) != model.n_layers:
-            return False
         capacity = keys[0].shape[2]
         shape = (1, model.kv_heads, capacity, model.head_dim)
         if any(t.dtype != _BF16 or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous()
