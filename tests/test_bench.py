@@ -29,6 +29,11 @@ def test_paired_specs_pair_each_format_with_its_peer():
         ("phikit-lossless", "llama.cpp-bf16", [["phikit", "lossless"], ["llama.cpp", "/m-bf16.gguf"]]),
         ("phikit-lossless", "transformers", [["phikit", "lossless"], ["transformers", "bf16"]]),
     ]
+    # phikit alone: each other format against its own bf16
+    assert bench.paired_specs(("bf16", "int8", "int4"), ["phikit"], gguf) == [
+        ("phikit-int8", "phikit", [["phikit", "int8"], ["phikit", "bf16"]]),
+        ("phikit-int4", "phikit", [["phikit", "int4"], ["phikit", "bf16"]]),
+    ]
 
 
 def test_paired_child_runs_two_engines_in_turns(tmp_path):

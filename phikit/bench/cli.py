@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(lossless: the bf16 values in 12 bits, phikit.LosslessBf16Config)")
     p.add_argument("--paired", action="store_true",
                    help="load phikit and each peer in one process and let them take turns, --repeats rounds (10 or "
-                        "more): ratios measured seconds apart; no peak RSS (see run_paired)")
+                        "more): ratios measured seconds apart; no peak RSS (see run_paired). With --engines phikit alone: "
+                        "each --weights format against phikit's bf16")
     p.add_argument("--cpu-level", default=None,
                    help="run phikit at this CPU level (PHIKIT_CPU_LEVEL; below avx512 PyTorch, oneDNN and MKL are "
                         "capped to AVX2 as well, as on an AVX2 CPU): reference, avx2, avx512, avx512_bf16 or neon")

@@ -136,7 +136,12 @@ def run_bench(shape: str, folder: str | None, prompt_len: int, new_tokens: int, 
 
 def paired_specs(weights: tuple[str, ...], engines: list[str], gguf: dict[str, str]) -> list[tuple[str, str, list]]:
     """The pairs `--paired` measures: phikit in each weight format against llama.cpp in the same format (where its
-    GGUF exists) and phikit bf16 against transformers bf16 -> [(label a, label b, [[engine, weights or path], ...])]."""
+    GGUF exists) and phikit bf16 against transformers bf16 -> [(label a, label b, [[engine, weights or path], ...])].
+    With phikit the only engine, each other format against phikit's own bf16 (e.g. "is int4 prefill as fast as bf16
+    prefill?")."""
+    if engines == ["phikit"]:
+        return [(column_name(w), column_name("bf16"), [["phikit", w], ["phikit", "bf16"]]) for w in weights
+                if w != "bf16"]
     pairs = []
     for w in weights:
         t = GGUF_TYPES[w]

@@ -101,19 +101,25 @@ class Int4Linear(_QuantLinear):
         if self._native(x) and x.shape[0] < native_rows() and (bias is None or bias.dtype == torch.bfloat16):
             return native_kernels.linear_int4(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales_and_zeros,
                                               self.group_size, bias)  # decode: the bias is added in the kernel
+        if self._native(x) and x.shape[0] >= native_rows():  # a prefill: the bias added inside the GEMM
+            return self._prefill(x.to(self.scales_and_zeros.dtype).contiguous(), bias)
         return super()._linear(x)
+
+    def _prefill(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [M, K] -> [M, N] (+ bias) by a GEMM on dequantized row slices (`gemm_dequantized`)."""
+        q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
+        bf16_rows = (lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype)) \
+            if x.dtype == torch.bfloat16 and native_kernels.has_bf16_dot() else None  # AVX512-BF16
+        return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(
+                                    q, sz, g, a, b, out=scratch_f32(b - a, self.in_features)),
+                                self.out_features, bf16_rows, bias)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales_and_zeros.dtype
         if self._native(x):
             x = x.to(dtype).contiguous()
             if x.shape[0] >= native_rows():  # a prefill: a GEMM on dequantized row slices
-                q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
-                bf16_rows = (lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype)) \
-                    if x.dtype == torch.bfloat16 and native_kernels.has_bf16_dot() else None  # AVX512-BF16
-                return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(
-                                            q, sz, g, a, b, out=scratch_f32(b - a, self.in_features)),
-                                        self.out_features, bf16_rows)
+                return self._prefill(x, None)
             return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
         if self.layout == "aten" and x.device.type == "cpu":
             return _OPS._weight_int4pack_mm_for_cpu(x.to(dtype), self.qweight, self.group_size,

@@ -79,15 +79,23 @@ class Int8Linear(_QuantLinear):
         if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < INT8_NATIVE_ROWS
                 and (bias is None or bias.dtype == torch.bfloat16)):  # decode: the bias is added in the kernel
             return native_kernels.linear_int8(x, self.qweight, self.scales, bias)
+        if self._prefill(x):  # the bias added inside the GEMM (`gemm_dequantized`)
+            return gemm_dequantized(x.to(self.scales.dtype), self._f32_rows, self.out_features, self._bf16_rows,
+                                    bias)
         return super()._linear(x)
+
+    def _prefill(self, x: torch.Tensor) -> bool:
+        """Whether x [M, K] is a product for a GEMM on dequantized row slices (a prefill), not a kernel's."""
+        rows = INT8_NATIVE_ROWS if self._native(x) else FP32_GEMM_MIN_ROWS  # fewer: the kernel / aten's
+        return (x.device.type == "cpu" and self.scales.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+                and x.shape[0] >= rows)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
         native = self._native(x)
         if native and x.shape[0] < INT8_NATIVE_ROWS:
             return native_kernels.linear_int8(x.to(dtype), self.qweight, self.scales, None)
-        if (x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
-                and (native or x.shape[0] >= FP32_GEMM_MIN_ROWS)):  # a prefill: a GEMM on dequantized row slices
+        if self._prefill(x):  # a prefill: a GEMM on dequantized row slices
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
             # slices equal the fp32 ones rounded, at a third of the memory traffic
             return gemm_dequantized(x.to(dtype), self._f32_rows, self.out_features, self._bf16_rows)
