@@ -35,8 +35,10 @@ MAY_IMPORT = {
     "phikit.tool_calls": ("phikit.tool_calls",),
     "phikit.generation": ("phikit.generation", "phikit.model", "phikit.generation_config", "phikit.outputs",
                           "phikit.structured"),
-    # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams
-    "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured"),
+    # the serving engine: no HTTP, no loading; it drives a built model through its forward and cache seams (and asks
+    # the device's backend, through `ops.backends`, how many rows a decode forward should hold)
+    "phikit.engine": ("phikit.engine", "phikit.generation", "phikit.generation_config", "phikit.structured",
+                      "phikit.ops"),
     # the HTTP server: over the engine, the tokenizer, and the model classes and weight formats it loads with
     # (ray_serve.py: the bundled model's path)
     "phikit.server": ("phikit.server", "phikit.engine", "phikit.structured", "phikit.tool_calls", "phikit.tokenizer",

@@ -298,14 +298,15 @@ def test_logits_to_keep_under_autograd_gives_every_gradient() -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [2, 3, 8])
-def test_bf16_matvec_of_several_rows_equals_each_row_alone_bit_for_bit(rows: int) -> None:
-    """A serving engine decodes several rows in one call; each row's output must be the very numbers of that row
-    alone (the two-row kernel sums in the one-row order), whatever its neighbours, here at N % 4 != 0 too."""
+@pytest.mark.parametrize("rows,k", [(2, 256), (3, 256), (4, 256), (5, 400), (8, 256), (17, 400), (64, 2064)])
+def test_bf16_matvec_of_several_rows_equals_each_row_alone_bit_for_bit(rows: int, k: int) -> None:
+    """A serving engine decodes several rows in one call, and below AVX-512 a prefill of up to 64 rows runs through
+    the same kernel (`gemm.native_bf16_rows`); each row's output must be the very numbers of that row alone (the
+    two-row kernel sums in the one-row order), whatever its neighbours, here at N % 4 != 0 and odd rows too."""
     gen = torch.Generator().manual_seed(3)
-    w = torch.randn(203, 256, generator=gen).bfloat16()
+    w = torch.randn(203, k, generator=gen).bfloat16()
     b = torch.randn(203, generator=gen).bfloat16()
-    x = torch.randn(rows, 256, generator=gen).bfloat16()
+    x = torch.randn(rows, k, generator=gen).bfloat16()
     together = native_kernels.linear_bf16(x, w, b)
     for m in range(rows):
         assert torch.equal(together[m], native_kernels.linear_bf16(x[m:m + 1], w, b)[0]), m

@@ -4,7 +4,7 @@ At batch 1 a decode step is almost all matrix-vector products bound by how fast 
 prefill is matrix-matrix products bound by arithmetic. Measured on the 2-core AVX-512 (no AMX) development host,
 one 8192x2048 bf16 weight, 2 threads:
 
-* decode (<= 8 rows): phikit's native kernel (`kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
+* decode (<= 8 rows; <= 64 where oneDNN has no bf16 GEMM, `native_bf16_rows`): phikit's native kernel (`kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
   `F.linear` ~12 GB/s.
 * prefill (512 rows): on the Xeon host, MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks
   ~300 GFLOP/s against oneDNN's bf16 GEMM ~110-200 GFLOP/s; on the Zen 4 host the reverse, oneDNN's bf16 GEMM
@@ -37,6 +37,11 @@ from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
 FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)
+# Rows up to which the bf16 matrix-vector kernel beats an fp32 GEMM on widened weight slices where oneDNN has no bf16
+# GEMM (AVX2, NEON): it reads each weight once for all rows, widening in registers, two rows per weight vector. On
+# the AVX2 EPYC host, 16 phi-1.5 weights, 2 threads (`benchmarks/RESULTS.md`, 2026-12-03): kernel / GEMM time 0.41x
+# at 16 rows, 0.67x at 32, 0.91x at 64, 0.96x at 96 (MKL's fp32 GEMM reaches 26 GFLOP/s at 16 rows, 116 at 512).
+PORTABLE_NATIVE_ROWS = 64
 
 
 def packing_available() -> bool:
@@ -90,6 +95,13 @@ def prefers_fp32_gemm(rows: int) -> bool:
     if not onednn_bf16():
         return True
     return rows >= FP32_GEMM_MIN_ROWS and not _has_amx() and _fp32_gemm_wins()
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16_rows() -> int:
+    """Rows up to which a bf16 product runs on the native matrix-vector kernel: `MAX_ROWS` where oneDNN's bf16 GEMM
+    takes over (AVX-512 and above), `PORTABLE_NATIVE_ROWS` where the alternative is the fp32 GEMM on widened slices."""
+    return native_kernels.MAX_ROWS if onednn_bf16() else PORTABLE_NATIVE_ROWS
 
 
 def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tensor], n: int,
@@ -156,7 +168,7 @@ def gemm_via_fp32(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Tenso
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """No-grad bf16 CPU linear on a plain [N, K] weight: x [M, K] -> [M, N]."""
-    if native_kernels.usable(x) and (bias is None or bias.dtype == torch.bfloat16):
+    if native_kernels.usable(x, native_bf16_rows()) and (bias is None or bias.dtype == torch.bfloat16):
         return native_kernels.linear_bf16(x.contiguous(), weight.contiguous(), bias)
     if prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, widened(weight), weight.shape[0], bias)

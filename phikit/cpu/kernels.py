@@ -189,10 +189,10 @@ def library() -> ctypes.CDLL:
     return _library()
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether a [M, K] activation qualifies for the bf16 kernel: bf16 on the CPU, few rows, K % 16 == 0, no
-    autograd."""
-    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= MAX_ROWS
+def usable(x: torch.Tensor, max_rows: int = MAX_ROWS) -> bool:
+    """Whether a [M, K] activation qualifies for the bf16 kernel: bf16 on the CPU, at most `max_rows` rows,
+    K % 16 == 0, no autograd."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= max_rows
             and x.shape[1] % 16 == 0 and not (torch.is_grad_enabled() and x.requires_grad) and available())
 
 

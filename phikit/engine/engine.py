@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..generation_config import merge_eos_ids
+from ..ops.backends import decode_rows
 from .mirror import OPERATIONS, STOP
 from .outputs import ChoiceResult, RequestResult, StepOutput
 from .params import (ContextLengthError, EngineArgumentError, EngineClosedError, QueueFullError, SamplingParams)
@@ -47,7 +48,7 @@ from .stats import EngineStats
 class Engine:
     def __init__(self, model, tokenizer=None, *, parallel: int = 4, ctx_size: int | None = None,
                  max_num_batched_tokens: int = 512, max_queue: int = 64, deterministic: bool = True,
-                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None, max_decode_rows: int = 8,
+                 prefix_cache: bool = True, eos_token_ids: list[int] | None = None, max_decode_rows: int | None = None,
                  mirror: Callable[[str, tuple], None] | None = None) -> None:
         """`mirror` (tensor parallelism, `mirror.py`): called with each pool or model operation before it runs, so
         worker ranks run the same step on their shards."""
@@ -57,7 +58,8 @@ class Engine:
         for name, value, low, high in (("parallel", parallel, 1, 256), ("ctx_size", ctx_size, 2, limit),
                                        ("max_num_batched_tokens", max_num_batched_tokens, 1, None),
                                        ("max_queue", max_queue, 0, None),
-                                       ("max_decode_rows", max_decode_rows, 1, None)):
+                                       *([("max_decode_rows", max_decode_rows, 1, None)]
+                                         if max_decode_rows is not None else [])):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 bound = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise EngineArgumentError(name, f"{name}={value!r} must be an integer {bound}"
@@ -66,9 +68,11 @@ class Engine:
         self.parallel, self.ctx_size = parallel, ctx_size
         self.max_num_batched_tokens, self.max_queue = max_num_batched_tokens, max_queue
         self.deterministic, self.prefix_cache = deterministic, prefix_cache
-        # rows per decode forward: CPU matrix-vector kernels take up to 8 rows at once; past that a linear becomes a
-        # GEMM, which for 16 rows cost 1.45x two 8-row passes (phi-1.5 bf16, AVX2; benchmarks/RESULTS.md)
-        self.max_decode_rows = max_decode_rows
+        # rows per decode forward (None: the backend's, `ops.backends.decode_rows`): as many as the matrix-vector
+        # kernels take at once; past that a linear becomes a GEMM, which for 16 rows once cost 1.45x two 8-row passes
+        # (phi-1.5 bf16, AVX2, when the bf16 kernel stopped at 8 rows; benchmarks/RESULTS.md)
+        self.max_decode_rows = decode_rows(next(model.parameters()).device.type) if max_decode_rows is None \
+            else max_decode_rows
         self.vocab_size = config.vocab_size
         self.vocab_limit = len(tokenizer) if tokenizer is not None and len(tokenizer) < self.vocab_size else None
         gen = getattr(model, "generation_config", None)

@@ -6,7 +6,7 @@ the native kernels hold phikit's blocked layout in memory, others run `aten._wei
 form.
 
 Kernel constraints (torch 2.13, CPU): native int8 needs N % 4 == 0, K % 64 == 0 and bf16 scales, aten's int8
-nothing. Which runs a call ([M, K] input, no autograd, bf16 scales): in phikit's layout, M < `INT8_NATIVE_ROWS`
+nothing. Which runs a call ([M, K] input, no autograd, bf16 scales): in phikit's layout, M < `native_rows()`
 the native kernel and larger M a GEMM on dequantized row slices (`cpu.gemm.gemm_dequantized`), which long prefills
 (M >= `FP32_GEMM_MIN_ROWS`) in the portable form take too; other CPU calls run aten's kernel, and calls off the CPU
 the dequantize fallback (`quant_linear.py`).
@@ -20,13 +20,21 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, scratch_f32
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_f32
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import dequantize_int8, pack_int8_native, unpack_int8_native
 
 # Rows of x below which the native int8 kernel beats oneDNN's bf16 GEMM on natively dequantized slices (2-core
 # Zen 4, phi-1.5's four shapes and its head: the GEMM is ahead from 16 rows on all but fc1, erratic there)
 INT8_NATIVE_ROWS = 16
+# ... and below which it beats the fp32 GEMM on dequantized slices where oneDNN has no bf16 GEMM (AVX2 EPYC host,
+# 16 phi-1.5 weights, 2 threads: kernel / GEMM 0.58x at 16 rows, 0.66x at 24, 0.82x at 32, 0.98x at 48)
+INT8_PORTABLE_ROWS = 40
+
+
+def native_rows() -> int:
+    """Rows from which an int8 product runs as a GEMM on dequantized slices rather than the native kernel."""
+    return INT8_NATIVE_ROWS if onednn_bf16() else INT8_PORTABLE_ROWS
 _HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
 
 
@@ -76,7 +84,7 @@ class Int8Linear(_QuantLinear):
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < INT8_NATIVE_ROWS
+        if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < native_rows()
                 and (bias is None or bias.dtype == torch.bfloat16)):  # decode: the bias is added in the kernel
             return native_kernels.linear_int8(x, self.qweight, self.scales, bias)
         if self._prefill(x):  # the bias added inside the GEMM (`gemm_dequantized`)
@@ -86,14 +94,14 @@ class Int8Linear(_QuantLinear):
 
     def _prefill(self, x: torch.Tensor) -> bool:
         """Whether x [M, K] is a product for a GEMM on dequantized row slices (a prefill), not a kernel's."""
-        rows = INT8_NATIVE_ROWS if self._native(x) else FP32_GEMM_MIN_ROWS  # fewer: the kernel / aten's
+        rows = native_rows() if self._native(x) else FP32_GEMM_MIN_ROWS  # fewer: the kernel / aten's
         return (x.device.type == "cpu" and self.scales.dtype == torch.bfloat16 and not torch.is_grad_enabled()
                 and x.shape[0] >= rows)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales.dtype
         native = self._native(x)
-        if native and x.shape[0] < INT8_NATIVE_ROWS:
+        if native and x.shape[0] < native_rows():
             return native_kernels.linear_int8(x.to(dtype), self.qweight, self.scales, None)
         if self._prefill(x):  # a prefill: a GEMM on dequantized row slices
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..ops import bind
 from ..parallel import tied_head_rows
 from ..ops.attention import check_attention_implementation
-from ..ops.backends import default_ops
+from ..ops.backends import adopt_dtype, default_ops
 from ..generation.inputs import check_forward_inputs
 from ..model.cache import CacheProtocol, DynamicCache, KVCache
 from ..config import Phi3Config, PhiConfig, PhiKitConfig, PhimoeConfig
@@ -50,6 +50,16 @@ class PreTrainedMixin:
         self.apply(self._init_weights)
         self.tie_weights()
         bind(self, default_ops("cpu"))  # the CPU backend's table; its ops leave other devices to PyTorch
+
+    def _apply(self, fn, recurse: bool = True):
+        # `.to(torch.bfloat16)`, `.bfloat16()`, `.cpu()` after construction: the backend's module swaps for the
+        # weights' new dtype, as a load in that dtype makes (bf16 on the CPU: FastLinear, where nn.Linear would run
+        # PyTorch's bf16 GEMM, ~7x slower than fp32 below AVX-512)
+        out = super()._apply(fn, recurse)
+        first = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if first is not None:
+            adopt_dtype(self, first.device, first.dtype)
+        return out
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

@@ -37,3 +37,20 @@ def prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         bind(model, REFERENCE)
     else:
         found.prepare(model, dtype)
+
+
+def adopt_dtype(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """The backend's module swaps for a model whose weights now hold `dtype` on `device` (a cast after
+    construction; `prepare` makes them before a load), where its backend has any."""
+    found = backend(device.type)
+    swap = getattr(found, "adopt_dtype", None)
+    if swap is not None:
+        swap(model, dtype)
+
+
+def decode_rows(device_type: str = "cpu") -> int:
+    """Rows one batched decode forward should hold at most on this device: the backend's `decode_rows()` (as many
+    as its matrix-vector kernels take before a linear turns into a GEMM), 8 where it has none."""
+    found = backend(device_type)
+    rows = getattr(found, "decode_rows", None)
+    return rows() if rows is not None else 8

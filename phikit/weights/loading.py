@@ -242,7 +242,7 @@ def _fill(model: nn.Module, reader: CheckpointReader, folder: str, dtype: torch.
             _return_freed_memory()
             continue
         owner = model.get_submodule(name.rpartition(".")[0]) if name.endswith(".weight") else None
-        packed = isinstance(owner, FastLinear) and FastLinear.needs_packing()
+        packed = isinstance(owner, FastLinear) and placed.dtype == torch.bfloat16 and FastLinear.needs_packing()
         if not packed and placed.device.type == "cpu" and placed.data_ptr() == tensor.data_ptr():
             # Private memory (transparent huge pages, advised: hugepages.py) streams faster than the file's page
             # cache at decode time; copied in slices whose file pages go at once, so memory holds one copy plus a

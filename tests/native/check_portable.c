@@ -203,6 +203,7 @@ int main(void) {
     }
     check_bf16(1, 40, 192);
     check_bf16(3, 257, 208);  /* rows left over after the 4-row blocks; K % 32 == 16 */
+    check_bf16(7, 36, 400);   /* several rows, two at a time, and an odd one */
     check_int8(1, 40, 256);
     check_int8(5, 12, 128);
     for (int64_t gs = 64; gs <= 256; gs *= 2) {
