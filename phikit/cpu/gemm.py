@@ -4,8 +4,8 @@ At batch 1 a decode step is almost all matrix-vector products bound by how fast 
 prefill is matrix-matrix products bound by arithmetic. Measured on the 2-core AVX-512 (no AMX) development host,
 one 8192x2048 bf16 weight, 2 threads:
 
-* decode (<= 8 rows; <= 64 where oneDNN has no bf16 GEMM, `native_bf16_rows`): phikit's native kernel (`kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s;
-  `F.linear` ~12 GB/s.
+* decode (<= 8 rows; <= 64 where oneDNN has no bf16 GEMM, `native_bf16_rows`): phikit's native kernel
+  (`kernels.py`) ~20 GB/s; oneDNN-prepacked weight ~18 GB/s; `F.linear` ~12 GB/s.
 * prefill (512 rows): on the Xeon host, MKL's fp32 GEMM on the weight converted to fp32 in L3-sized row chunks
   ~300 GFLOP/s against oneDNN's bf16 GEMM ~110-200 GFLOP/s; on the Zen 4 host the reverse, oneDNN's bf16 GEMM
   350-430 GFLOP/s (AVX512-BF16 dot products) against fp32 100-160. So the choice is timed once per process

@@ -30,12 +30,12 @@ INT8_NATIVE_ROWS = 16
 # ... and below which it beats the fp32 GEMM on dequantized slices where oneDNN has no bf16 GEMM (AVX2 EPYC host,
 # 16 phi-1.5 weights, 2 threads: kernel / GEMM 0.58x at 16 rows, 0.66x at 24, 0.82x at 32, 0.98x at 48)
 INT8_PORTABLE_ROWS = 40
+_HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
 
 
 def native_rows() -> int:
     """Rows from which an int8 product runs as a GEMM on dequantized slices rather than the native kernel."""
     return INT8_NATIVE_ROWS if onednn_bf16() else INT8_PORTABLE_ROWS
-_HAS_INT8_CPU = hasattr(_OPS, "_weight_int8pack_mm")
 
 
 class Int8Linear(_QuantLinear):
