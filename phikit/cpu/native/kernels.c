@@ -169,8 +169,8 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
 #define INT4_CHUNK(HALF) do {                                                                                        \
     __m512bh xv0 = (__m512bh)_mm512_loadu_si512(xm + k), xv1 = (__m512bh)_mm512_loadu_si512(xm + k + 32);            \
     __m512bh xv2 = (__m512bh)_mm512_loadu_si512(xm + k + 64), xv3 = (__m512bh)_mm512_loadu_si512(xm + k + 96);       \
-    if (HALF) INT4_GROUP(s, k / GS, sc_a);                                                                             \
-    if (HALF || flush) INT4_GROUP(s_end, (k + 127) / GS, sc_b);                                                        \
+    if (HALF) INT4_GROUP(s, k >> gl, sc_a);                                                                            \
+    if (HALF || flush) INT4_GROUP(s_end, (k + 127) >> gl, sc_b);                                                       \
     for (int r = 0; r < ROWS; r++) {                                                                                   \
         const uint8_t *p = wn + k * 2 + r * 64;                                                                        \
         if (m == 0) _mm_prefetch((const char *)p + INT4_AHEAD, _MM_HINT_T1);                                             \
@@ -193,7 +193,10 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
 
 phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
                              int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
-    int64_t NG = K / GS, KB = K / 2;
+    /* GS is a power of two: group indices by shifts. Three 64-bit divisions by the runtime GS per 128-column
+       chunk and 4-row block cost as much as the chunk's vector work (idiv's throughput is 10-20 cycles). */
+    const int gl = __builtin_ctzll((unsigned long long)GS);
+    int64_t NG = K >> gl, KB = K / 2;
     float *xsum = (float *)phk_malloc(sizeof(float) * (size_t)(M * NG));  /* [M, NG] sum of x over each group */
     if (!xsum) return PHK_ERR_NOMEM;
     for (int64_t i = 0; i < M * NG; i++) {
@@ -215,9 +218,9 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
             __m256 zacc = _mm256_setzero_ps();  /* lanes 2r, 2r + 1: row r's -136 scale and zero terms */
             for (int r = 0; r < ROWS; r++) total[r] = pa[r] = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k += 128) {
-                const uint16_t *s = sz + ((k / GS) * N + n0) * 2;  /* the chunk's first group */
-                const uint16_t *s_end = sz + (((k + 127) / GS) * N + n0) * 2;  /* its last group */
-                int flush = (k + 128) % GS == 0;
+                const uint16_t *s = sz + ((k >> gl) * N + n0) * 2;  /* the chunk's first group */
+                const uint16_t *s_end = sz + (((k + 127) >> gl) * N + n0) * 2;  /* its last group */
+                int flush = ((k + 128) & (GS - 1)) == 0;
                 if (GS == 64) INT4_CHUNK(1); else INT4_CHUNK(0);
             }
             float zero_terms[8];
@@ -237,13 +240,14 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
 void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
                            int64_t K, int64_t GS, int threads) {
     int64_t KB = K / 2;
+    const int gl = __builtin_ctzll((unsigned long long)GS);  /* GS a power of two: groups by shifts */
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
         const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
         for (int64_t k = 0; k < K; k += 128) {
             __m512 s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */
             for (int i = 0; i < 4; i++) {
-                const uint16_t *e = sz + (((k + 32 * i) / GS) * N + n) * 2;
+                const uint16_t *e = sz + (((k + 32 * i) >> gl) * N + n) * 2;
                 s[i] = _mm512_set1_ps(f32_of_bf16(e[0]));
                 z[i] = _mm512_set1_ps(f32_of_bf16(e[1]));
             }

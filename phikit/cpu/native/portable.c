@@ -362,7 +362,10 @@ static inline vi int4_chunk_bytes(const uint8_t *p, const int8_t *hk, const uint
 phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
                              int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
     int bytes = PHK_HAS_MADDUBS && GS >= 128;  /* the byte kernel (above), x in blocks of 128 */
-    int64_t NG = K / GS, KB = K / 2, NB = K / (XB << bytes);
+    /* GS is a power of two: group indices by shifts. Three 64-bit divisions by the runtime GS per 128-column
+       chunk and 4-row block cost as much as the chunk's vector work (idiv's throughput is 10-20 cycles). */
+    const int gl = __builtin_ctzll((unsigned long long)GS);
+    int64_t NG = K >> gl, KB = K / 2, NB = K / (XB << bytes);
     /* xq [M, K] int16 (and its bytes, xh / xl [M, K]); xs [M, NB] the blocks' scales; xsum [M, NG] sums of x */
     int16_t *xq = (int16_t *)phk_aligned_alloc(64, sizeof(int16_t) * (size_t)(M * K) * (bytes ? 2 : 1));
     float *xs = (float *)phk_malloc(sizeof(float) * (size_t)(M * NB + M * NG));
@@ -392,8 +395,8 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
             for (int r = 0; r < 4; r++) total[r] = vf_zero();
             for (int64_t k = 0; k < K; k += 128) {
                 const int16_t *xk = xm + k;
-                for (int64_t g = k / GS; g <= (k + 127) / GS; g++) {  /* the groups that start in this chunk */
-                    if (g * GS < k) continue;
+                for (int64_t g = k >> gl; g <= (k + 127) >> gl; g++) {  /* the groups that start in this chunk */
+                    if ((g << gl) < k) continue;
                     const uint16_t *e = sz + (g * N + n0) * 2;
                     float mx = xgm[g] * -8.f;
                     for (int r = 0; r < 4; r++) {
@@ -401,8 +404,8 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
                         zz[r] = fmaf(f32_of_bf16(e[2 * r + 1]), xgm[g], zz[r]);
                     }
                 }
-                const uint16_t *s0 = sz + ((k / GS) * N + n0) * 2, *s1 = sz + (((k + 64) / GS) * N + n0) * 2;
-                float xs0 = xsm[(k / 64) >> bytes], xs1 = xsm[((k + 64) / 64) >> bytes], sc0[4], sc1[4];
+                const uint16_t *s0 = sz + ((k >> gl) * N + n0) * 2, *s1 = sz + (((k + 64) >> gl) * N + n0) * 2;
+                float xs0 = xsm[(k >> 6) >> bytes], xs1 = xsm[((k + 64) >> 6) >> bytes], sc0[4], sc1[4];
                 for (int r = 0; r < 4; r++) {  /* per row: scale * x's scale */
                     sc0[r] = f32_of_bf16(s0[2 * r]) * xs0;
                     sc1[r] = f32_of_bf16(s1[2 * r]) * xs1;
@@ -440,6 +443,7 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
 void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
                           int64_t K, int64_t GS, int threads) {
     int64_t KB = K / 2;
+    const int gl = __builtin_ctzll((unsigned long long)GS);  /* GS a power of two: groups by shifts */
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
         const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
@@ -447,7 +451,7 @@ void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int6
         for (int64_t k = 0; k < K; k += 128) {
             float s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */
             for (int i = 0; i < 4; i++) {
-                const uint16_t *e = sz + (((k + 32 * i) / GS) * N + n) * 2;
+                const uint16_t *e = sz + (((k + 32 * i) >> gl) * N + n) * 2;
                 s[i] = f32_of_bf16(e[0]);
                 z[i] = f32_of_bf16(e[1]);
             }
