@@ -87,3 +87,18 @@ def test_cpu_level_and_llama_cpp_options_check_their_values(tmp_path, monkeypatc
     level = subprocess.run([sys.executable, "-c", "from phikit.cpu import features; print(features.level())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert level == lowest  # what an engine process started now runs at
+
+
+def test_a_llama_cpp_crash_on_an_amx_cpu_says_how_to_build_a_peer_that_runs(monkeypatch):
+    from phikit.bench import driver
+    from phikit.cpu import features
+
+    amx = features.CpuInfo("x86_64", "test", frozenset({"avx2", "avx512f", "amx_tile", "amx_int8"}))
+    monkeypatch.setattr(driver.features, "cpu_info", lambda: amx)
+    hint = driver.llama_crash_hint(-11, "q4_0")
+    assert "signal 11" in hint and "q4_0" in hint and "-DGGML_AMX_INT8=OFF" in hint and "--llama-cpp DIR" in hint
+    assert driver.llama_crash_hint(-11, "bf16") == ""  # bf16 files do not reach llama.cpp's AMX kernels
+    assert driver.llama_crash_hint(1, "q4_0") == ""  # an ordinary failure: its own error says enough
+    no_amx = features.CpuInfo("x86_64", "test", frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(driver.features, "cpu_info", lambda: no_amx)
+    assert driver.llama_crash_hint(-11, "q4_0") == ""

@@ -48,3 +48,29 @@ def test_a_model_built_from_its_config_and_cast_to_bf16_runs_what_a_bf16_load_ru
     with torch.no_grad():
         for batch in (ids[:1, :1], ids[:1], ids):
             assert torch.equal(ours(batch).logits, loaded(batch).logits)
+
+
+def test_amx_is_read_from_the_cpu_flags_and_onednn_cap(monkeypatch, request):
+    """`gemm.has_amx` (which moves int4's kernel / GEMM crossover to 12 rows): the CPU's amx_tile and amx_bf16 flags
+    at level avx512_bf16, unless ONEDNN_MAX_CPU_ISA caps oneDNN below AMX."""
+    from phikit.cpu import features, gemm
+
+    request.addfinalizer(gemm.has_amx.cache_clear)  # later tests see this host's own answer
+    monkeypatch.setattr(torch._C._cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(gemm, "onednn_bf16", lambda: True)
+    monkeypatch.setattr(gemm.features, "at_least", lambda level: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+    def answer(flags: set[str], isa: str | None) -> bool:
+        monkeypatch.setattr(gemm.features, "cpu_info", lambda: features.CpuInfo("x86_64", "test", frozenset(flags)))
+        if isa is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        gemm.has_amx.cache_clear()
+        return gemm.has_amx()
+
+    amx = {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+    assert answer(amx, None) and answer(amx, "AVX512_CORE_AMX") and answer(amx, "ALL")
+    assert not answer(amx, "AVX512_CORE_BF16") and not answer(amx, "AVX2")
+    assert not answer({"avx512f", "avx512_bf16"}, None)

@@ -418,3 +418,25 @@ def test_int8_prefill_slices_in_bf16_equal_the_fp32_ones_rounded(monkeypatch) ->
     assert torch.equal(bf16_rows(0, 300), fp32_rows(0, 300).bfloat16())
     assert torch.equal(cpu_kernels.gemm_dequantized(x, fp32_rows, 300, bf16_rows),
                        cpu_kernels.gemm_dequantized(x, fp32_rows, 300))
+
+
+@pytest.mark.parametrize("config", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(128)])
+def test_a_prefill_in_bf16_slices_through_the_reused_buffer_equals_one_slice(config, monkeypatch) -> None:
+    """A long quantized prefill on the bf16 GEMM dequantizes 1024-row slices (`gemm.bf16_slice_rows`) into one reused
+    buffer per thread, the last slice shorter: the same numbers as the whole weight dequantized at once."""
+    from phikit.cpu import gemm
+
+    monkeypatch.setattr(gemm, "prefers_fp32_gemm", lambda rows: False)  # the bf16 GEMM branch, on any CPU
+    assert gemm.bf16_slice_rows(128) % 1024 == 0 and gemm.bf16_slice_rows(3072) % 1024 == 0
+    torch.manual_seed(3)
+    linear = nn.Linear(128, 2052).to(torch.bfloat16)  # slices of 1024, 1024 and 4 rows
+    module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), config), config, linear.bias)
+    x = torch.randn(128, 128).bfloat16()
+    with torch.no_grad():
+        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 1024)
+        sliced = module(x)
+        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 4096)
+        whole = module(x)
+    assert torch.equal(sliced, whole)
+    ref = x.float() @ module.dequantize().float().T + linear.bias.float()
+    assert (sliced.float() - ref).abs().max() <= 2e-2 * ref.abs().max()

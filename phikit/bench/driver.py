@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..cpu import features
 from ..hf.auto import AutoModelForCausalLM
 from ..gguf_export import export_gguf
 from ..tokenizer.tokenization import AutoTokenizer
@@ -62,10 +63,26 @@ def export_for_llama_cpp(folder: str, outtypes: tuple[str, ...]) -> dict[str, st
     return files
 
 
+def llama_crash_hint(returncode: int, gguf_type: str) -> str:
+    """A sentence on a llama.cpp child killed by a signal, where the likely cause is known: llama.cpp's AMX kernels
+    (which a GGML_NATIVE build takes on a CPU with AMX) segfaulted on quantized files on an AMX Xeon host with
+    llama-cpp-python 0.3.36 (ggml-org/llama.cpp#20824 reports the same crash); its bf16 files do not use them."""
+    amx = {"amx_int8", "amx_tile"} & features.cpu_info().flags
+    if returncode >= 0 or not amx or gguf_type == "bf16":
+        return ""
+    return (f" llama.cpp died from signal {-returncode} on a {gguf_type} file on a CPU with AMX: its AMX kernels are "
+            "known to crash there (ggml-org/llama.cpp#20824). Build llama-cpp-python without them, CMAKE_ARGS="
+            "\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON "
+            "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF\" pip install "
+            "--no-cache-dir --no-binary llama-cpp-python --target DIR llama-cpp-python, and pass --llama-cpp DIR.")
+
+
 def measure_llama_cpp(path: str, prompt_len: int, new_tokens: int, threads: int) -> dict[str, Any] | None:
     out = subprocess.run(child_command("llama", path, prompt_len, new_tokens, threads), capture_output=True, text=True)
     if out.returncode:
-        print(f"  llama.cpp: failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
+        gguf_type = next((t for t in GGUF_TYPES.values() if path.endswith(f"-{t}.gguf")), "")
+        print(f"  llama.cpp: failed (exit {out.returncode}): {out.stderr.strip()[-300:]}"
+              f"{llama_crash_hint(out.returncode, gguf_type)}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -185,7 +202,8 @@ def run_paired(shape: str, folder: str | None, prompt_len: int, new_tokens: int,
                                            rounds), stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         if out.returncode:
-            print(f"  {a} / {b}: failed (exit {out.returncode}, its error above)", file=sys.stderr)
+            hint = llama_crash_hint(out.returncode, b.split("-", 1)[1]) if b.startswith("llama.cpp-") else ""
+            print(f"  {a} / {b}: failed (exit {out.returncode}, its error above).{hint}", file=sys.stderr)
             continue
         sa, sb = json.loads(out.stdout.strip().splitlines()[-1])
         result = {"a": a, "b": b}

@@ -25,6 +25,7 @@ buffer, rounded to bf16 once.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from typing import Callable
 
@@ -36,6 +37,7 @@ from . import features
 from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
+BF16_SLICE_BYTES = 16 << 20  # bf16 dequantized weight rows per GEMM of `gemm_dequantized` (`bf16_slice_rows`)
 FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)
 # Rows up to which the bf16 matrix-vector kernel beats an fp32 GEMM on widened weight slices where oneDNN has no bf16
 # GEMM (AVX2, NEON): it reads each weight once for all rows, widening in registers, two rows per weight vector. On
@@ -58,9 +60,19 @@ def onednn_bf16() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _has_amx() -> bool:
+def has_amx() -> bool:
+    """Whether oneDNN's bf16 GEMM runs on AMX tiles here, several times its AVX512-BF16 speed, which moves the rows
+    from which a GEMM beats phikit's matrix-vector kernels: the CPU has amx_tile and amx_bf16, the level in use is
+    avx512_bf16, and no ONEDNN_MAX_CPU_ISA below AMX is set. Read from the CPU's flags, because torch 2.13 has no
+    `torch._C._cpu._is_amx_tile_supported` (phikit asked only that probe before, and so never saw AMX)."""
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+    if probe is not None and not probe():
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
+    if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
+        return False
+    return (onednn_bf16() and features.at_least("avx512_bf16")
+            and {"amx_tile", "amx_bf16"} <= features.cpu_info().flags)
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +106,7 @@ def prefers_fp32_gemm(rows: int) -> bool:
     measured faster."""
     if not onednn_bf16():
         return True
-    return rows >= FP32_GEMM_MIN_ROWS and not _has_amx() and _fp32_gemm_wins()
+    return rows >= FP32_GEMM_MIN_ROWS and not has_amx() and _fp32_gemm_wins()
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +127,7 @@ def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Te
     if x.dtype != torch.bfloat16 or prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, weight_rows, n, bias)
     out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    rows = max(16, PREFILL_CHUNK_BYTES // (4 * x.shape[1]))
+    rows = bf16_slice_rows(x.shape[1])
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         w = bf16_rows(start, stop) if bf16_rows is not None else weight_rows(start, stop).to(x.dtype)
@@ -123,7 +135,16 @@ def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Te
     return out if bias is None else out.add_(bias.to(out.dtype))
 
 
-_SCRATCH = threading.local()  # each thread's reused fp32 buffer for widened weight slices
+def bf16_slice_rows(k: int) -> int:
+    """Weight rows per bf16 slice of `gemm_dequantized` for K = k: multiples of 1024, about BF16_SLICE_BYTES of bf16
+    (at least 1024 rows). oneDNN's bf16 GEMM (AMX Xeon host, 2 threads, M = 512, one int8 weight dequantized a slice
+    at a time into a reused buffer) ran 16384 x 3072 in 32 ms with 1024-row slices, against 60-240 ms with 682-, 256-
+    or 128-row ones (30 ms unsliced); 8192 x 2048 in 12 ms with 1024, 20-112 ms with 512, 256 or 128 (9 ms
+    unsliced)."""
+    return max(1, BF16_SLICE_BYTES // (2 * k) // 1024) * 1024
+
+
+_SCRATCH = threading.local()  # each thread's reused fp32 and bf16 buffers for weight slices
 
 
 def widened(weight: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
@@ -143,10 +164,22 @@ def widened(weight: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
 def scratch_f32(rows: int, k: int) -> torch.Tensor:
     """This thread's reused fp32 buffer as a [rows, K] tensor, for one weight slice of `gemm_via_fp32` at a time
     (`widened`, and the quantized formats' dequantized rows): valid until the next call on this thread."""
+    return _scratch("f32", torch.float32, rows, k)
+
+
+def scratch_bf16(rows: int, k: int) -> torch.Tensor:
+    """This thread's reused bf16 buffer as a [rows, K] tensor, for one dequantized weight slice of
+    `gemm_dequantized`'s bf16 GEMM at a time: valid until the next call on this thread. A fresh tensor per slice
+    page-faults its pages in again whenever the allocator has returned them."""
+    return _scratch("bf16", torch.bfloat16, rows, k)
+
+
+def _scratch(name: str, dtype: torch.dtype, rows: int, k: int) -> torch.Tensor:
     need = rows * k
-    buf = getattr(_SCRATCH, "buf", None)
+    buf = getattr(_SCRATCH, name, None)
     if buf is None or buf.numel() < need:
-        buf = _SCRATCH.buf = torch.empty(need, dtype=torch.float32)
+        buf = torch.empty(need, dtype=dtype)
+        setattr(_SCRATCH, name, buf)
     return buf[:need].view(rows, k)
 
 

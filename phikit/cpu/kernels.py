@@ -230,13 +230,14 @@ def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.
     return y
 
 
-def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> torch.Tensor | None:
+def dequantize_int8_rows(qweight: torch.Tensor, scales: torch.Tensor, start: int, stop: int,
+                         out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Rows [start, stop) of an int8 weight in phikit's layout -> bf16 [stop - start, K] (q * scale, rounded once),
-    or None without AVX512-BF16."""
+    into `out` (contiguous bf16 of that shape) where given; None without AVX512-BF16."""
     if not has_bf16_dot():
         return None
     k = qweight.shape[1]
-    out = torch.empty(stop - start, k, dtype=torch.bfloat16)
+    out = _rows_out(out, stop - start, k, torch.bfloat16)
     _library().phk_dequant_int8_bf16(_ptr(qweight), _ptr(scales), _ptr(out), start, stop, k, torch.get_num_threads())
     return out
 

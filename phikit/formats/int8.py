@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_f32
+from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_bf16, scratch_f32
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import dequantize_int8, pack_int8_native, unpack_int8_native
 
@@ -122,8 +122,9 @@ class Int8Linear(_QuantLinear):
     def _bf16_rows(self, start: int, stop: int) -> torch.Tensor:
         """The weight's rows [start, stop) in bf16 (q * scale rounded once): natively from phikit's layout (one
         pass; torch's unpack, convert and multiply took 10 ms of a 64-row fc1 product), else with torch's ops."""
-        fast = native_kernels.dequantize_int8_rows(self.qweight, self.scales, start, stop) \
-            if self.layout == "phikit" else None
+        fast = native_kernels.dequantize_int8_rows(self.qweight, self.scales, start, stop,
+                                                   scratch_bf16(stop - start, self.in_features)) \
+            if self.layout == "phikit" and native_kernels.has_bf16_dot() else None
         return fast if fast is not None else self.rows(start, stop).to(self.scales.dtype) * self.scales[start:stop, None]
 
     def extra_repr(self) -> str:
