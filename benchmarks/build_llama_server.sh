@@ -54,8 +54,16 @@ cd "$src/vendor/llama.cpp"
 test -d tools/server || { echo "no tools/server in $PWD" >&2; exit 1; }
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
+# This llama.cpp's AMX kernels segfault on q8_0 / q4_0 files (an AMX Xeon host, llama-cpp-python 0.3.36; as
+# ggml-org/llama.cpp#20824 reports): on a CPU with AMX, build for its AVX-512 level with them off.
+isa=(-DGGML_NATIVE=ON)
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON
+       -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+       -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+fi
 cmake -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
+  "${isa[@]}" -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_LLGUIDANCE=OFF >&2
