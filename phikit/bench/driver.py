@@ -70,10 +70,11 @@ def llama_crash_hint(returncode: int, gguf_type: str) -> str:
     amx = {"amx_int8", "amx_tile"} & features.cpu_info().flags
     if returncode >= 0 or not amx or gguf_type == "bf16":
         return ""
-    return (f" llama.cpp died from signal {-returncode} on a {gguf_type} file on a CPU with AMX: its AMX kernels are "
-            "known to crash there (ggml-org/llama.cpp#20824). Build llama-cpp-python without them, CMAKE_ARGS="
-            "\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON "
-            "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF\" pip install "
+    return (f" llama.cpp died from signal {-returncode} on a {gguf_type} file on a CPU with AMX: its AMX kernels crashed "
+            "so on an AMX Xeon with llama-cpp-python 0.3.36, as ggml-org/llama.cpp#20824 reports. Build llama-cpp-python without them, CMAKE_ARGS="
+            "\"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+            "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON "
+            "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF\" pip install "
             "--no-cache-dir --no-binary llama-cpp-python --target DIR llama-cpp-python, and pass --llama-cpp DIR.")
 
 
