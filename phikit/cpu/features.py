@@ -96,13 +96,19 @@ def cpu_info() -> CpuInfo:
     return CpuInfo(platform.machine().lower(), model, flags)
 
 
+def onednn_max_isa() -> str:
+    """oneDNN's ISA cap as set in the environment (ONEDNN_MAX_CPU_ISA, or its old name DNNL_MAX_CPU_ISA), lower
+    case; "" where unset."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().lower()
+
+
 def _cap_from_environment(levels: tuple[str, ...]) -> tuple[str | None, str | None]:
     """(the highest level PyTorch's and oneDNN's own variables allow, the variable that set it), or (None, None)."""
     caps = []
     aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if aten in _ATEN_CAPS:
         caps.append((_ATEN_CAPS[aten], f"ATEN_CPU_CAPABILITY={aten}"))
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().lower()
+    onednn = onednn_max_isa()
     if onednn in _ONEDNN_CAPS:
         caps.append((_ONEDNN_CAPS[onednn], f"ONEDNN_MAX_CPU_ISA={onednn.upper()}"))
     caps = [(level, why) for level, why in caps if level in levels]

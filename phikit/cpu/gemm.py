@@ -25,7 +25,6 @@ buffer, rounded to bf16 once.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Callable
 
@@ -68,8 +67,8 @@ def has_amx() -> bool:
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     if probe is not None and not probe():
         return False
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
-    if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
+    isa = features.onednn_max_isa()
+    if isa and isa not in ("all", "default") and "amx" not in isa:
         return False
     return (onednn_bf16() and features.at_least("avx512_bf16")
             and {"amx_tile", "amx_bf16"} <= features.cpu_info().flags)
