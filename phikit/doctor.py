@@ -65,7 +65,13 @@ def _linears() -> list[tuple[str, str]]:
                    if gemm.prefers_fp32_gemm(4096) else f"oneDNN bf16 GEMM {rows}")
     int8 = "native 4-row blocked kernel" if native.available() else "aten _weight_int8pack_mm"
     int4 = ("native kernel (bf16 dot products)" if native.has_bf16_dot() else
-            "native kernel (16-bit integer dot products)" if native.has_int4() else "aten _weight_int4pack_mm_for_cpu")
+            "native kernel (integer dot products)" if native.has_int4() else "aten _weight_int4pack_mm_for_cpu")
+    if native.has_int4():
+        from .formats import int4 as int4_format
+
+        crossover = int4_format.native_rows()  # timed here, once per process
+        int4 += (", at every row count (timed: the GEMM never caught up)" if crossover >= gemm.NEVER else
+                 f", a GEMM on dequantized slices from {crossover} rows (timed here)")
     lossless = ("native 12-bit kernel, bit-equal to bf16" if native.has_c12() else
                 "unavailable: needs CPU level avx512_bf16 (LosslessBf16Config raises; the CLI's auto keeps bf16)")
     step = "fused native step" if decode_step.enabled() else "per-layer modules"

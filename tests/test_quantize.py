@@ -425,8 +425,11 @@ def test_a_prefill_in_bf16_slices_through_the_reused_buffer_equals_one_slice(con
     """A long quantized prefill on the bf16 GEMM dequantizes 1024-row slices (`gemm.bf16_slice_rows`) into one reused
     buffer per thread, the last slice shorter: the same numbers as the whole weight dequantized at once."""
     from phikit.cpu import gemm
+    from phikit.formats import int4, int8
 
     monkeypatch.setattr(gemm, "prefers_fp32_gemm", lambda rows: False)  # the bf16 GEMM branch, on any CPU
+    for fmt in (int4, int8):  # the GEMM at any number of rows, wherever the kernels' crossover lies here
+        monkeypatch.setattr(fmt, "native_rows", lambda: 1)
     assert gemm.bf16_slice_rows(128) % 1024 == 0 and gemm.bf16_slice_rows(3072) % 1024 == 0
     torch.manual_seed(3)
     linear = nn.Linear(128, 2052).to(torch.bfloat16)  # slices of 1024, 1024 and 4 rows
@@ -440,3 +443,37 @@ def test_a_prefill_in_bf16_slices_through_the_reused_buffer_equals_one_slice(con
     assert torch.equal(sliced, whole)
     ref = x.float() @ module.dequantize().float().T + linear.bias.float()
     assert (sliced.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+def test_the_kernel_gemm_crossover_is_where_the_fitted_lines_cross() -> None:
+    """`gemm.crossover_from_times`: both sides as a + b rows through their times at two row counts; the GEMM from
+    the rows where it gets faster, never below the probe's first row count, NEVER when the kernel's per-row cost is
+    no more than the GEMM's (as for int4 at the AVX2 level on the Zen 4 host)."""
+    from phikit.cpu.gemm import NEVER, crossover_from_times
+
+    # kernel 1 ms a row; GEMM 20 ms + 0.5 ms a row: equal at 40 rows
+    assert crossover_from_times((16, 256), (0.016, 0.256), (0.028, 0.148)) == 40
+    assert crossover_from_times((16, 256), (0.016, 0.256), (0.010, 0.100)) == 16  # GEMM ahead at the probe already
+    assert crossover_from_times((16, 256), (0.016, 0.128), (0.030, 0.150)) == NEVER  # 0.47 against 0.5 ms a row
+    assert crossover_from_times((16, 256), (0.016, 0.256), (0.026, 0.266)) == NEVER  # parallel lines
+
+
+@pytest.mark.skipif(not native_kernels.has_int4(), reason="CPU level reference runs no native kernels")
+def test_int4_products_agree_on_both_sides_of_the_timed_crossover() -> None:
+    """int4's crossover is timed on this CPU (`int4.native_rows`): whichever side a product of a given number of rows
+    lands on, kernel and GEMM give the closed form's numbers to one bf16 rounding."""
+    from phikit.formats import int4
+
+    rows = int4.native_rows()
+    assert rows == int4.AMX_NATIVE_ROWS if int4.has_amx() else 16 <= rows
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64).to(torch.bfloat16)
+    module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), INT4), INT4, linear.bias)
+    x = torch.randn(40, 256).bfloat16()
+    ref = x.float() @ module.dequantize().float().T + linear.bias.float()
+    assert module.layout == "phikit"
+    with torch.no_grad():
+        kernel = native_kernels.linear_int4(x, module.qweight, module.scales_and_zeros, module.group_size, linear.bias)
+        gemm = module._prefill(x, linear.bias)
+        for y in (kernel, gemm, module(x)):
+            assert (y.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()

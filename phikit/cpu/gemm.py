@@ -25,6 +25,7 @@ buffer, rounded to bf16 once.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from typing import Callable
 
@@ -97,6 +98,47 @@ def _fp32_gemm_wins() -> bool:
         bf16 = best(lambda: F.linear(x, w))
         fp32 = best(lambda: gemm_via_fp32(x, widened(w), w.shape[0], None))
     return fp32 < bf16
+
+
+CROSSOVER_PROBE_ROWS = (16, 256)  # the row counts at which `timed_crossover` times both sides
+NEVER = 1 << 30  # a crossover the kernel never reaches: it stays at least as fast at any number of rows
+
+
+def crossover_from_times(rows: tuple[int, int], kernel_s: tuple[float, float], gemm_s: tuple[float, float]) -> int:
+    """Rows from which a GEMM beats a matrix-vector kernel, from both timed at two row counts: each taken as a + b
+    rows (a GEMM's fixed cost is converting or packing the weight, the kernel's per-row cost its arithmetic), where
+    the lines cross, rounded up and at least rows[0] (below the probe, a kernel that reads each weight once wins by
+    construction). NEVER where the kernel's cost per row is no more than the GEMM's."""
+    (r0, r1), (k0, k1), (g0, g1) = rows, kernel_s, gemm_s
+    kernel_row, gemm_row = (k1 - k0) / (r1 - r0), (g1 - g0) / (r1 - r0)
+    if kernel_row <= gemm_row:
+        return NEVER
+    crossing = ((g0 - gemm_row * r0) - (k0 - kernel_row * r0)) / (kernel_row - gemm_row)
+    return min(NEVER, max(r0, math.ceil(crossing)))
+
+
+def timed_crossover(kernel: Callable[[int], object], gemm: Callable[[int], object],
+                    rows: tuple[int, int] = CROSSOVER_PROBE_ROWS, repeats: int = 3) -> int:
+    """`crossover_from_times` of `kernel(rows)` and `gemm(rows)` (each a product of that many rows on one probe
+    weight), each the best of `repeats` timings after a warm-up: the rows from which the GEMM is used. Timed
+    rather than set per CPU because the crossover moves with the CPU and its BLAS: int4 at 32 rows on the AVX512-BF16
+    Zen 4 host, never (the kernel stays ahead at 512 rows) at its AVX2 level (`benchmarks/RESULTS.md`)."""
+    import time
+
+    def best(run: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad():
+        for r in rows:
+            kernel(r), gemm(r)
+        kernel_s = tuple(best(lambda r=r: kernel(r)) for r in rows)
+        gemm_s = tuple(best(lambda r=r: gemm(r)) for r in rows)
+    return crossover_from_times(rows, kernel_s, gemm_s)
 
 
 def prefers_fp32_gemm(rows: int) -> bool:

@@ -17,13 +17,15 @@ takes, and any layer off the CPU, runs the dequantize fallback (`quant_linear.py
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, has_amx, scratch_bf16, scratch_f32
+from ..cpu.gemm import (CROSSOVER_PROBE_ROWS, gemm_dequantized, has_amx, scratch_bf16, scratch_f32,
+                        timed_crossover)
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_int4_native, pack_nibbles,
                             unpack_int4_native, unpack_nibbles)
@@ -33,17 +35,40 @@ _HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr
 # host, 2 threads, kernel / GEMM time: 8 rows 0.79x (8192 x 2048), 0.93x (2048 x 8192), 0.74x (16384 x 3072); 12 rows
 # 1.22x, 1.18x, 1.10x; 32 rows 2.8x, 2.6x, 2.4x.
 AMX_NATIVE_ROWS = 12
+PROBE_SHAPE = (2048, 2048)  # [N, K] of the weight `native_rows` times both paths on (4 MB of int4 codes)
 
 
+@functools.lru_cache(maxsize=None)
 def native_rows() -> int:
-    """Rows from which an int4 product runs as a GEMM on dequantized slices rather than the native kernel: with
-    AVX512-BF16 dot products the kernel wins up to FP32_GEMM_MIN_ROWS, or up to AMX_NATIVE_ROWS where oneDNN's bf16
-    GEMM runs on AMX tiles; the portable kernel (16-bit integer dot products) costs ~0.45 ms more per row of an
-    8192 x 2048 weight at the AVX2 level, where the GEMM costs 6.5 ms at 2 rows and 13 ms at 32, so from 24 rows
-    (measured on the Zen 5 host, 2 threads)."""
-    if native_kernels.has_bf16_dot():
-        return AMX_NATIVE_ROWS if has_amx() else FP32_GEMM_MIN_ROWS
-    return 24
+    """Rows from which an int4 product runs as a GEMM on dequantized slices rather than the native kernel:
+    AMX_NATIVE_ROWS where oneDNN's bf16 GEMM runs on AMX tiles, else timed once per process on a probe weight
+    (`gemm.timed_crossover`, ~0.1 s). Measured on the Zen 4 host, 2 threads (`benchmarks/RESULTS.md`): with
+    AVX512-BF16 the kernel is level with oneDNN's bf16 GEMM at 32 rows and 1.5x its time at 96; at the AVX2 level
+    the kernel (byte dot products) takes 0.09x the fp32 GEMM's time at 8 rows, 0.24x at 32, 0.53x at 128 and
+    0.79-0.89x at 512, where the fixed crossover of 24 rows, measured on a Zen 5 host before, sent those to the GEMM."""
+    if has_amx():
+        return AMX_NATIVE_ROWS
+    n, k = PROBE_SHAPE
+    group = 128
+    gen = torch.Generator().manual_seed(0)
+    qweight = pack_int4_native(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8))
+    sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
+                      torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
+    x = torch.randn(CROSSOVER_PROBE_ROWS[1], k, generator=gen).to(torch.bfloat16)
+    return timed_crossover(lambda rows: native_kernels.linear_int4(x[:rows], qweight, sz, group, None),
+                           lambda rows: _gemm_on_slices(x[:rows], qweight, sz, group, n, None))
+
+
+def _gemm_on_slices(x: torch.Tensor, qweight: torch.Tensor, sz: torch.Tensor, group: int, n: int,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] -> [M, N] (+ bias) by a GEMM on dequantized row slices of a native-layout int4 weight
+    (`gemm_dequantized`: bf16 slices for oneDNN's bf16 GEMM with AVX512-BF16, else fp32 ones)."""
+    k = x.shape[1]
+    bf16_rows = (lambda a, b: native_kernels.dequantize_int4_rows(qweight, sz, group, a, b, x.dtype,
+                                                                  scratch_bf16(b - a, k))) \
+        if x.dtype == torch.bfloat16 and native_kernels.has_bf16_dot() else None  # AVX512-BF16
+    return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(
+                                qweight, sz, group, a, b, out=scratch_f32(b - a, k)), n, bf16_rows, bias)
 
 
 class Int4Linear(_QuantLinear):
@@ -114,13 +139,7 @@ class Int4Linear(_QuantLinear):
 
     def _prefill(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] -> [M, N] (+ bias) by a GEMM on dequantized row slices (`gemm_dequantized`)."""
-        q, sz, g = self.qweight, self.scales_and_zeros, self.group_size
-        bf16_rows = (lambda a, b: native_kernels.dequantize_int4_rows(q, sz, g, a, b, x.dtype,
-                                                                      scratch_bf16(b - a, self.in_features))) \
-            if x.dtype == torch.bfloat16 and native_kernels.has_bf16_dot() else None  # AVX512-BF16
-        return gemm_dequantized(x, lambda a, b: native_kernels.dequantize_int4_rows(
-                                    q, sz, g, a, b, out=scratch_f32(b - a, self.in_features)),
-                                self.out_features, bf16_rows, bias)
+        return _gemm_on_slices(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features, bias)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales_and_zeros.dtype

@@ -127,6 +127,23 @@ static inline vs16 vs16_maddubs(vu8 a, vs8 b) {
     return (vs16)_mm256_maddubs_epi16((__m256i)a, (__m256i)b);
 #endif
 }
+/* [a0 + a1, a2 + a3, b0 + b1, b2 + b3] in every 128-bit lane: vphaddd's result, built from two shuffles and an add
+   (single-cycle ops, where vphaddd is 3-4 micro-ops on AMD cores; AVX-512 has no vphaddd) */
+static inline vi vi_hadd(vi a, vi b) {
+#if PHK_VL == 16
+    return (vi)_mm512_shuffle_ps((__m512)a, (__m512)b, 0x88) + (vi)_mm512_shuffle_ps((__m512)a, (__m512)b, 0xdd);
+#else
+    return (vi)_mm256_shuffle_ps((__m256)a, (__m256)b, 0x88) + (vi)_mm256_shuffle_ps((__m256)a, (__m256)b, 0xdd);
+#endif
+}
+/* the 16 bytes at p, as 4 32-bit lanes, in every 128-bit lane */
+static inline vu vu_load4_every128(const void *p) {
+#if PHK_VL == 16
+    return (vu)_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p));
+#else
+    return (vu)_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+#endif
+}
 #else
 #define PHK_HAS_MADDUBS 0
 #endif
