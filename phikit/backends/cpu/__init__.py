@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ...cpu.gemm import FastLinear, native_bf16_rows, use_fast_linears
-from ...formats import int4, int8
+from ...cpu.gemm import FastLinear, use_fast_linears
 from ...ops import Ops, bind
 from .ops import cpu_ops
 
@@ -33,8 +32,16 @@ def adopt_dtype(model: nn.Module, dtype: torch.dtype) -> None:
         use_fast_linears(model, skip=("lm_head",) if tied and FastLinear.needs_packing() else ())
 
 
+# Rows a batched decode forward holds at most on the CPU. Every product of a step picks its own kernel by its rows
+# (matrix-vector kernel or GEMM), and each costs about a + b rows either way, so one forward over all running rows
+# costs less than groups that each stream every weight again. Measured on the Zen 4 host (2 threads, phi-1.5's eight
+# weight shapes, bf16): 16 rows in one oneDNN GEMM 21.1 ms, as two forwards of 8 on the native kernel 30.7 ms; 24
+# rows 25.5 against 41.0. Served phi-1.5 at 16 streams went from 0.94x / 1.03x llama-server's throughput (bf16 /
+# int4, in groups of 8: the fewest rows any format's kernel took) to 1.09x / 1.07x (`benchmarks/RESULTS.md`).
+DECODE_ROWS = 256
+
+
 def decode_rows() -> int:
-    """Rows a batched decode forward holds at most here: the fewest any weight format's matrix-vector kernel takes
-    (bf16 `native_bf16_rows()`, int8 and int4 `native_rows()`), so every linear of the step stays on its kernel: 8
-    where oneDNN's bf16 GEMM takes over (AVX-512), 23 at AVX2 and NEON (int4's limit)."""
-    return min(native_bf16_rows(), int8.native_rows() - 1, int4.native_rows() - 1)
+    """Rows a batched decode forward holds at most here (`DECODE_ROWS`): past the matrix-vector kernels' rows the
+    linears turn into GEMMs, which costs less than splitting the batch."""
+    return DECODE_ROWS
