@@ -140,6 +140,26 @@ def test_native_int4_kernel_against_the_closed_form(group: int, rows: int) -> No
     assert (aten.double() - exact).abs().max().item() <= 2 * tol
 
 
+@pytest.mark.skipif(not native_kernels.has_int4(), reason="CPU level reference runs no native kernels")
+def test_native_int4_rows_past_one_tile_of_x_equal_each_row_alone() -> None:
+    """The portable kernel takes x's rows in tiles (about 512 KB of their integer forms: 32 rows at K = 8192): a
+    product over several tiles gives each row exactly what that row alone gives, and the closed form's numbers."""
+    from phikit.formats.quantize_math import pack_int4_native
+
+    gen = torch.Generator().manual_seed(11)
+    n, k, group, rows = 8, 8192, 128, 70
+    q = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
+                      torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    packed = pack_int4_native(q)
+    y = native_kernels.linear_int4(x, packed, sz, group, None)
+    alone = torch.cat([native_kernels.linear_int4(x[i:i + 1], packed, sz, group, None) for i in range(rows)])
+    assert torch.equal(y, alone)
+    exact = x.double() @ dequantize_int4(q, sz.float(), group).double().T
+    assert (y.double() - exact).abs().max().item() <= exact.abs().max().item() * 2 ** -8
+
+
 def test_int4_uses_aten_where_the_native_kernel_cannot(monkeypatch) -> None:
     """Without AVX512-BF16 (simulated) bf16 int4 layers pack for aten's kernel, save the same portable tensors and
     give the same outputs up to rounding."""

@@ -121,8 +121,9 @@ def timed_crossover(kernel: Callable[[int], object], gemm: Callable[[int], objec
                     rows: tuple[int, int] = CROSSOVER_PROBE_ROWS, repeats: int = 3) -> int:
     """`crossover_from_times` of `kernel(rows)` and `gemm(rows)` (each a product of that many rows on one probe
     weight), each the best of `repeats` timings after a warm-up: the rows from which the GEMM is used. Timed
-    rather than set per CPU because the crossover moves with the CPU and its BLAS: int4 at 32 rows on the AVX512-BF16
-    Zen 4 host, never (the kernel stays ahead at 512 rows) at its AVX2 level (`benchmarks/RESULTS.md`)."""
+    rather than set per CPU because the crossover moves with the CPU and its BLAS: int4 at 21-27 rows on the
+    AVX512-BF16 Zen 4 host, 300-1000 at its AVX2 level, where both sides are level from ~500 rows on
+    (`benchmarks/RESULTS.md`)."""
     import time
 
     def best(run: Callable[[], object]) -> float:

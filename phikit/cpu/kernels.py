@@ -2,17 +2,17 @@
 
 Decoding one token streams every weight once, so its speed is the memory bandwidth a matrix-vector loop sustains (or,
 for int4 on 256-bit vectors, the integer work per weight). The kernels (bf16, int8-per-channel and int4-group-wise
-linears, and the attention of one new token over the cache; fp32 accumulation) read each weight row once for all rows
-of a small batch. Most are written once on a thin vector layer (`native/vec.h`: AVX-512, AVX2 + FMA, NEON) in
-`native/portable.c` and `native/decode_step.c` (the fused batch-1 step, the MLP activations as lookups in a table of
-PyTorch's own results for all 65536 bf16 inputs, the rotary embedding and RMSNorm); `native/kernels.c`,
+linears, and the attention of one new token over the cache; fp32 accumulation) read each weight row once for all rows of
+a small batch. Most are written once on a thin vector layer (`native/vec.h`: AVX-512, AVX2 + FMA, NEON) in
+`native/portable.c`, `native/int4.c` and `native/decode_step.c` (the fused batch-1 step, the MLP activations as lookups
+in a table of PyTorch's own results for all 65536 bf16 inputs, the rotary embedding and RMSNorm); `native/kernels.c`,
 `attention_prefill.c` and `lossless.c` hold what needs AVX512-BF16's dot products (faster bf16 and int4 kernels, the
 causal attention of a whole prompt, the lossless 12-bit format). They are compiled on first use for the CPU level in
 use (`features.py`; `compile_flags`) with `cc -O3 <flags> -fopenmp` into `~/.cache/phikit/native/<hash>/`, linked
 against the OpenMP runtime torch loaded (one thread pool), checked against `abi.py` when loaded, and called through
 ctypes on tensors' memory with torch.get_num_threads() threads. At the `reference` level (or without a compiler)
 `available()` is False and callers keep PyTorch's kernels: results differ only in fp32 summation order (and, for the
-portable int4 kernel, by the stated rounding of x to 16-bit integers: `native/portable.c`).
+portable int4 kernel, by the stated rounding of x to 16-bit integers: `native/int4.c`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import torch
 from . import abi, features, hugepages
 
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCES = ("phk_abi.h", "phk.h", "vec.h", "portable.c", "kernels.c", "decode_step.c", "attention_prefill.c",
-           "lossless.c")  # compiled together into one library; the ABI (phk_abi.h) is mirrored in abi.py
+# compiled together into one library; the ABI (phk_abi.h) is mirrored in abi.py
+SOURCES = ("phk_abi.h", "phk.h", "vec.h", "portable.c", "int4.c", "kernels.c", "decode_step.c",
+           "attention_prefill.c", "lossless.c")
 MAX_ROWS = 8  # batch rows (tokens) up to which the matrix-vector kernels beat a GEMM
 MIN_ELEMENTWISE = 1 << 16  # values from which the activations run natively (a prefill; a decode step has its own)
 build_error: str | None = None  # why the kernels are unavailable, for `python -m phikit`

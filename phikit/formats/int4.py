@@ -42,10 +42,11 @@ PROBE_SHAPE = (2048, 2048)  # [N, K] of the weight `native_rows` times both path
 def native_rows() -> int:
     """Rows from which an int4 product runs as a GEMM on dequantized slices rather than the native kernel:
     AMX_NATIVE_ROWS where oneDNN's bf16 GEMM runs on AMX tiles, else timed once per process on a probe weight
-    (`gemm.timed_crossover`, ~0.1 s). Measured on the Zen 4 host, 2 threads (`benchmarks/RESULTS.md`): with
-    AVX512-BF16 the kernel is level with oneDNN's bf16 GEMM at 32 rows and 1.5x its time at 96; at the AVX2 level
-    the kernel (byte dot products) takes 0.09x the fp32 GEMM's time at 8 rows, 0.24x at 32, 0.53x at 128 and
-    0.79-0.89x at 512, where the fixed crossover of 24 rows, measured on a Zen 5 host before, sent those to the GEMM."""
+    (`gemm.timed_crossover`, 0.15-0.3 s, with the threads torch uses then). Measured on the Zen 4 host, 2 threads
+    (`benchmarks/RESULTS.md`): with AVX512-BF16 the kernel is level with oneDNN's bf16 GEMM at 32 rows and 1.5x its
+    time at 96 (the fixed 96 used before was 3x too high); at the AVX2 level the kernel (byte dot products) takes
+    0.09x the fp32 GEMM's time at 8 rows, 0.24x at 32, 0.53x at 128 and about the same at 512-1024, where the fixed
+    crossover of 24 rows, measured on a Zen 5 host before, sent 24-500-row products to the GEMM."""
     if has_amx():
         return AMX_NATIVE_ROWS
     n, k = PROBE_SHAPE

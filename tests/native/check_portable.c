@@ -1,6 +1,7 @@
-/* C-level checks of the portable kernels (phikit/cpu/native/portable.c) against scalar references in double, for
-   any target: tests/test_native_c.py builds this with the library's sources for each x86-64 level the host runs,
-   and cross-compiled for aarch64 to run under qemu-aarch64. Prints one line per check; exits 1 on any failure.
+/* C-level checks of the portable kernels (phikit/cpu/native/portable.c, int4.c) against scalar references in
+   double, for any target: tests/test_native_c.py builds this with the library's sources for each x86-64 level the
+   host runs, and cross-compiled for aarch64 to run under qemu-aarch64. Prints one line per check; exits 1 on any
+   failure.
 
    The references compute each output in double from the same bf16 / int8 / 4-bit values. A kernel's output is that
    value rounded to bf16 once, up to its fp32 summation order, so it must lie within one bf16 step (2^-7 relative,
