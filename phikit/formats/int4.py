@@ -35,7 +35,7 @@ _HAS_INT4_CPU = hasattr(_OPS, "_convert_weight_to_int4pack_for_cpu") and hasattr
 # host, 2 threads, kernel / GEMM time: 8 rows 0.79x (8192 x 2048), 0.93x (2048 x 8192), 0.74x (16384 x 3072); 12 rows
 # 1.22x, 1.18x, 1.10x; 32 rows 2.8x, 2.6x, 2.4x.
 AMX_NATIVE_ROWS = 12
-PROBE_SHAPE = (2048, 2048)  # [N, K] of the weight `native_rows` times both paths on (4 MB of int4 codes)
+PROBE_SHAPE = (2048, 2048)  # [N, K] of the weight `native_rows` times both paths on (2 MB of int4 codes)
 
 
 @functools.lru_cache(maxsize=None)

@@ -191,10 +191,11 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
             xsum[m * NG + g] = vf_sum(t);
         }
     }
-    /* x's rows in tiles of about 128 KB of their integer forms, so that a tile stays in L2 while every 4-row block
-       of the weight passes over it (each tile streams the weight again: at 512 rows and K = 2048, 8 reads of it,
-       ~2% of the arithmetic's time). Untiled, a 1024-row product with K = 8192 ran 1.4x slower a row than one of 512
-       (x's 32 MB came from memory for every block; Zen 4 host, AVX2 level). */
+    /* x's rows in tiles of INT4_X_TILE bytes (512 KB) of their byte forms, so that a tile stays in L2 / L3 while
+       every 4-row block of the weight passes over it (each tile streams the weight again: at 512 rows and K = 2048,
+       4 reads of it, ~1% of the arithmetic's time). Untiled, x's 32 MB at 1024 rows and K = 8192 came from memory for
+       every block: 1.28x slower (1.13x at 256 rows; 128 KB and 2 MB tiles within noise of 512 KB; Zen 4 host, AVX2
+       level). */
     const int64_t MT = K >= INT4_X_TILE / 2 ? 1 : INT4_X_TILE / 2 / K;
     for (int64_t m0 = 0; m0 < M; m0 += MT) {
     const int64_t m1 = M - m0 < MT ? M : m0 + MT;
@@ -259,11 +260,10 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
    computes it in fp32 (a multiply, then an add) */
 void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,
                           int64_t K, int64_t GS, int threads) {
-    int64_t KB = K / 2;
     const int gl = __builtin_ctzll((unsigned long long)GS);  /* GS a power of two: groups by shifts */
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
-        const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
+        const uint16_t *row = int4_row_words(w, n, K);
         float *o = out + (n - r0) * K;
         for (int64_t k = 0; k < K; k += 128) {
             float s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */

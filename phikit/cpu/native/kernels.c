@@ -236,14 +236,13 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
 
 /* rows [r0, r1) of an int4 weight in phikit's layout -> bf16 out [r1 - r0, K]: (q - 8) * scale + zero computed as
    torch does it in fp32 (a multiply, then an add), rounded to bf16 as torch's .to(bfloat16) of those values, for
-   oneDNN's bf16 GEMM (portable.c has the fp32 form, for MKL's fp32 GEMM). */
+   oneDNN's bf16 GEMM (int4.c has the fp32 form, for MKL's fp32 GEMM). */
 void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
                            int64_t K, int64_t GS, int threads) {
-    int64_t KB = K / 2;
     const int gl = __builtin_ctzll((unsigned long long)GS);  /* GS a power of two: groups by shifts */
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = r0; n < r1; n++) {
-        const uint16_t *row = (const uint16_t *)(w + (n / 4) * 4 * KB + (n % 4) * 64);  /* + chunk * 256 bytes */
+        const uint16_t *row = int4_row_words(w, n, K);
         for (int64_t k = 0; k < K; k += 128) {
             __m512 s[4], z[4];  /* nibble i's 32 columns lie in one group (GS >= 64): its scale and zero */
             for (int i = 0; i < 4; i++) {

@@ -23,6 +23,10 @@ static inline uint16_t bf16_of_f32(float f) {  /* round to nearest even, NaN sta
 }
 
 /* y[m, n] = v (+ bias[n]), rounded to bf16 once */
+/* row n of an int4 weight [N, K] in phikit's layout, as the 16-bit words of its first chunk (chunk c at + 128 c) */
+static inline const uint16_t *int4_row_words(const uint8_t *w, int64_t n, int64_t K) {
+    return (const uint16_t *)(w + (n / 4) * 2 * K + (n % 4) * 64);
+}
 static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float v, const uint16_t *bias) {
     y[m * N + n] = bf16_of_f32(v + (bias ? f32_of_bf16(bias[n]) : 0.f));
 }
