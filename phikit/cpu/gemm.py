@@ -80,24 +80,25 @@ def _fp32_gemm_wins() -> bool:
     """Whether MKL's fp32 GEMM on converted weight slices beats oneDNN's bf16 GEMM on this CPU, timed once per
     process (~0.1 s): 1.5-2.7x faster on an AVX-512 Xeon without AMX, 3x slower on a Zen 4 whose AVX512-BF16 dot
     products oneDNN uses. Measure, don't guess from CPU flags: both of those CPUs report avx512_bf16."""
-    import time
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(FP32_GEMM_MIN_ROWS * 2, 2048, generator=gen).to(torch.bfloat16)
     w = torch.randn(4096, 2048, generator=gen).to(torch.bfloat16)
-
-    def best(run: Callable[[], torch.Tensor]) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     with torch.no_grad():
-        bf16 = best(lambda: F.linear(x, w))
-        fp32 = best(lambda: gemm_via_fp32(x, widened(w), w.shape[0], None))
+        bf16 = _best_time(lambda: F.linear(x, w))
+        fp32 = _best_time(lambda: gemm_via_fp32(x, widened(w), w.shape[0], None))
     return fp32 < bf16
+
+
+def _best_time(run: Callable[[], object], repeats: int = 3) -> float:
+    """The shortest of `repeats` wall-clock timings of `run()`, in seconds (the timed choices of this module)."""
+    import time
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 CROSSOVER_PROBE_ROWS = (16, 256)  # the row counts at which `timed_crossover` times both sides
@@ -124,21 +125,11 @@ def timed_crossover(kernel: Callable[[int], object], gemm: Callable[[int], objec
     rather than set per CPU because the crossover moves with the CPU and its BLAS: int4 at 21-27 rows on the
     AVX512-BF16 Zen 4 host, 300-1000 at its AVX2 level, where both sides are level from ~500 rows on
     (`benchmarks/RESULTS.md`)."""
-    import time
-
-    def best(run: Callable[[], object]) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     with torch.no_grad():
         for r in rows:
             kernel(r), gemm(r)
-        kernel_s = tuple(best(lambda r=r: kernel(r)) for r in rows)
-        gemm_s = tuple(best(lambda r=r: gemm(r)) for r in rows)
+        kernel_s = tuple(_best_time(lambda r=r: kernel(r), repeats) for r in rows)
+        gemm_s = tuple(_best_time(lambda r=r: gemm(r), repeats) for r in rows)
     return crossover_from_times(rows, kernel_s, gemm_s)
 
 
