@@ -5,7 +5,9 @@
 #   bash benchmarks/build_llama_server.sh      # prints the binary's path on its last line
 #
 # Environment: PYTHON (default: the venv's python, else python3), LLAMA_SERVER_CACHE (default
-# ~/.cache/phikit/llama-server), LLAMA_CPP_PYTHON_VERSION (default: the newest sdist), JOBS (default 2).
+# ~/.cache/phikit/llama-server), LLAMA_CPP_PYTHON_VERSION (default: the newest sdist), JOBS (default 2),
+# LEVEL (default `native`: this machine's instruction set; `avx2`: AVX2+FMA+F16C only, into build-avx2/, the peer of
+# `phikit serve --cpu-level avx2`).
 #
 # Flags, as this llama.cpp (llama-cpp-python 0.3.36) spells them:
 #   - LLAMA_CURL is deprecated there (it only warns): downloads go through LLAMA_OPENSSL, which we turn off too;
@@ -30,7 +32,13 @@ if [[ -n "${LLAMA_CPP_PYTHON_VERSION:-}" ]]; then
 else
   src="${existing%/}"
 fi
-bin="$cache/${src:-none}/vendor/llama.cpp/build/bin/llama-server"
+level="${LEVEL:-native}"
+case "$level" in
+  native) build=build ;;
+  avx2) build=build-avx2 ;;
+  *) echo "LEVEL=$level: use native or avx2" >&2; exit 2 ;;
+esac
+bin="$cache/${src:-none}/vendor/llama.cpp/$build/bin/llama-server"
 if [[ -n "$src" && -x "$bin" ]]; then
   echo "llama-server already built" >&2
   echo "$bin"
@@ -62,11 +70,16 @@ if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
 fi
-cmake -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+if [[ "$level" == avx2 ]]; then
+  isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF
+       -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF
+       -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+fi
+cmake -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   "${isa[@]}" -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_LLGUIDANCE=OFF >&2
-time cmake --build build --target llama-server -j"$jobs" >&2
-test -x build/bin/llama-server
-echo "$PWD/build/bin/llama-server"
+time cmake --build "$build" --target llama-server -j"$jobs" >&2
+test -x "$build/bin/llama-server"
+echo "$PWD/$build/bin/llama-server"
