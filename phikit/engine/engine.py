@@ -7,16 +7,18 @@
 One thread runs `step()` in a loop. Each step (1) ends aborted requests and frees their slots; (2) admits waiting
 requests, oldest first, into free slots (a request with n choices takes n slots), reusing the longest cached
 prefix of the same LongRoPE regime from any slot; (3) decodes one token for every running choice; (4) spends the
-rest of the token budget (`max_num_batched_tokens`) on prefill chunks, oldest request first, one request per
-forward; (5) samples each choice with its own processors and generator, hands each request its outputs, and frees
-a slot the moment its choice ends.
+rest of the token budget (`max_num_batched_tokens`) on prefill chunks, oldest request first: the chunks of sampled
+requests in one packed forward together with (3)'s batchable decode rows (`packing.py`), a deterministic request's
+in a forward of its own; (5) samples each choice with its own processors and generator, hands each request its
+outputs, and frees a slot the moment its choice ends.
 
 Deterministic requests (by default the greedy ones) run every step alone, batch 1, as `model.generate()` runs
 them: prefill in one forward when the prompt fits the budget (fixed-size chunks otherwise), decode through the
 batch-1 step (the backend's fused step where it applies), and no prefix reuse (a reused prefix changes the
 prefill's shapes, hence its rounding). So their tokens never depend on what runs beside them, and equal
 `generate(do_sample=False)`. The cost: they are not batched with each other. Other requests decode together in one
-ragged forward (the linears read each weight once for all rows; attention runs per row).
+ragged forward (the linears read each weight once for all rows; attention runs per row), or, in a step that also
+prefills sampled requests, in the packed forward with those chunks.
 
 A row's LongRoPE regime is fixed at admission from its whole prompt (`pinned_long`), so prefill chunks never split
 factors; a row that grows past `original_max_position_embeddings` while generating runs that step alone, where the
@@ -37,6 +39,7 @@ import torch
 from ..generation_config import merge_eos_ids
 from ..ops.backends import decode_rows
 from .mirror import OPERATIONS, STOP
+from .packing import run_packed
 from .outputs import ChoiceResult, RequestResult, StepOutput
 from .params import (ContextLengthError, EngineArgumentError, EngineClosedError, QueueFullError, SamplingParams)
 from .requests import Choice, Request, StopText
@@ -93,6 +96,9 @@ class Engine:
         self._stats = EngineStats()
         self._ids = itertools.count()
         self._mirror = mirror
+        # sampled requests' prefill chunks and decode rows share one packed forward (`packing.py`); off: one
+        # forward per prefill chunk, as deterministic requests always run
+        self.packed_steps = True
 
     def _run(self, op: str, *args):
         """A pool change or forward, sent to the worker ranks first where the model is sharded."""
@@ -259,9 +265,18 @@ class Engine:
         self._stats.steps += 1
         self._end_aborted()
         self._admit()
-        budget = self.max_num_batched_tokens
-        budget -= self._decode_all()
-        self._prefill_some(budget)
+        rows = self._decode_rows()
+        if rows:
+            self._stats.decode_rows_histogram.append(len(rows))
+        chunks = self._plan_prefill(self.max_num_batched_tokens - len(rows))
+        packed_chunks = [(r, n) for r, n in chunks if not r.deterministic] if self.packed_steps else []
+        packed_rows = [c for c in rows if self._batchable(c)] if packed_chunks else []
+        self._decode_all(rows, skip=packed_rows)
+        if packed_chunks:
+            run_packed(self, packed_rows, packed_chunks)
+        for request, n in chunks:
+            if not packed_chunks or request.deterministic:
+                self._prefill_chunk(request, n)
 
     def _end_aborted(self) -> None:
         with self._lock:
@@ -320,21 +335,26 @@ class Engine:
             slots.append(slot)
         return slots
 
-    def _decode_all(self) -> int:
-        """One token for every running choice that has one to feed -> rows decoded."""
-        rows = [c for r in self._running if r.prefilled == len(r.prompt) for c in r.choices
+    def _decode_rows(self) -> list[Choice]:
+        """Every running choice that has a token to feed this step."""
+        return [c for r in self._running if r.prefilled == len(r.prompt) for c in r.choices
                 if c.finish_reason is None and len(c.generated) > c.fed]
+
+    def _batchable(self, choice: Choice) -> bool:
+        """Whether a decode row may share a forward with other rows (not deterministic, not changing regime)."""
+        return not choice.request.deterministic and not self._crosses(choice)
+
+    def _decode_all(self, rows: list[Choice], skip: list[Choice] = ()) -> None:
+        """One token for each of `rows` but those in `skip` (they go in this step's packed forward)."""
         if not rows:
-            return 0
-        batched = [c for c in rows if not c.request.deterministic and not self._crosses(c)]
+            return
+        batched = [c for c in rows if self._batchable(c) and c not in skip]
         for c in rows:
-            if c not in batched:
+            if not self._batchable(c):
                 self._decode_group([c], ragged=False)
         for i in range(0, len(batched), self.max_decode_rows):  # a row alone takes the batch-1 (fused) step
             group = batched[i:i + self.max_decode_rows]
             self._decode_group(group, ragged=len(group) > 1)
-        self._stats.decode_rows_histogram.append(len(rows))
-        return len(rows)
 
     def _crosses(self, choice: Choice) -> bool:
         """Whether this step takes the row past original_max_position_embeddings into the long regime."""
@@ -357,32 +377,43 @@ class Engine:
             c.fed += 1
             self._sample(c, logits[i])
 
-    def _prefill_some(self, budget: int) -> None:
-        spent = False
-        for request in list(self._running):
+    def _plan_prefill(self, budget: int) -> list[tuple[Request, int]]:
+        """This step's prefill chunks (request, tokens) within `budget`, oldest request first; the first always runs."""
+        plan, spent = [], False
+        for request in self._running:
             remaining = len(request.prompt) - request.prefilled
             if remaining == 0 or request.finished:
                 continue
             chunk = min(remaining, self.max_num_batched_tokens)
             if chunk > budget and spent:
-                return  # a chunk is never cut to fit what is left this step: its size stays fixed
-            slot = request.choices[0].slot
-            tokens = request.prompt[request.prefilled:request.prefilled + chunk]
-            try:
-                logits = self._run("prefill", slot, tokens)
-            except Exception as e:  # noqa: BLE001
-                self._fail(request, e)
-                continue
+                break  # a chunk is never cut to fit what is left this step: its size stays fixed
+            plan.append((request, chunk))
             spent, budget = True, budget - chunk
-            request.prefilled += chunk
-            self._stats.prompt_tokens += chunk
-            if request.prefilled == len(request.prompt):
-                for c in request.choices[1:]:
-                    self._run("copy_prefix", slot, c.slot, len(request.prompt))
-                for c in request.choices:
-                    self._sample(c, logits)
             if budget <= 0:
-                return
+                break
+        return plan
+
+    def _prefill_chunk(self, request: Request, chunk: int) -> None:
+        """The next `chunk` prompt tokens of one request, in a forward of their own."""
+        if request.finished:
+            return
+        tokens = request.prompt[request.prefilled:request.prefilled + chunk]
+        try:
+            logits = self._run("prefill", request.choices[0].slot, tokens)
+        except Exception as e:  # noqa: BLE001
+            self._fail(request, e)
+            return
+        self._prefilled(request, chunk, logits)
+
+    def _prefilled(self, request: Request, chunk: int, logits: torch.Tensor) -> None:
+        """`chunk` more prompt tokens of `request` are in its slot; `logits` [V] follow the last of them."""
+        request.prefilled += chunk
+        self._stats.prompt_tokens += chunk
+        if request.prefilled == len(request.prompt):
+            for c in request.choices[1:]:
+                self._run("copy_prefix", request.choices[0].slot, c.slot, len(request.prompt))
+            for c in request.choices:
+                self._sample(c, logits)
 
     def _sample(self, choice: Choice, logits: torch.Tensor) -> None:
         request = choice.request

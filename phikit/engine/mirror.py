@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .forward import decode, prefill
+from .forward import decode, packed, prefill
 from .slots import SlotPool
 
 log = logging.getLogger("phikit.engine")
@@ -30,6 +30,7 @@ def _pin(model, pool: SlotPool, slot: int, long: bool) -> None:
 OPERATIONS: dict[str, Callable[..., Any]] = {
     "prefill": prefill,
     "decode": decode,
+    "packed": packed,
     "copy_prefix": lambda model, pool, src, dst, n: pool.copy_prefix(src, dst, n),
     "reset": lambda model, pool, slot, keep=0: pool.reset(slot, keep),
     "pin": _pin,

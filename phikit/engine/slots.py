@@ -5,6 +5,7 @@ cheaper than prefilling it), each row at its own length.
     pool = SlotPool(slots=4, ctx=512)
     pool.view([2])        # one row: a StaticCache-like cache over slot 2 (prefill chunks; the fused decode step)
     pool.view([0, 2, 3])  # several rows, one new token each at its own length (`ragged`: the decode batch)
+    pool.packed_view([(1, 37), (3, 1)])   # several slots' new tokens in one forward: a prefill chunk, a decode row
     pool.copy_prefix(src=2, dst=1, n=40)   # n > 1 choices from one prefill; prefix reuse across slots
 
 Per slot it keeps the tokens whose keys and values it holds (`tokens`, for prefix matching once the slot is free),
@@ -33,6 +34,11 @@ class SlotPool:
     def view(self, rows: list[int], ragged: bool = False) -> "RowCache | RaggedCache":
         """A batch-1 cache over one slot, or (several slots, or `ragged`) a one-token-per-row decode cache."""
         return RowCache(self, rows[0]) if len(rows) == 1 and not ragged else RaggedCache(self, rows)
+
+    def packed_view(self, segments: list[tuple[int, int]]) -> "PackedCache":
+        """A cache for one packed forward: segment i is `segments[i] = (slot, n)`, n new tokens after what the slot
+        holds, the segments' tokens one after another in a [1, sum n] input."""
+        return PackedCache(self, segments)
 
     def reset(self, slot: int, keep: int = 0) -> None:
         """Keep the first `keep` positions of `slot` (a reused prefix), forget the rest."""
@@ -198,6 +204,86 @@ class RaggedCache:
 
     def replace_rows(self, rows: torch.Tensor, other) -> None:
         raise ValueError("a ragged decode batch cannot change a row's LongRoPE regime; run that row alone")
+
+    def slot_buffers(self) -> None:
+        return None
+
+
+class PackedCache:
+    """Several slots' new tokens in one [1, T] forward, segment after segment (`Decoder` runs the linears over all T
+    tokens and attention per segment on `update_segments`'s views): prefill chunks of several requests and decode
+    rows (one-token segments) share each weight's one pass. A segment never changes its slot's LongRoPE regime
+    (`rope_long` raises; the engine runs such a row alone)."""
+
+    packed = True
+    ragged = False
+
+    def __init__(self, pool: SlotPool, segments: list[tuple[int, int]]) -> None:
+        slots = [s for s, _ in segments]
+        if not segments or len(set(slots)) != len(slots) or any(n < 1 for _, n in segments):
+            raise ValueError(f"a packed forward takes distinct slots with at least one token each, got {segments}")
+        self.pool, self.segments = pool, segments
+        self.starts = [pool.lengths[s] for s in slots]
+        self.index = torch.tensor(slots)
+        self.pinned_long = pool.pinned_long[self.index]
+        ends = torch.tensor([n for _, n in segments]).cumsum(0)
+        self.offsets = [0] + ends[:-1].tolist()  # where each segment's tokens begin in the input
+        self.last = ends - 1  # [S] each segment's last token in the input: the positions whose logits are read
+
+    @property
+    def rope_long(self) -> torch.Tensor:
+        return self.pool.rope_long[self.index]
+
+    @rope_long.setter
+    def rope_long(self, value: torch.Tensor) -> None:
+        for i, ((s, _), start) in enumerate(zip(self.segments, self.starts)):
+            if start and bool(self.pool.rope_long[s]) != bool(value[i]):
+                raise ValueError(f"slot {s} would change LongRoPE regime in a packed forward; run that row alone")
+        self.pool.rope_long[self.index] = value
+
+    @property
+    def num_slots(self) -> int:
+        return max(st + n for st, (_, n) in zip(self.starts, self.segments))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.starts)
+
+    def prepare(self, position_ids: torch.Tensor, start: int, batch: int, inputs: torch.Tensor | None = None) -> None:
+        pool, total = self.pool, sum(n for _, n in self.segments)
+        if batch != 1 or position_ids.shape != (1, total):
+            raise ValueError(f"a packed cache takes one row of {total} positions [1, {total}], got batch {batch} "
+                             f"and {tuple(position_ids.shape)}")
+        for (s, n), at in zip(self.segments, self.starts):
+            if at + n > pool.ctx:
+                raise ValueError(f"slot {s} holds {at} of {pool.ctx} positions; cannot add {n}")
+        pool.keep_inputs(inputs)
+        for (s, n), at, off in zip(self.segments, self.starts, self.offsets):
+            pool.positions[s, at:at + n] = position_ids[0, off:off + n]
+            if inputs is not None:
+                pool.inputs[s, at:at + n] = inputs[0, off:off + n]
+            pool.lengths[s] = at + n
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("a packed cache is read through update_segments (one view per segment)")
+
+    def update_segments(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
+                        ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """key / value [1, KV, T, D] -> per segment (k, v) [1, KV, start + n, D] (views of the pool) and its start."""
+        pool = self.pool
+        pool.allocate(layer_idx, key)
+        keys, values = pool.keys[layer_idx], pool.values[layer_idx]
+        out = []
+        for (s, n), at, off in zip(self.segments, self.starts, self.offsets):
+            keys[s, :, at:at + n] = key[0, :, off:off + n]
+            values[s, :, at:at + n] = value[0, :, off:off + n]
+            out.append((keys[s:s + 1, :, :at + n], values[s:s + 1, :, :at + n], at))
+        return out
+
+    def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
+
+    def replace_rows(self, rows: torch.Tensor, other) -> None:
+        raise ValueError("a packed forward cannot change a row's LongRoPE regime; run that row alone")
 
     def slot_buffers(self) -> None:
         return None

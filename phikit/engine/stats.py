@@ -18,4 +18,5 @@ class EngineStats:
     steps: int = 0
     prompt_tokens: int = 0  # prompt positions prefilled (after prefix hits)
     generation_tokens: int = 0
+    packed_forwards: int = 0  # forwards that ran several requests' prefill chunks (and decode rows) together
     decode_rows_histogram: list[int] = field(default_factory=list)  # rows per decode step, since the last read

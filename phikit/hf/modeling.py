@@ -290,12 +290,15 @@ class CausalLM(PreTrainedMixin, GenerationMixin, nn.Module):
         is_moe = self.config.architecture().mlp == "moe"
         if output_router_logits is None:
             output_router_logits = getattr(self.config, "output_router_logits", False)
-        keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
+        packed = getattr(past_key_values, "packed", False)  # a packed forward keeps an index tensor's rows itself
+        keep_last = logits_to_keep if isinstance(logits_to_keep, int) or packed else 0
         trunk, cache = self.model._trunk(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                          use_cache, output_attentions, output_hidden_states, cache_position,
                                          is_moe and output_router_logits, keep_last)
         hidden = trunk.last_hidden_state  # [B, T, hidden], or only the last `keep_last` positions
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        if trunk.kept:
+            keep = slice(None)  # the trunk returned just those positions
         logits = self.lm_head(hidden[:, keep, :])  # [B, T', V]
         loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         if not is_moe:

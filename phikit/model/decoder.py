@@ -19,6 +19,7 @@ from .cache import CacheProtocol, DynamicCache
 from .layers import FcMLP, GatedMLP, make_norm
 from .masks import additive_bias, allowed_keys
 from .moe import SparseMoE, stacked_experts_pre_hook
+from .packed import packed_attention, segment_cos_sin, segment_regimes
 from .rope import RopeSpec, RotaryTables, choose_long, cos_sin, rope_spec_from_config
 
 
@@ -35,7 +36,8 @@ class StepContext:
     output_attentions: bool
     ops: Ops
     ragged: bool = False  # rows at their own lengths, one query each: attention per row on the cache's views
-    window: int | None = None  # sliding window (the ragged path applies it per row)
+    window: int | None = None  # sliding window (the ragged and packed paths apply it per row)
+    packed: bool = False  # several sequences' tokens in one row, segment after segment (`packed.py`)
 
 
 class Attention(nn.Module):
@@ -78,16 +80,22 @@ class Attention(nn.Module):
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int = 0
+    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int | torch.Tensor = 0
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, hidden] -> [B, T, hidden], or [B, keep_last, hidden] for the last `keep_last` queries only (the
-        keys and values of all T positions still go to the cache)."""
+        keys and values of all T positions still go to the cache); in a packed forward `keep_last` may be an index
+        tensor [K] of the positions to keep."""
         b, t, _ = x.shape
         q, k, v = self.project(x)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = ctx.rotary.apply(q, ctx.ops), ctx.rotary.apply(k, ctx.ops)
         bias = ctx.bias
+        if ctx.packed:  # segments of several sequences: attention per segment on its own cache row
+            out = packed_attention(q, k, v, ctx.cache, self.layer_idx, self.scale, ctx.window,
+                                   ctx.attn_implementation, ctx.ops)  # [1, T, H, D]
+            out = _kept(out, keep_last)
+            return self._modules[self.out_name](out.reshape(b, out.shape[1], self.num_heads * self.head_dim)), None
         if ctx.ragged:  # a serving batch: each row's one query attends to that row's own keys
             rows = ctx.cache.update_rows(self.layer_idx, k, v)
             out = ragged_decode_attention(q, rows, self.scale, ctx.window, ctx.ops)  # [B, 1, H, D]
@@ -139,15 +147,15 @@ class DecoderLayer(nn.Module):
         self.add_module(arch.mlp_name, mlp)
         self.resid_dropout = nn.Dropout(arch.resid_dropout)
 
-    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int = 0
+    def forward(self, x: torch.Tensor, ctx: StepContext, keep_last: int | torch.Tensor = 0
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, T, hidden] -> (x' [B, T, hidden], attention weights or None, router logits [N, E] or None).
-        keep_last > 0: x' of the last `keep_last` positions only, [B, keep_last, hidden] (the cache gets all T)."""
+        keep_last > 0: x' of the last `keep_last` positions only, [B, keep_last, hidden] (the cache gets all T); an
+        index tensor [K] (a packed forward): x' of those positions, [1, K, hidden]."""
         mlp = self._modules[self.mlp_name]
         h = self.input_layernorm(x)
         attn, weights = self.self_attn(h, ctx, keep_last)
-        if keep_last:
-            x, h = x[:, -keep_last:], h[:, -keep_last:]
+        x, h = _kept(x, keep_last), _kept(h, keep_last)
         drop = self.resid_dropout if self.training and self.resid_dropout.p > 0 else _identity
         reduce = self.reduce
         if self.parallel:
@@ -170,6 +178,7 @@ class TrunkOutput:
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
     router_logits: tuple[torch.Tensor, ...] | None
+    kept: bool = False  # last_hidden_state holds only the positions of an index `keep_last` (a packed forward)
 
 
 class Decoder(nn.Module):
@@ -203,6 +212,11 @@ class Decoder(nn.Module):
         llama.cpp does. A 512-token prefill that wants the next token's logits skips 3/4 of a layer."""
         b, t, _ = inputs_embeds.shape
         device = inputs_embeds.device
+        if getattr(cache, "packed", False):
+            if output_attentions or output_hidden_states or output_router_logits or position_ids is None:
+                raise ValueError("a packed forward takes position_ids and reports no attentions, hidden states or "
+                                 "router logits")
+            return self._run_packed(inputs_embeds, position_ids, cache, keep_last)
         if position_ids is None:
             position_ids = torch.arange(start, start + t, device=device)[None]  # [1, T]
         if long is None:
@@ -281,6 +295,26 @@ class Decoder(nn.Module):
             x = layer(x, ctx)[0]
         return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None)
 
+    def _run_packed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: CacheProtocol,
+                    keep: int | torch.Tensor) -> TrunkOutput:
+        """Several sequences' new tokens [1, T, hidden] one segment after another (`cache.packed`, `packed.py`): the
+        linears see all T tokens, rope and attention run per segment on its own cache row. `keep` (an index tensor
+        [K]): the last layer runs its output projection and MLP for those positions only, and the trunk returns
+        them [1, K, hidden]."""
+        long = segment_regimes(self.rope, position_ids, cache)  # [S]
+        per_sequence = self.rope.original_max_positions is not None and self.rope.static_long is None
+        cache.prepare(position_ids, 0, 1, inputs_embeds if per_sequence else None)
+        cache.rope_long = long
+        cos, sin = segment_cos_sin(self.rope, position_ids, long, cache, inputs_embeds.dtype)
+        ctx = StepContext(RotaryTables.build(cos, sin, self.config.head_dim), None, False, 0, cache,
+                          self.config._attn_implementation, False, self.ops, False, self.config.sliding_window,
+                          packed=True)
+        keep = keep if torch.is_tensor(keep) else 0
+        x = self.embed_dropout(inputs_embeds)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, ctx, keep if i == len(self.layers) - 1 else 0)[0]
+        return TrunkOutput(self._modules[self.final_norm_name](x), None, None, None, kept=torch.is_tensor(keep))
+
     def _recompute_crossing_rows(self, cache: CacheProtocol, long: torch.Tensor, attention_mask: torch.Tensor | None
                                  ) -> None:
         """Rows whose LongRoPE regime changes (a sequence grew past original_max_position_embeddings) get their
@@ -303,6 +337,13 @@ class Decoder(nn.Module):
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _kept(x: torch.Tensor, keep: int | torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] at the positions `keep` names: the last `keep` (an int > 0), those of an index tensor, or all."""
+    if torch.is_tensor(keep):
+        return x[:, keep]
+    return x[:, -keep:] if keep else x
 
 
 def _tuple(items: list | None) -> tuple | None:
