@@ -1,9 +1,11 @@
 """The serving engine's decode throughput with several sampled rows, on a random model of a real shape: aggregate
 generated tokens/s for R concurrent requests, and (with --base) against the engine of an older commit.
 
-    .venv/bin/python benchmarks/engine_decode.py [--shape phi-1.5] [--rows 1,8] [--tokens 24] [--base COMMIT]
+    .venv/bin/python benchmarks/engine_decode.py [--shape phi-1.5] [--rows 1,8] [--tokens 24] [--weights bf16|int4]
+                                                 [--base COMMIT]
 
-Each measurement is a fresh process: a random bf16 model of the shape (phikit/bench/engines.py SHAPES), an Engine with
+Each measurement is a fresh process: a random bf16 model of the shape (phikit/bench/engines.py SHAPES; with
+`--weights int4` quantized by `Int4WeightOnlyConfig()`, the head at int8 as loaders keep it), an Engine with
 R slots, R requests of 16 random prompt ids each, temperature 0.8, `ignore_eos`, `max_tokens` TOKENS, submitted at
 once through `Engine.generate`, and again with 2 * TOKENS; decode tok/s = R * TOKENS / (the second wall time - the
 first), so the prompts' prefill (one request per forward) cancels out. With --base, base and new trees run in turn
@@ -26,7 +28,7 @@ from base_tree import abba, base_tree
 REPO = Path(__file__).resolve().parents[1]
 
 
-def child(shape: str, rows: list[int], tokens: int, threads: int) -> dict:
+def child(shape: str, rows: list[int], tokens: int, threads: int, weights: str = "bf16") -> dict:
     import torch
 
     from phikit.bench.engines import SHAPES
@@ -45,6 +47,11 @@ def child(shape: str, rows: list[int], tokens: int, threads: int) -> dict:
         for p in model.parameters():
             p.normal_(0, 0.02)
     model.eval()
+    if weights == "int4":
+        from phikit.formats.configs import Int4WeightOnlyConfig
+        from phikit.formats.quantize import quantize_model
+
+        quantize_model(model, Int4WeightOnlyConfig())
     out = {}
     for r in rows:
         engine = Engine(model, None, parallel=r, ctx_size=128, prefix_cache=False)  # both runs prefill in full
@@ -67,7 +74,7 @@ def run_child(tree: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run([sys.executable, str(tree / "benchmarks" / "engine_decode.py"), "--child", "--shape",
                            args.shape, "--rows", args.rows, "--tokens", str(args.tokens), "--threads",
-                           str(args.threads)], env=env, cwd=tree, capture_output=True, text=True, check=True)
+                           str(args.threads), "--weights", args.weights], env=env, cwd=tree, capture_output=True, text=True, check=True)
     return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
@@ -77,12 +84,13 @@ def main() -> int:
     ap.add_argument("--rows", default="1,8")
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", choices=("bf16", "int4"), default="bf16")
     ap.add_argument("--base", default=None)
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
     if args.child:
-        print(json.dumps(child(args.shape, rows, args.tokens, args.threads)))
+        print(json.dumps(child(args.shape, rows, args.tokens, args.threads, args.weights)))
         return 0
     if args.base is None:
         for r, tps in run_child(REPO, args).items():
@@ -97,7 +105,7 @@ def main() -> int:
                 ratios[r].append(got["new"][r] / got["base"][r])
                 for name in got:
                     seen[name][r].append(got[name][r])
-        print(f"shape {args.shape}, {args.tokens} tokens a request, base {args.base}, load average "
+        print(f"shape {args.shape}, {args.weights}, {args.tokens} tokens a request, base {args.base}, load average "
               f"{os.getloadavg()[0]:.2f} at the end")
         for r in rows:
             print(f"{r} rows: base {statistics.median(seen['base'][r]):.2f} tok/s, new "

@@ -141,13 +141,15 @@ def test_native_int4_kernel_against_the_closed_form(group: int, rows: int) -> No
 
 
 @pytest.mark.skipif(not native_kernels.has_int4(), reason="CPU level reference runs no native kernels")
-def test_native_int4_rows_past_one_tile_of_x_equal_each_row_alone() -> None:
-    """The portable kernel takes x's rows in tiles (about 512 KB of their integer forms: 32 rows at K = 8192): a
-    product over several tiles gives each row exactly what that row alone gives, and the closed form's numbers."""
+@pytest.mark.parametrize(("k", "rows"), [(8192, 70), (512, 7)])
+def test_native_int4_rows_past_one_tile_of_x_equal_each_row_alone(k: int, rows: int) -> None:
+    """The portable kernel takes x's rows in tiles (about 512 KB of their integer forms: 32 rows at K = 8192), and
+    within a tile four at a time, then two, then one: a product over several tiles and every such group gives each
+    row exactly what that row alone gives, and the closed form's numbers."""
     from phikit.formats.quantize_math import pack_int4_native
 
-    gen = torch.Generator().manual_seed(11)
-    n, k, group, rows = 8, 8192, 128, 70
+    gen = torch.Generator().manual_seed(11 + rows)
+    n, group = 8, 128
     q = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
     sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
                       torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
