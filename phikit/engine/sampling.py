@@ -2,7 +2,8 @@
 
 Order (vLLM's): the vocabulary limit, the grammar's mask (structured output), min_tokens, logit_bias, the user's
 processors, repetition / presence / frequency penalties, then for sampled rows temperature, top-k, top-p and min-p
-(phikit's warpers, the ones `generate()` uses), and a draw from the row's own `torch.Generator`. So a seeded request
+(phikit's warpers, the ones `generate()` uses), and a draw from the row's own `torch.Generator` (`draw`: the
+exponential race `torch.multinomial` runs, on vectorized uniforms). So a seeded request
 draws the same tokens whatever runs beside it. Logprobs are the log-softmax of the model's raw logits, before any of
 this (OpenAI reports the model's distribution; documented).
 """
@@ -27,6 +28,19 @@ def choice_generator(seed: int | None, index: int) -> torch.Generator:
     else:
         gen.manual_seed((seed * _GOLDEN + index * 0x632BE59BD9B4E019) % (2**63))
     return gen
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from the categorical distribution probs [V] (non-negative, any positive total): the exponential race
+    `torch.multinomial(probs, 1)` runs, argmax of probs / E with E = -log(U) exponential, U uniform in [0, 1) from
+    `generator`, one per token. multinomial draws its exponentials one at a time (1.05 ms for 51,200 tokens on the
+    Zen 4 host, per sampled row and step); torch.rand's vectorized uniforms and a log take 0.25 ms. A token of
+    probability 0 never wins (0 / E = 0), nor one whose U is 0 (E = inf). A race, unlike one uniform against the
+    running sums, is robust to the last-bit differences two forwards of the same prompt may give (a prefix-cache
+    hit, a packed step): a token changes only where two tokens' ratios were within them, where an inverse CDF moves
+    every draw whose running sum shifted past a boundary."""
+    e = torch.rand(probs.shape, generator=generator, dtype=torch.float32).log_().neg_()
+    return int(torch.argmax(probs / e))
 
 
 class RowSampler:
@@ -91,7 +105,7 @@ class RowSampler:
             if p.min_p > 0.0:
                 rows = min_p_filter(rows, p.min_p)
             probs = torch.softmax(rows[0], dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            token = draw(probs, self.generator)
         if self.matcher is not None:
             self.matcher.consume(token)
         if self.counts is not None:
