@@ -161,6 +161,30 @@ def test_decode_attention_equals_fp32_softmax_attention(heads: int, kv_heads: in
     assert native_kernels.attention_decode(q.float(), k.float(), v.float(), 0.1) is None  # fp32: not this kernel
 
 
+@needs_native
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+def test_decode_attention_rows_equal_each_row_alone(heads: int, kv_heads: int) -> None:
+    """A decode batch over a KV pool in one call (each row its own pool row, first key and length, in any order)
+    gives each row what the one-row kernel gives on that row's keys alone, bit for bit, and the reference's numbers;
+    the reference table's version (row by row through SDPA) agrees; what the kernel cannot take gets None."""
+    from phikit.ops import reference
+
+    gen = torch.Generator().manual_seed(heads)
+    keys = torch.randn(6, kv_heads, 50, 32, generator=gen).bfloat16()  # [N, KV, T, D] pool
+    values = torch.randn(6, kv_heads, 50, 32, generator=gen).bfloat16()
+    q = torch.randn(4, 1, heads, 32, generator=gen).bfloat16().transpose(1, 2)  # [B, H, 1, D]
+    rows, first, lengths = torch.tensor([5, 0, 3, 1]), torch.tensor([0, 4, 0, 20]), torch.tensor([1, 50, 17, 33])
+    out = native_kernels.attention_decode_rows(q, keys, values, rows, first, lengths, 32**-0.5)
+    alone = torch.cat([native_kernels.attention_decode(q[b:b + 1], keys[r:r + 1, :, f:n], values[r:r + 1, :, f:n],
+                                                       32**-0.5)
+                       for b, (r, f, n) in enumerate(zip(rows.tolist(), first.tolist(), lengths.tolist()))])
+    assert out.shape == (4, 1, heads, 32) and torch.equal(out, alone)
+    ref = reference.rows_decode_attention(q.float(), keys.float(), values.float(), rows, first, lengths, 32**-0.5)
+    within_bf16(out, ref)
+    assert native_kernels.attention_decode_rows(q, keys, values, rows, first, lengths + 1, 0.1) is None  # past T
+    assert native_kernels.attention_decode_rows(q, keys, values, rows, lengths, lengths, 0.1) is None  # no keys
+
+
 @pytest.mark.skipif(not native_kernels.has_bf16_dot(), reason="the prefill attention kernel needs AVX512-BF16")
 @pytest.mark.parametrize("batch,heads,kv_heads,positions,dim", [(1, 4, 4, 37, 64), (2, 8, 2, 100, 96),
                                                                 (1, 6, 3, 1, 32), (1, 2, 1, 70, 80)])

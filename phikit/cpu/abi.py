@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from enum import IntEnum
 
-ABI_VERSION = 2  # PHK_ABI_VERSION in native/phk_abi.h
+ABI_VERSION = 3  # PHK_ABI_VERSION in native/phk_abi.h
 
 _REBUILD = "rebuild: delete ~/.cache/phikit/native (phikit builds the library again on next use)"
 _DISAGREE = "the sources and abi.py disagree: change native/phk_abi.h and phikit/cpu/abi.py together"
@@ -94,6 +94,7 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
     "phk_linear_bf16": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_linear_int8": (_INT, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_attention_decode": (_INT, [_P, _P, _P, _P] + [_I64] * 11 + [_F, _INT]),
+    "phk_attention_decode_rows": (_INT, [_P, _P, _P, _P] + [_I64] * 11 + [_P, _P, _P, _F, _INT]),
     "phk_linear_int4": (_INT, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]),
     "phk_dequant_int4_f32": (None, [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]),
     "phk_dequant_int8_f32": (None, [_P, _P, _P, _I64, _I64, _I64, _INT]),
@@ -115,7 +116,8 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
     "phk_c12_decode_rows": (None, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]),
 }
 # the functions declared to return phk_status_t: kernels.py gives each an errcheck that raises on anything but OK
-STATUS_FUNCTIONS = frozenset({"phk_linear_bf16", "phk_linear_int8", "phk_attention_decode", "phk_linear_int4",
+STATUS_FUNCTIONS = frozenset({"phk_linear_bf16", "phk_linear_int8", "phk_attention_decode",
+                              "phk_attention_decode_rows", "phk_linear_int4",
                               "phk_decode_step", "phk_attention_prefill"})
 _ABI_FUNCTIONS = ("phk_abi_version", "phk_struct_size", "phk_struct_offset")
 

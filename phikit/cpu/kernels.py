@@ -422,6 +422,32 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return out
 
 
+def attention_decode_rows(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                          first: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """One new token per row, each over its own cache row and length, in one call: q [B, H, 1, D], keys / values
+    [N, KV, T, D] (a KV pool; last dim contiguous), rows / first / lengths int64 [B] (row b reads keys[rows[b], :,
+    first[b]:lengths[b]]) -> out [B, 1, H, D], each row what `attention_decode` gives on its keys alone; None where
+    the kernel does not apply."""
+    b, h, t, d = q.shape
+    kv = keys.shape[1]
+    if not (t == 1 and q.dtype == keys.dtype == values.dtype == torch.bfloat16 and q.device.type == "cpu"
+            and d % 16 == 0 and d <= 256 and h % kv == 0 and keys.stride(-1) == 1 and values.stride(-1) == 1
+            and not (torch.is_grad_enabled() and (q.requires_grad or keys.requires_grad or values.requires_grad))
+            and available()):
+        return None  # (under autograd: PyTorch's ops, whose gradients flow)
+    rows, first, lengths = (x.to(torch.int64).contiguous() for x in (rows, first, lengths))
+    spans = lengths - first
+    if b == 0 or bool((spans <= 0).any()) or bool((lengths > keys.shape[2]).any()):
+        return None
+    q = q.reshape(b, h, d).contiguous()
+    out = torch.empty(b, 1, h, d, dtype=torch.bfloat16, device="cpu")
+    _library().phk_attention_decode_rows(_ptr(q), _ptr(keys), _ptr(values), _ptr(out), b, h, kv, int(spans.max()), d,
+                                         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0),
+                                         values.stride(1), values.stride(2), _ptr(rows), _ptr(first), _ptr(lengths),
+                                         scale, torch.get_num_threads())
+    return out
+
+
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
     """Attention of one new token per row over every cached position: q [B, H, 1, D], k/v [B, KV, S, D] (views of
     the cache are fine; last dim contiguous) -> out [B, 1, H, D], or None where the kernel does not apply."""

@@ -142,8 +142,8 @@ class RowCache:
 
 
 class RaggedCache:
-    """Several slots, one new token each at its own length (`ragged`: `Decoder.run` then runs attention per row on
-    `update_rows`'s views). A row that would change LongRoPE regime runs as a `RowCache` instead (the engine checks)."""
+    """Several slots, one new token each at its own length (`ragged`: `Decoder.run` then runs each row's attention
+    over its own keys in the pool `update_rows` gives, all rows in one call). A row that would change LongRoPE regime runs as a `RowCache` instead (the engine checks)."""
 
     ragged = True
 
@@ -184,20 +184,19 @@ class RaggedCache:
             pool.lengths[s] = at + 1
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise ValueError("a ragged cache is read through update_rows (one view per row)")
+        raise ValueError("a ragged cache is read through update_rows (the pool, each row's slot and length)")
 
     def update_rows(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
-                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """key / value [B, KV, 1, D] -> per row (k, v) [1, KV, start_b + 1, D], views of the pool."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """key / value [B, KV, 1, D] written at each row's position -> (keys, values) the layer's pool [N, KV, T, D],
+        the rows' slots [B] and their lengths [B] (start_b + 1: row b's keys are keys[slot_b, :, :length_b])."""
         pool = self.pool
         pool.allocate(layer_idx, key)
         keys, values = pool.keys[layer_idx], pool.values[layer_idx]
-        out = []
-        for b, (s, at) in enumerate(zip(self.rows, self.starts)):
-            keys[s, :, at] = key[b, :, 0]
-            values[s, :, at] = value[b, :, 0]
-            out.append((keys[s:s + 1, :, :at + 1], values[s:s + 1, :, :at + 1]))
-        return out
+        at = torch.tensor(self.starts)
+        keys[self.index, :, at] = key[:, :, 0]  # [B, KV, D] into each row's own position
+        values[self.index, :, at] = value[:, :, 0]
+        return keys, values, self.index, at + 1
 
     def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, None
@@ -229,6 +228,10 @@ class PackedCache:
         ends = torch.tensor([n for _, n in segments]).cumsum(0)
         self.offsets = [0] + ends[:-1].tolist()  # where each segment's tokens begin in the input
         self.last = ends - 1  # [S] each segment's last token in the input: the positions whose logits are read
+        single = [i for i, (_, n) in enumerate(segments) if n == 1]
+        # the one-token segments (decode rows): their offsets in the input, slots and lengths after this step
+        self.decode_rows = (torch.tensor([self.offsets[i] for i in single]), self.index[single],
+                            torch.tensor([self.starts[i] + 1 for i in single])) if single else None
 
     @property
     def rope_long(self) -> torch.Tensor:
@@ -265,6 +268,10 @@ class PackedCache:
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("a packed cache is read through update_segments (one view per segment)")
+
+    def layer_pool(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys / values pool [N, KV, T, D] (after `update_segments` wrote this step's)."""
+        return self.pool.keys[layer_idx], self.pool.values[layer_idx]
 
     def update_segments(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
                         ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:

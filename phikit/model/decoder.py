@@ -97,8 +97,9 @@ class Attention(nn.Module):
             out = _kept(out, keep_last)
             return self._modules[self.out_name](out.reshape(b, out.shape[1], self.num_heads * self.head_dim)), None
         if ctx.ragged:  # a serving batch: each row's one query attends to that row's own keys
-            rows = ctx.cache.update_rows(self.layer_idx, k, v)
-            out = ragged_decode_attention(q, rows, self.scale, ctx.window, ctx.ops)  # [B, 1, H, D]
+            keys, values, slots, lengths = ctx.cache.update_rows(self.layer_idx, k, v)
+            out = ragged_decode_attention(q, keys, values, slots, lengths, self.scale, ctx.window,
+                                          ctx.ops)  # [B, 1, H, D]
             return self._modules[self.out_name](out.reshape(b, t, self.num_heads * self.head_dim)), None
         if keep_last:
             q, bias, t = q[:, :, -keep_last:], bias[:, :, -keep_last:], keep_last  # the last queries see every key

@@ -5,7 +5,9 @@ are per segment, on that segment's own cache row, with the mask a forward of tha
 
 The cache (`PackedCache` of `phikit.engine.slots`) says where each segment's tokens are and where its keys go:
 `segments` [(slot, n)], `starts` (tokens the slot held before), `offsets` (where the segment begins in the input),
-`update_segments` (writes the new keys / values, returns each segment's view of its row).
+`update_segments` (writes the new keys / values, returns each segment's view of its row), and for the one-token
+segments `decode_rows` (their offsets, slots and lengths) with `layer_pool` (the layer's pool, which a decode batch
+reads in one `rows_decode_attention` call).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import Ops
-from ..ops.attention import ATTENTION_FUNCTIONS
+from ..ops.attention import ATTENTION_FUNCTIONS, ragged_decode_attention
 from .masks import additive_bias, allowed_keys
 from .rope import RopeSpec, choose_long, cos_sin
 
@@ -39,14 +41,17 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache, l
     forward of its own. The new keys and values go into the cache."""
     heads, d = q.shape[1], q.shape[3]
     out = q.new_empty(1, q.shape[2], heads, d)
-    for (keys, values, start), off, (_, n) in zip(cache.update_segments(layer_idx, k, v), cache.offsets,
-                                                  cache.segments):
-        qs = q[:, :, off:off + n]
-        if n == 1:  # a decode row: the one-query kernel over its keys (the last `window` of them)
-            if window is not None and keys.shape[2] > window:
-                keys, values = keys[:, :, -window:], values[:, :, -window:]
-            out[:, off:off + 1] = ops.decode_attention(qs, keys, values, scale)
+    views = cache.update_segments(layer_idx, k, v)
+    if cache.decode_rows is not None:  # the one-token segments (decode rows): one call, each over its own keys
+        offsets, slots, lengths = cache.decode_rows
+        pool_keys, pool_values = cache.layer_pool(layer_idx)
+        rows_q = q[0][:, offsets].unsqueeze(2).transpose(0, 1)  # [R, H, 1, D]
+        out[0, offsets] = ragged_decode_attention(rows_q, pool_keys, pool_values, slots, lengths, scale, window,
+                                                  ops)[:, 0]
+    for (keys, values, start), off, (_, n) in zip(views, cache.offsets, cache.segments):
+        if n == 1:
             continue
+        qs = q[:, :, off:off + n]
         allowed = allowed_keys(torch.arange(start, start + n), start + n, None, window)
         plain_causal = window is None or start + n <= window
         seg, _ = ATTENTION_FUNCTIONS[implementation](qs, keys, values, additive_bias(allowed, q.dtype), scale, 0.0,

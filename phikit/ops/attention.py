@@ -67,17 +67,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     return out, None
 
 
-def ragged_decode_attention(q: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]], scale: float,
-                            window: int | None, ops: Ops = REFERENCE) -> torch.Tensor:
-    """q [B, H, 1, D], rows[b] = (k, v) [1, KV, S_b, D] (row b's keys up to and including its new one) -> [B, 1, H, D].
-    Each row is the one-query step it would be alone: `ops.decode_attention` over its own keys (the last `window`
-    of them under a sliding window), so a row's output does not depend on the other rows."""
-    out = []
-    for b, (k, v) in enumerate(rows):
-        if window is not None and k.shape[2] > window:
-            k, v = k[:, :, -window:], v[:, :, -window:]
-        out.append(ops.decode_attention(q[b:b + 1], k, v, scale))  # [1, 1, H, D]
-    return torch.cat(out)
+def ragged_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                            lengths: torch.Tensor, scale: float, window: int | None, ops: Ops = REFERENCE
+                            ) -> torch.Tensor:
+    """q [B, H, 1, D] over a KV pool keys / values [N, KV, T, D]: row b's keys are keys[rows[b], :, :lengths[b]]
+    (up to and including its new one) -> [B, 1, H, D]. Each row is the one-query step it would be alone, over its own
+    keys (the last `window` of them under a sliding window), so a row's output does not depend on the other rows;
+    `ops.rows_decode_attention` runs them all in one call."""
+    first = (lengths - window).clamp_min(0) if window is not None else torch.zeros_like(lengths)
+    return ops.rows_decode_attention(q, keys, values, rows, first, lengths, scale)
 
 
 ATTENTION_FUNCTIONS: dict[str, AttentionFn] = {

@@ -60,3 +60,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """One new token per row seeing every cached key: q [B, H, 1, D], k / v [B, KV, S, D] -> [B, 1, H, D]."""
     return sdpa(q, k, v, scale)
+
+
+def rows_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                          first: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """One new token per row, each over its own row of a KV pool and its own keys: q [B, H, 1, D], keys / values
+    [N, KV, T, D], rows / first / lengths [B] (row b sees keys[rows[b], :, first[b]:lengths[b]]) -> [B, 1, H, D];
+    row by row, `decode_attention` on that row's keys alone."""
+    out = [decode_attention(q[b:b + 1], keys[r:r + 1, :, f:n], values[r:r + 1, :, f:n], scale)
+           for b, (r, f, n) in enumerate(zip(rows.tolist(), first.tolist(), lengths.tolist()))]
+    return torch.cat(out)

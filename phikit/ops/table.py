@@ -34,6 +34,8 @@ class Ops:
     rotary: Callable[[Tensor, Tensor, Tensor, int], Tensor] = reference.rotary
     causal_attention: Callable[[Tensor, Tensor, Tensor, float], Tensor] = reference.causal_attention
     decode_attention: Callable[[Tensor, Tensor, Tensor, float], Tensor] = reference.decode_attention
+    # a decode batch over a KV pool, each row at its own length: (q, keys, values, rows, first, lengths, scale)
+    rows_decode_attention: Callable[..., Tensor] = reference.rows_decode_attention
     # every layer of a one-token step in one call: (decoder, x [B, 1, hidden], attention_mask, position_ids, long,
     # cache, start) -> the last layer's output [B, 1, hidden], or None where the layers must run one by one
     decode_step: Callable[..., Tensor | None] | None = None

@@ -194,6 +194,26 @@ static void check_attention(int64_t B, int64_t H, int64_t KV, int64_t S, int64_t
     if (phk_attention_decode(q, k, v, out, B, H, KV, S, D, KV * slots * D, slots * D, D, KV * slots * D, slots * D, D,
                              scale, 2) != PHK_OK) report(what, INFINITY, 1);
     else report(what, bf16_excess(out, ref, B * H * D, 1e-3), 1);
+    if (S > 1) {  /* the rows in reverse order, each from key 1 on and of its own length, in one call: each equals
+                     phk_attention_decode over its own keys alone, bit for bit */
+        int64_t *rows = malloc(sizeof(int64_t) * (size_t)B), *first = malloc(sizeof(int64_t) * (size_t)B);
+        int64_t *len = malloc(sizeof(int64_t) * (size_t)B);
+        uint16_t *batched = malloc(2 * (size_t)(B * H * D)), *alone = malloc(2 * (size_t)(H * D));
+        for (int64_t b = 0; b < B; b++) rows[b] = B - 1 - b, first[b] = 1, len[b] = S - (b % 2 && S > 2);
+        double bad = 0;
+        if (phk_attention_decode_rows(q, k, v, batched, B, H, KV, S - 1, D, KV * slots * D, slots * D, D,
+                                      KV * slots * D, slots * D, D, rows, first, len, scale, 2) != PHK_OK) bad = INFINITY;
+        for (int64_t b = 0; b < B && bad == 0; b++) {
+            const int64_t at = rows[b] * KV * slots * D + first[b] * D;
+            phk_attention_decode(q + b * H * D, k + at, v + at, alone, 1, H, KV, len[b] - first[b], D, KV * slots * D,
+                                 slots * D, D, KV * slots * D, slots * D, D, scale, 1);
+            for (int64_t i = 0; i < H * D; i++) bad += alone[i] != batched[b * H * D + i];
+        }
+        snprintf(what, sizeof what, "attention_decode_rows B=%lld S=%lld (values unlike each row alone)", (long long)B,
+                 (long long)S);
+        report(what, bad, 0);
+        free(rows); free(first); free(len); free(batched); free(alone);
+    }
     free(q); free(k); free(v); free(out); free(ref); free(p);
 }
 
@@ -216,6 +236,7 @@ int main(void) {
     check_attention(1, 8, 2, 16, 64);
     check_attention(2, 6, 3, 1, 96);
     check_attention(1, 2, 1, 300, 128);
+    check_attention(5, 8, 2, 45, 64);
     printf("%d failed\n", failures);
     return failures != 0;
 }

@@ -6,7 +6,8 @@ function, so the numbers are the reference's wherever the kernel does not run:
 
 | op | native from level | kernel |
 |---|---|---|
-| decode_attention | every native level | one-query attention over the cache (`native/portable.c`) |
+| decode_attention | every native level | one-query attention over the cache (`native/portable.c`); with it
+  rows_decode_attention, a decode batch over the KV pool, each row at its own length, in one call |
 | causal_attention | avx512_bf16 | causal attention of a whole prompt (`native/attention_prefill.c`) |
 | rms_norm, rotary | every native level | row-parallel passes (`native/decode_step.c`) |
 | gelu_new, silu(gate) * up | every native level | lookups in a table of PyTorch's own results for every bf16 input |
@@ -59,6 +60,12 @@ def native_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     return fast if fast is not None else reference.decode_attention(q, k, v, scale)
 
 
+def native_rows_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                                 first: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    fast = native.attention_decode_rows(q, keys, values, rows, first, lengths, scale)
+    return fast if fast is not None else reference.rows_decode_attention(q, keys, values, rows, first, lengths, scale)
+
+
 def fused_decode_step(*args) -> torch.Tensor | None:
     """`decode_step.step` (looked up on each call, so a test may wrap it)."""
     return decode_step.step(*args)
@@ -98,6 +105,7 @@ def cpu_ops() -> Ops:
     changes: dict = {}
     if "decode_attention" in native_ops:
         changes["decode_attention"] = native_decode_attention
+        changes["rows_decode_attention"] = native_rows_decode_attention
     if "causal_attention" in native_ops:
         changes["causal_attention"] = native_causal_attention
     if "rms_norm" in native_ops:

@@ -11,7 +11,7 @@
 #define PHK_ABI_H
 #include <stdint.h>
 
-#define PHK_ABI_VERSION 2
+#define PHK_ABI_VERSION 3
 
 /* Returned (as phk_status_t) by the functions that allocate; on PHK_ERR_NOMEM, phk_failed_alloc_bytes() on the same
    thread says how many bytes the failed request was for, and the outputs are unspecified. */
@@ -85,6 +85,11 @@ phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const ui
                                   int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
                                   int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
                                   int threads);
+phk_status_t phk_attention_decode_rows(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                       int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                       int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs,
+                                       const int64_t *rows, const int64_t *first, const int64_t *len, float scale,
+                                       int threads);
 phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
                              int64_t M, int64_t N, int64_t K, int64_t GS, int threads);
 void phk_dequant_int4_f32(const uint8_t *w, const uint16_t *sz, float *out, int64_t r0, int64_t r1, int64_t N,

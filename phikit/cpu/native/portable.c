@@ -5,7 +5,7 @@
 
      phk_linear_bf16   y = x W^T (+ bias), W bf16 [N, K] (K % 16 == 0): W widened to fp32 (a shift) and fmadd
      phk_linear_int8   W int8 in phikit's blocked layout [N/4, K/64, 4, 64], scales bf16 [N]: w = q * scale
-     phk_attention_decode   one new token per row over the cache
+     phk_attention_decode   one new token per row over the cache (_rows: each row its own cache row and length)
      phk_dequant_int8_f32   rows of an int8 weight in fp32, for a prefill's fp32 GEMM
    (the int4 kernels, on the same layer, are in int4.c)
 
@@ -191,20 +191,35 @@ void phk_dequant_int8_f32(const int8_t *w, const uint16_t *scales, float *out, i
 /* ---- attention of one new token over the cache (a decode step without padding) ----
    out[b, h, :] = softmax(scale * q[b, h] . k[b, h / G, s]) over s < S, weighted sum of v[b, h / G, s]; G = H / KV.
    q [B, H, D] contiguous; k, v element strides (batch, head, position), last dim contiguous; D % 16 == 0, D <= 256.
-   fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once. */
+   fp32 scores, softmax and accumulation; out bf16 [B, H, D] rounded once.
+   phk_attention_decode_rows: row b reads batch row rows[b] of k / v and its keys first[b] <= s < len[b] (a serving
+   engine's decode batch over its KV pool, each row at its own length, one call for all of them); S is the largest
+   len[b] - first[b]. Each row's numbers are those of phk_attention_decode on that row's keys alone. */
 phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
                                   int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
                                   int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
                                   int threads) {
+    return phk_attention_decode_rows(q, k, v, out, B, H, KV, S, D, kb, kh, ks, vb, vh, vs, NULL, NULL, NULL, scale,
+                                     threads);
+}
+
+phk_status_t phk_attention_decode_rows(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                       int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                       int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs,
+                                       const int64_t *rows, const int64_t *first, const int64_t *len, float scale,
+                                       int threads) {
     int64_t G = H / KV;
+    const int64_t S_max = S;
     /* scores of S + 16 floats per thread, allocated here so that a failure returns before any work */
     float *scores = (float *)phk_malloc(sizeof(float) * (size_t)(S + 16) * (size_t)(threads > 0 ? threads : 1));
     if (!scores) return PHK_ERR_NOMEM;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H, nd = D / PHK_VL;
-        const uint16_t *kp = k + b * kb + (h / G) * kh, *vp = v + b * vb + (h / G) * vh;
-        float *p = scores + (size_t)omp_get_thread_num() * (size_t)(S + 16);
+        int64_t row = rows ? rows[b] : b, s0 = first ? first[b] : 0;
+        const int64_t S = len ? len[b] - s0 : S_max;  /* this row's keys */
+        const uint16_t *kp = k + row * kb + (h / G) * kh + s0 * ks, *vp = v + row * vb + (h / G) * vh + s0 * vs;
+        float *p = scores + (size_t)omp_get_thread_num() * (size_t)(S_max + 16);
         vf qv[256 / PHK_VL];
         for (int64_t d = 0; d < nd; d++) qv[d] = vf_load_bf16(q + bh * D + d * PHK_VL);
         float top = -INFINITY;
@@ -256,6 +271,11 @@ phk_status_t phk_attention_decode(const uint16_t *q, const uint16_t *k, const ui
                                   int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
                                   int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs, float scale,
                                   int threads) { return PHK_ERR_UNSUPPORTED; }
+phk_status_t phk_attention_decode_rows(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out,
+                                       int64_t B, int64_t H, int64_t KV, int64_t S, int64_t D,
+                                       int64_t kb, int64_t kh, int64_t ks, int64_t vb, int64_t vh, int64_t vs,
+                                       const int64_t *rows, const int64_t *first, const int64_t *len, float scale,
+                                       int threads) { return PHK_ERR_UNSUPPORTED; }
 void phk_dequant_int8_f32(const int8_t *w, const uint16_t *scales, float *out, int64_t r0, int64_t r1, int64_t K,
                           int threads) {}
 #endif
