@@ -152,6 +152,7 @@ class RaggedCache:
         self.index = torch.tensor(rows)
         self.pinned_long = pool.pinned_long[self.index]
         self.starts = [pool.lengths[r] for r in rows]
+        self._at = torch.tensor(self.starts)  # [B] each row's new position
 
     @property
     def rope_long(self) -> torch.Tensor:
@@ -193,10 +194,9 @@ class RaggedCache:
         pool = self.pool
         pool.allocate(layer_idx, key)
         keys, values = pool.keys[layer_idx], pool.values[layer_idx]
-        at = torch.tensor(self.starts)
-        keys[self.index, :, at] = key[:, :, 0]  # [B, KV, D] into each row's own position
-        values[self.index, :, at] = value[:, :, 0]
-        return keys, values, self.index, at + 1
+        keys[self.index, :, self._at] = key[:, :, 0]  # [B, KV, D] into each row's own position
+        values[self.index, :, self._at] = value[:, :, 0]
+        return keys, values, self.index, self._at + 1
 
     def layer0_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, None
