@@ -74,7 +74,8 @@ def run_child(tree: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run([sys.executable, str(tree / "benchmarks" / "engine_decode.py"), "--child", "--shape",
                            args.shape, "--rows", args.rows, "--tokens", str(args.tokens), "--threads",
-                           str(args.threads), "--weights", args.weights], env=env, cwd=tree, capture_output=True, text=True, check=True)
+                           str(args.threads), "--weights", args.weights], env=env, cwd=tree, capture_output=True,
+                          text=True, check=True)
     return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 

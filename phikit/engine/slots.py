@@ -143,7 +143,8 @@ class RowCache:
 
 class RaggedCache:
     """Several slots, one new token each at its own length (`ragged`: `Decoder.run` then runs each row's attention
-    over its own keys in the pool `update_rows` gives, all rows in one call). A row that would change LongRoPE regime runs as a `RowCache` instead (the engine checks)."""
+    over its own keys in the pool `update_rows` gives, all rows in one call). A row that would change LongRoPE
+    regime runs as a `RowCache` instead (the engine checks)."""
 
     ragged = True
 

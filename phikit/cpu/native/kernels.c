@@ -157,10 +157,11 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
    again), then vdpbf16ps multiplies them by each row's activations. Per row of x the arithmetic is the one it gets
    alone, in the same order, so its output does not depend on the rows beside it (bit for bit the one-row kernel
    before this form). In one process against that kernel (Zen 4 host, 2 threads, 8192 x 2048 weights): 1 row
-   0.96-1.02x, 2-64 rows 1.10-1.16x; phi-1.5 int4 engine decode steps 1.09x at 4 and 16 rows, 1.00x at 1. GS (64: each half chunk is a group, flushed into total with its scale; else a group is flushed when it
-   ends) and mr are constants in each instance, so the accumulators are registers (4 weight rows x mr rows of x;
-   pa only where GS = 256 carries a group across two chunks). A group's scale / zero bookkeeping is done once per
-   4-row block and row of x (INT4_GROUP): per weight row in scalar code it cost 40% of the time in L2. */
+   0.96-1.02x, 2-64 rows 1.10-1.16x; phi-1.5 int4 engine decode steps 1.09x at 4 and 16 rows, 1.00x at 1. GS (64:
+   each half chunk is a group, flushed into total with its scale; else a group is flushed when it ends) and mr are
+   constants in each instance, so the accumulators can be registers (4 weight rows x mr rows of x; pa only where
+   GS = 256 carries a group across two chunks; at mr = 4 some spill). A group's scale / zero bookkeeping is done
+   once per 4-row block and row of x (INT4_GROUP): per weight row in scalar code it cost 40% of the time in L2. */
 #define INT4_NIBBLES(v, shift) ((__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, shift), low4, magic, 0xEA))
 /* A group ending in this chunk: its 4 rows' (scale, zero) pairs in fp32 into sc[8] (read back as broadcasts from
    memory, no shuffles), and their zero terms (-136 scale, zero) * sum_x accumulated for all 4 rows in one fmadd,
@@ -170,7 +171,8 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
     __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(sw, 16));                                                        \
     _mm256_storeu_ps(sc, sv);                                                                                          \
     for (int i = 0; i < mr; i++)                                                                                       \
-        zacc[i] = _mm256_fmadd_ps(sv, _mm256_mul_ps(_mm256_broadcast_ss(xsum + (m + i) * NG + (g)), pattern), zacc[i]); \
+        zacc[i] = _mm256_fmadd_ps(sv, _mm256_mul_ps(_mm256_broadcast_ss(xsum + (m + i) * NG + (g)), pattern),     \
+                                  zacc[i]);                                                                            \
 } while (0)
 static inline __attribute__((always_inline)) void int4_block(
         const uint8_t *wn, const uint16_t *sz, const uint16_t *x, const float *xsum, const uint16_t *bias,
@@ -204,7 +206,8 @@ static inline __attribute__((always_inline)) void int4_block(
             const uint8_t *p = wn + k * 2 + r * 64;
             if (m == 0) _mm_prefetch((const char *)p + INT4_AHEAD, _MM_HINT_T1);
             __m512i v = _mm512_loadu_si512(p);
-            __m512bh q0 = INT4_NIBBLES(v, 0), q1 = INT4_NIBBLES(v, 4), q2 = INT4_NIBBLES(v, 8), q3 = INT4_NIBBLES(v, 12);
+            __m512bh q0 = INT4_NIBBLES(v, 0), q1 = INT4_NIBBLES(v, 4);
+            __m512bh q2 = INT4_NIBBLES(v, 8), q3 = INT4_NIBBLES(v, 12);
 #pragma GCC unroll 4
             for (int i = 0; i < mr; i++) {
                 __m512 a = _mm512_dpbf16_ps(pa[r][i], q0, XV(i, 0));
@@ -228,8 +231,8 @@ static inline __attribute__((always_inline)) void int4_block(
         float zero_terms[8];
         _mm256_storeu_ps(zero_terms, zacc[i]);
         for (int r = 0; r < ROWS; r++)
-            store_row(y, m + i, N, n0 + r, _mm512_reduce_add_ps(total[r][i]) + (zero_terms[2 * r] + zero_terms[2 * r + 1]),
-                      bias);
+            store_row(y, m + i, N, n0 + r,
+                      _mm512_reduce_add_ps(total[r][i]) + (zero_terms[2 * r] + zero_terms[2 * r + 1]), bias);
     }
 }
 #undef INT4_GROUP
@@ -253,7 +256,9 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
         for (int64_t m = 0; m < M;) {  /* x's rows four at a time, then two, then one */
             const int mr = M - m >= 4 ? 4 : M - m >= 2 ? 2 : 1;
 #define INT4_BLOCK(G, MR) int4_block(wn, sz, x, xsum, bias, y, m, N, n0, K, NG, gl, G, MR)
-#define INT4_ROWS(G) do { if (mr == 4) INT4_BLOCK(G, 4); else if (mr == 2) INT4_BLOCK(G, 2); else INT4_BLOCK(G, 1); } while (0)
+#define INT4_ROWS(G) do {                                                                                     \
+    if (mr == 4) INT4_BLOCK(G, 4); else if (mr == 2) INT4_BLOCK(G, 2); else INT4_BLOCK(G, 1);                     \
+} while (0)
             if (GS == 64) INT4_ROWS(64);
             else if (GS == 128) INT4_ROWS(128);
             else INT4_ROWS(256);
