@@ -183,6 +183,7 @@ def test_decode_attention_rows_equal_each_row_alone(heads: int, kv_heads: int) -
     within_bf16(out, ref)
     assert native_kernels.attention_decode_rows(q, keys, values, rows, first, lengths + 1, 0.1) is None  # past T
     assert native_kernels.attention_decode_rows(q, keys, values, rows, lengths, lengths, 0.1) is None  # no keys
+    assert native_kernels.attention_decode_rows(q, keys, values, rows + 1, first, lengths, 0.1) is None  # row 6 of 6
 
 
 @pytest.mark.skipif(not native_kernels.has_bf16_dot(), reason="the prefill attention kernel needs AVX512-BF16")

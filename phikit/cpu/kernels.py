@@ -437,8 +437,10 @@ def attention_decode_rows(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
         return None  # (under autograd: PyTorch's ops, whose gradients flow)
     rows, first, lengths = (x.to(torch.int64).contiguous() for x in (rows, first, lengths))
     spans = lengths - first
-    if b == 0 or bool((spans <= 0).any()) or bool((lengths > keys.shape[2]).any()):
-        return None
+    if (b == 0 or rows.shape != (b,) or first.shape != (b,) or lengths.shape != (b,) or bool((spans <= 0).any())
+            or bool((first < 0).any()) or bool((lengths > keys.shape[2]).any()) or bool((rows < 0).any())
+            or bool((rows >= keys.shape[0]).any()) or values.shape != keys.shape):
+        return None  # the kernel reads exactly these rows and keys: anything outside the pool goes to the reference
     q = q.reshape(b, h, d).contiguous()
     out = torch.empty(b, 1, h, d, dtype=torch.bfloat16, device="cpu")
     _library().phk_attention_decode_rows(_ptr(q), _ptr(keys), _ptr(values), _ptr(out), b, h, kv, int(spans.max()), d,
