@@ -10,6 +10,8 @@ this (OpenAI reports the model's distribution; documented).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..structured import bitmask
@@ -39,6 +41,12 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
     running sums, is robust to the last-bit differences two forwards of the same prompt may give (a prefix-cache
     hit, a packed step): a token changes only where two tokens' ratios were within them, where an inverse CDF moves
     every draw whose running sum shifted past a boundary."""
+    total = float(probs.sum())
+    if not math.isfinite(total) or total <= 0 or bool((probs < 0).any()):
+        # what torch.multinomial refuses too: a NaN / inf logit upstream, or every token masked out
+        raise RuntimeError(f"cannot sample from these probabilities (sum {total}, min {float(probs.min())}): they "
+                           "must be finite, non-negative and not all zero; a logit is NaN or inf, or every token "
+                           "was masked")
     e = torch.rand(probs.shape, generator=generator, dtype=torch.float32).log_().neg_()
     return int(torch.argmax(probs / e))
 

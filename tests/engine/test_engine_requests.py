@@ -164,6 +164,9 @@ def test_a_draw_follows_the_distribution_and_never_takes_a_token_without_mass() 
     gen = torch.Generator().manual_seed(4)
     picks = [draw(unnormalised, gen) for _ in range(4000)]
     assert 0 not in picks and abs(picks.count(1) / 4000 - 0.75) < 0.04
+    for bad in (torch.tensor([0.5, float("nan")]), torch.zeros(3), torch.tensor([0.7, -0.1])):
+        with pytest.raises(RuntimeError, match="cannot sample from these probabilities"):
+            draw(bad, gen)  # refused, as torch.multinomial refuses them, never a silent pick
 
 
 def test_a_frequency_penalty_repeats_less() -> None:
