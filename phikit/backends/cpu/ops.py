@@ -75,7 +75,7 @@ def fused_decode_step(*args) -> torch.Tensor | None:
 # reference (avx2 and up on x86-64, neon on aarch64: the portable kernels)
 NATIVE_FROM = {"decode_attention": "native", "causal_attention": "avx512_bf16", "rms_norm": "native",
                "rotary": "native", "gelu_new": "native", "silu_gated": "native", "decode_step": "native"}
-KERNELS = {"decode_attention": "native one-query attention (bf16)",
+KERNELS = {"decode_attention": "native one-query attention (bf16; a decode batch in one call)",
            "causal_attention": "native prefill attention (bf16)", "rms_norm": "native row-parallel (bf16)",
            "rotary": "native one pass (bf16)", "gelu_new": "native table lookup (bf16)",
            "silu_gated": "native table lookup (bf16)",
