@@ -435,15 +435,17 @@ def attention_decode_rows(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
             and not (torch.is_grad_enabled() and (q.requires_grad or keys.requires_grad or values.requires_grad))
             and available()):
         return None  # (under autograd: PyTorch's ops, whose gradients flow)
+    if not rows.dim() == first.dim() == lengths.dim() == 1:
+        return None
     rows, first, lengths = (x.to(torch.int64).contiguous() for x in (rows, first, lengths))
-    spans = lengths - first
-    if (b == 0 or rows.shape != (b,) or first.shape != (b,) or lengths.shape != (b,) or bool((spans <= 0).any())
-            or bool((first < 0).any()) or bool((lengths > keys.shape[2]).any()) or bool((rows < 0).any())
-            or bool((rows >= keys.shape[0]).any()) or values.shape != keys.shape):
+    r, f, n = rows.tolist(), first.tolist(), lengths.tolist()  # [B] each: a few ints, checked in Python
+    if (b == 0 or not len(r) == len(f) == len(n) == b or values.shape != keys.shape
+            or not all(0 <= ri < keys.shape[0] and 0 <= fi < ni <= keys.shape[2] for ri, fi, ni in zip(r, f, n))):
         return None  # the kernel reads exactly these rows and keys: anything outside the pool goes to the reference
+    span = max(ni - fi for fi, ni in zip(f, n))
     q = q.reshape(b, h, d).contiguous()
     out = torch.empty(b, 1, h, d, dtype=torch.bfloat16, device="cpu")
-    _library().phk_attention_decode_rows(_ptr(q), _ptr(keys), _ptr(values), _ptr(out), b, h, kv, int(spans.max()), d,
+    _library().phk_attention_decode_rows(_ptr(q), _ptr(keys), _ptr(values), _ptr(out), b, h, kv, span, d,
                                          keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0),
                                          values.stride(1), values.stride(2), _ptr(rows), _ptr(first), _ptr(lengths),
                                          scale, torch.get_num_threads())

@@ -157,7 +157,7 @@ void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *ou
    again), then vdpbf16ps multiplies them by each row's activations. Per row of x the arithmetic is the one it gets
    alone, in the same order, so its output does not depend on the rows beside it (bit for bit the one-row kernel
    before this form). In one process against that kernel (Zen 4 host, 2 threads, 8192 x 2048 weights): 1 row
-   0.96-1.02x, 2-64 rows 1.10-1.16x; phi-1.5 int4 engine decode steps 1.09x at 4 and 16 rows, 1.00x at 1. GS (64:
+   0.94-1.02x, 2-64 rows 1.05-1.21x; phi-1.5 int4 engine decode steps 1.09x at 4 and 16 rows, 1.00x at 1. GS (64:
    each half chunk is a group, flushed into total with its scale; else a group is flushed when it ends) and mr are
    constants in each instance, so the accumulators can be registers (4 weight rows x mr rows of x; pa only where
    GS = 256 carries a group across two chunks; at mr = 4 some spill). A group's scale / zero bookkeeping is done
