@@ -65,7 +65,8 @@ def _linears() -> list[tuple[str, str]]:
                    if gemm.prefers_fp32_gemm(4096) else f"oneDNN bf16 GEMM {rows}")
     int8 = "native 4-row blocked kernel" if native.available() else "aten _weight_int8pack_mm"
     int4 = ("native kernel (bf16 dot products)" if native.has_bf16_dot() else
-            "native kernel (integer dot products)" if native.has_int4() else "aten _weight_int4pack_mm_for_cpu")
+            "native kernel (byte dot products)" if native.has_int4_byte_dot() else
+            "native kernel (16-bit integer products)" if native.has_int4() else "aten _weight_int4pack_mm_for_cpu")
     if native.has_int4():
         from .formats import int4 as int4_format
 

@@ -66,6 +66,22 @@ def test_portable_kernels_on_aarch64_neon_under_qemu(tmp_path: Path) -> None:
     assert "linear_int4" in out and "attention_decode" in out
 
 
+@pytest.mark.skipif(shutil.which(AARCH64_CC) is None or shutil.which(QEMU) is None,
+                    reason=f"needs {AARCH64_CC} and {QEMU} (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)")
+def test_int4_byte_kernel_on_aarch64_dotprod_under_qemu(tmp_path: Path) -> None:
+    """An Armv8.2 build with the dot-product extension (what -march=native gives on such a CPU: Cortex-A76 / Neoverse
+    N1 and later): the int4 byte kernel on SDOT / UDOT (vec.h's vb_*), against the same scalar references, emulated
+    (qemu-user's default CPU has the extension). The binary must hold those instructions: without them the build
+    would silently fall back to the 16-bit kernel and this would test nothing new."""
+    exe = tmp_path / "check_dotprod"
+    out = _build_and_run(AARCH64_CC, ["-march=armv8.2-a+dotprod", "-static"], exe, [QEMU])
+    assert "linear_int4" in out and "GS=128" in out
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is not None:
+        text = subprocess.run([objdump, "-d", str(exe)], capture_output=True, text=True, timeout=300).stdout
+        assert "\tsdot\t" in text and "\tudot\t" in text
+
+
 @pytest.mark.skipif(shutil.which(AARCH64_CC) is None, reason=f"needs {AARCH64_CC}")
 def test_aarch64_build_has_neon_kernels_and_stubs_for_the_rest(tmp_path: Path) -> None:
     """The library as phikit/cpu/kernels.py builds it, cross-compiled: it links, exports the whole ABI, and its

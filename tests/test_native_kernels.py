@@ -336,3 +336,15 @@ def test_bf16_matvec_of_several_rows_equals_each_row_alone_bit_for_bit(rows: int
     for m in range(rows):
         assert torch.equal(together[m], native_kernels.linear_bf16(x[m:m + 1], w, b)[0]), m
     within_bf16(together, x.float() @ w.float().t() + b.float())
+
+
+@pytest.mark.skipif(not native_kernels.available(), reason="native kernels unavailable")
+def test_int4_byte_dot_is_reported_where_the_portable_kernel_has_it() -> None:
+    """x86 builds below AVX512-BF16 run the byte kernel (vpmaddubsw); AVX512-BF16 runs kernels.c's bf16 one;
+    aarch64 has it only with the dot-product extension (tests/test_native_c.py runs that build under qemu)."""
+    level = features.level()
+    if level in ("avx2", "avx512"):
+        assert native_kernels.has_int4_byte_dot()
+    elif level == "avx512_bf16":
+        assert native_kernels.has_bf16_dot() and not native_kernels.has_int4_byte_dot()
+    assert native_kernels.has_int4_byte_dot() <= native_kernels.has_int4()

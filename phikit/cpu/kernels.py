@@ -165,6 +165,13 @@ def has_int4() -> bool:
     return lib is not None and bool(lib.phk_has_int4())
 
 
+def has_int4_byte_dot() -> bool:
+    """Whether the portable int4 kernel multiplies by byte dot products here (`native/int4.c`: x86's vpmaddubsw, or
+    aarch64's SDOT / UDOT where the build targets the dot-product extension), for groups of 128 or more."""
+    lib = _library()
+    return lib is not None and lib.phk_has_int4() == 2
+
+
 def has_decode_step() -> bool:
     """Whether the native batch-1 decode step and the elementwise kernels (`native/decode_step.c`, driven by
     `backends/cpu/decode_step.py`) run here: every level with native kernels."""

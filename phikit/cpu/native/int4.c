@@ -11,7 +11,11 @@
 #include <omp.h>
 
 #if PHK_VEC
-int phk_has_int4(void) { return 1; }
+#if PHK_BYTE_DOT && !(defined(__AVX512BF16__) && defined(__AVX512BW__))
+int phk_has_int4(void) { return 2; }  /* the byte kernel below runs groups of 128 or more */
+#else
+int phk_has_int4(void) { return 1; }  /* the 16-bit kernel, or (AVX512-BF16) kernels.c's */
+#endif
 
 #ifndef INT4_X_TILE
 #define INT4_X_TILE (512 << 10)  /* bytes of x's integer forms per tile of rows (phk_linear_int4) */
@@ -87,11 +91,13 @@ static void x_to_i16(const uint16_t *x, int64_t K, int wide, int16_t *xq, float 
 
 static inline vs16 xq16(const int16_t *p) { vs16 v; memcpy(&v, p, sizeof v); return v; }
 
-#if PHK_HAS_MADDUBS
-/* The byte kernel (x86, groups of 128 or more): n = 256 h + l with h = n >> 8 (signed) and l = n & 255 (unsigned),
-   so q . n = 256 (q . h) + (l . q), each a vpmaddubsw of the nibbles as bytes -- 32 weights an op, where vpmaddwd
-   takes 16 -- summed in 16-bit lanes over a chunk (at most 4 x 2 x 255 x 15 = 30600 < 2^15: exact), then widened
-   once. Nibbles as bytes: a chunk row's byte 2j holds columns j (low nibble) and 32 + j (high), byte 2j + 1 columns
+#if PHK_BYTE_DOT
+/* The byte kernel (groups of 128 or more; x86's vpmaddubsw, or aarch64's SDOT / UDOT where the CPU has the
+   dot-product extension: vec.h's vb_*): n = 256 h + l with h = n >> 8 (signed) and l = n & 255 (unsigned), so
+   q . n = 256 (q . h) + (l . q), each a byte dot product of the nibbles -- 32 weights a vpmaddubsw, where vpmaddwd
+   takes 16 -- summed over a chunk in 16-bit lanes on x86 (at most 4 x 2 x 255 x 15 = 30600 < 2^15: exact) and
+   widened once, in 32-bit lanes on ARM. The integer sums are exact either way, so ARM's kernel computes what x86's
+   does (the fp32 steps after them sum other lanes together, as any two widths do). Nibbles as bytes: a chunk row's byte 2j holds columns j (low nibble) and 32 + j (high), byte 2j + 1 columns
    64 + j and 96 + j; xh / xl hold x's bytes in that order, per vector of the chunk: for vector t and nibble half
    nb (low, high), 2 * WV bytes at (2 t + nb) * 2 * WV, the byte 2j' + c for column 32 nb + 64 c + t WV + j'. Pairs of
    columns 64 apart share a group (GS >= 128) and x's block (128 columns). 25 vector ops per 128 weights and row
@@ -135,7 +141,7 @@ static inline void int4_block_bytes(const uint8_t *wn, const uint16_t *sz, const
         for (int r = 0; r < 4; r++) {
             const uint8_t *p = wn + k * 2 + r * 64;
             if (prefetch) phk_prefetch_l2(p + INT4_AHEAD);
-            vs16 ah = (vs16){0}, al = (vs16){0};
+            vb_acc ah = (vb_acc){0}, al = (vb_acc){0};
             for (int t = 0; t < 32 / WV; t++) {
                 vw16 v;
                 memcpy(&v, p + t * 2 * WV, sizeof v);
@@ -145,11 +151,11 @@ static inline void int4_block_bytes(const uint8_t *wn, const uint16_t *sz, const
                     vu8 l;
                     memcpy(&h, xh + k + (2 * t + nb) * 2 * WV, sizeof h);
                     memcpy(&l, xl + k + (2 * t + nb) * 2 * WV, sizeof l);
-                    ah += vs16_maddubs(q[nb], h);
-                    al += vs16_maddubs(l, (vs8)q[nb]);
+                    ah = vb_dot_hi(ah, q[nb], h);
+                    al = vb_dot_lo(al, l, q[nb]);
                 }
             }
-            s[r] = vi_madd16(ah, (vs16){0} + 256, vi_madd16(al, (vs16){0} + 1, (vi){0}));
+            s[r] = vb_sum(ah, al);
         }
         vi rows = vi_hadd(vi_hadd(s[0], s[1]), vi_hadd(s[2], s[3]));
         acc = vf_fma(__builtin_convertvector(rows, vf), sv * vf_set1(xsm[k >> 7]), acc);
@@ -164,7 +170,7 @@ static inline void int4_block_bytes(const uint8_t *wn, const uint16_t *sz, const
 
 phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t *sz, const uint16_t *bias, uint16_t *y,
                              int64_t M, int64_t N, int64_t K, int64_t GS, int threads) {
-    int bytes = PHK_HAS_MADDUBS && GS >= 128;  /* the byte kernel (above), x in blocks of 128 */
+    int bytes = PHK_BYTE_DOT && GS >= 128;  /* the byte kernel (above), x in blocks of 128 */
     /* GS is a power of two (64, 128, 256): group indices by shifts. The three 64-bit divisions by the runtime GS
        per 128-column chunk and 4-row block they replace cost 3-6% of the kernel's time (A/B, AMX Xeon host). */
     const int gl = __builtin_ctzll((unsigned long long)GS);
@@ -176,13 +182,13 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
     float *xsum = xs + M * NB;
     int8_t *xh = (int8_t *)(xq + M * K);
     uint8_t *xl = (uint8_t *)(xh + M * K);
-#if !PHK_HAS_MADDUBS
-    (void)xl;  /* the byte forms exist on x86 only */
+#if !PHK_BYTE_DOT
+    (void)xl;  /* the byte forms exist where the byte kernel does */
 #endif
     #pragma omp parallel for schedule(static) num_threads(threads) if (M >= 8)
     for (int64_t m = 0; m < M; m++) {
         x_to_i16(x + m * K, K, bytes, xq + m * K, xs + m * NB);
-#if PHK_HAS_MADDUBS
+#if PHK_BYTE_DOT
         if (bytes) x_bytes(xq + m * K, K, xh + m * K, xl + m * K);
 #endif
         for (int64_t g = 0; g < NG; g++) {
@@ -203,7 +209,7 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
         const uint8_t *wn = w + n0 * KB;
         for (int64_t m = m0; m < m1; m++) {
-#if PHK_HAS_MADDUBS
+#if PHK_BYTE_DOT
             if (bytes) {
                 float out[4];
                 int4_block_bytes(wn, sz, xh + m * K, xl + m * K, xs + m * NB, xsum + m * NG, N, n0, K, gl, m == m0,

@@ -71,7 +71,7 @@ int64_t phk_failed_alloc_bytes(void);  /* this thread's last failed allocation, 
 
 /* ---- what this build has ---- */
 int phk_available(void);  /* the portable kernels (portable.c: AVX-512, AVX2 + FMA or NEON); 0: PyTorch */
-int phk_has_int4(void);
+int phk_has_int4(void);  /* 0: none; 1: the int4 kernels; 2: and the byte kernel (vpmaddubsw / SDOT + UDOT) */
 int phk_has_decode_step(void);  /* the fused decode step and the elementwise kernels (decode_step.c) */
 int phk_has_c12(void);
 int phk_has_bf16_dot(void);  /* AVX512-BF16's dot products: the prefill attention and the bf16 dequantized rows */

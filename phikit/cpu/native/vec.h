@@ -114,8 +114,13 @@ static inline vi vi_madd16(vs16 a, vs16 b, vi acc) {  /* one vpdpwssd where the 
 #endif
 }
 
+/* Byte dot products for the int4 byte kernel (int4.c): x86's vpmaddubsw (AVX2, AVX512-BW), or aarch64's SDOT / UDOT
+   where the compiler targets the dot-product extension (Armv8.2 FEAT_DotProd: -march=native on such a CPU, or
+   +dotprod). PHK_BYTE_DOT says whether this build has one. The kernel multiplies the 4-bit codes q (0..15, in bytes)
+   by x's high bytes h (signed) and low bytes l (unsigned) and needs each row's sum of both exactly; vb_acc is what
+   it accumulates a chunk in (16-bit pair sums on x86, 32-bit sums of four on ARM: integers, exact either way). */
 #if PHK_VL >= 8  /* x86: vpmaddubsw (AVX2, AVX512-BW) */
-#define PHK_HAS_MADDUBS 1
+#define PHK_BYTE_DOT 1
 typedef uint8_t vu8 __attribute__((vector_size(PHK_VL * 4)));
 typedef int8_t vs8 __attribute__((vector_size(PHK_VL * 4)));
 /* unsigned bytes a times signed bytes b, adjacent pairs summed into 16-bit lanes (saturating: callers keep every pair
@@ -126,6 +131,13 @@ static inline vs16 vs16_maddubs(vu8 a, vs8 b) {
 #else
     return (vs16)_mm256_maddubs_epi16((__m256i)a, (__m256i)b);
 #endif
+}
+typedef vs16 vb_acc;
+static inline vb_acc vb_dot_hi(vb_acc acc, vu8 q, vs8 h) { return acc + vs16_maddubs(q, h); }
+static inline vb_acc vb_dot_lo(vb_acc acc, vu8 l, vu8 q) { return acc + vs16_maddubs(l, (vs8)q); }
+/* 256 * hi + lo, pairs of 16-bit lanes summed into 32-bit ones (the sums stay below 2^15: int4.c) */
+static inline vi vb_sum(vb_acc hi, vb_acc lo) {
+    return vi_madd16(hi, (vs16){0} + 256, vi_madd16(lo, (vs16){0} + 1, (vi){0}));
 }
 /* [a0 + a1, a2 + a3, b0 + b1, b2 + b3] in every 128-bit lane: vphaddd's result, built from two shuffles and an add
    (single-cycle ops, where vphaddd is 3-4 micro-ops on AMD cores; AVX-512 has no vphaddd) */
@@ -144,8 +156,22 @@ static inline vu vu_load4_every128(const void *p) {
     return (vu)_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
 #endif
 }
+#elif defined(__ARM_FEATURE_DOTPROD)  /* aarch64 with SDOT / UDOT: 16 bytes a vector, four products per 32-bit lane */
+#define PHK_BYTE_DOT 1
+typedef uint8_t vu8 __attribute__((vector_size(16)));
+typedef int8_t vs8 __attribute__((vector_size(16)));
+typedef vi vb_acc;
+static inline vb_acc vb_dot_hi(vb_acc acc, vu8 q, vs8 h) {  /* q <= 15: the same value as a signed byte */
+    return (vi)vdotq_s32((int32x4_t)acc, (int8x16_t)q, (int8x16_t)h);
+}
+static inline vb_acc vb_dot_lo(vb_acc acc, vu8 l, vu8 q) {  /* unsigned x unsigned; a chunk's sums < 2^17 */
+    return (vi)vdotq_u32((uint32x4_t)acc, (uint8x16_t)l, (uint8x16_t)q);
+}
+static inline vi vb_sum(vb_acc hi, vb_acc lo) { return hi * 256 + lo; }
+static inline vi vi_hadd(vi a, vi b) { return (vi)vpaddq_s32((int32x4_t)a, (int32x4_t)b); }
+static inline vu vu_load4_every128(const void *p) { return vu_load(p); }
 #else
-#define PHK_HAS_MADDUBS 0
+#define PHK_BYTE_DOT 0
 #endif
 
 /* c - a * b, rounded once */
