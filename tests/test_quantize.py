@@ -481,6 +481,33 @@ def test_the_kernel_gemm_crossover_is_where_the_fitted_lines_cross() -> None:
 
 
 @pytest.mark.skipif(not native_kernels.has_int4(), reason="CPU level reference runs no native kernels")
+def test_int4_products_below_the_probe_run_the_kernel_without_timing_the_crossover(monkeypatch) -> None:
+    """A product of fewer rows than the crossover probe's smaller count (decode, short prompts) runs the native kernel
+    without timing the crossover (its probe costs 0.15-0.3 s and ~50 MB of peak memory); from that count on, the
+    timed crossover decides. On AMX hosts the crossover is a constant below the probe."""
+    from phikit.cpu.gemm import CROSSOVER_PROBE_ROWS
+    from phikit.formats import int4
+
+    def untimed() -> int:
+        raise AssertionError("the crossover was timed for a product below the probe")
+
+    if int4.has_amx():
+        pytest.skip("AMX: the crossover is the constant AMX_NATIVE_ROWS")
+    monkeypatch.setattr(int4, "native_rows", untimed)
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64).to(torch.bfloat16)
+    module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), INT4), INT4, linear.bias)
+    x = torch.randn(CROSSOVER_PROBE_ROWS[0] - 1, 256).bfloat16()
+    with torch.no_grad():
+        y = module(x)
+    ref = x.float() @ module.dequantize().float().T + linear.bias.float()
+    assert (y.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    assert not int4.uses_gemm(1) and not int4.uses_gemm(CROSSOVER_PROBE_ROWS[0] - 1)
+    monkeypatch.setattr(int4, "native_rows", lambda: CROSSOVER_PROBE_ROWS[0])
+    assert int4.uses_gemm(CROSSOVER_PROBE_ROWS[0])
+
+
+@pytest.mark.skipif(not native_kernels.has_int4(), reason="CPU level reference runs no native kernels")
 def test_int4_products_agree_on_both_sides_of_the_timed_crossover() -> None:
     """int4's crossover is timed on this CPU (`int4.native_rows`): whichever side a product of a given number of rows
     lands on, kernel and GEMM give the closed form's numbers to one bf16 rounding."""

@@ -81,11 +81,15 @@ def _fp32_gemm_wins() -> bool:
     process (~0.1 s): 1.5-2.7x faster on an AVX-512 Xeon without AMX, 3x slower on a Zen 4 whose AVX512-BF16 dot
     products oneDNN uses. Measure, don't guess from CPU flags: both of those CPUs report avx512_bf16."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(FP32_GEMM_MIN_ROWS * 2, 2048, generator=gen).to(torch.bfloat16)
-    w = torch.randn(4096, 2048, generator=gen).to(torch.bfloat16)
+    # drawn in bf16 (an fp32 draw rounded after would hold 4 bytes a weight for a moment: the probe's peak memory
+    # counts against a small model's peak RSS, `benchmarks/load_memory.py`)
+    x = torch.randn(FP32_GEMM_MIN_ROWS * 2, 2048, generator=gen, dtype=torch.bfloat16)
+    w = torch.randn(4096, 2048, generator=gen, dtype=torch.bfloat16)
     with torch.no_grad():
         bf16 = _best_time(lambda: F.linear(x, w))
         fp32 = _best_time(lambda: gemm_via_fp32(x, widened(w), w.shape[0], None))
+    if fp32 >= bf16:
+        release_scratch("f32")  # no product here uses the fp32 slices then: do not keep the probe's 8 MB
     return fp32 < bf16
 
 
@@ -205,6 +209,13 @@ def scratch_bf16(rows: int, k: int) -> torch.Tensor:
     `gemm_dequantized`'s bf16 GEMM at a time: valid until the next call on this thread. A fresh tensor per slice
     page-faults its pages in again whenever the allocator has returned them."""
     return _scratch("bf16", torch.bfloat16, rows, k)
+
+
+def release_scratch(name: str) -> None:
+    """Drop this thread's reused "f32" or "bf16" slice buffer (the next `scratch_f32` / `scratch_bf16` makes a new
+    one): for buffers only a timing probe needed."""
+    if getattr(_SCRATCH, name, None) is not None:
+        setattr(_SCRATCH, name, None)
 
 
 def _scratch(name: str, dtype: torch.dtype, rows: int, k: int) -> torch.Tensor:

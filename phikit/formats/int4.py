@@ -55,9 +55,21 @@ def native_rows() -> int:
     qweight = pack_int4_native(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8))
     sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
                       torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
-    x = torch.randn(CROSSOVER_PROBE_ROWS[1], k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(CROSSOVER_PROBE_ROWS[1], k, generator=gen, dtype=torch.bfloat16)
     return timed_crossover(lambda rows: native_kernels.linear_int4(x[:rows], qweight, sz, group, None),
                            lambda rows: _gemm_on_slices(x[:rows], qweight, sz, group, n, None))
+
+
+def uses_gemm(rows: int) -> bool:
+    """Whether an int4 product with this many rows of x runs as a GEMM on dequantized slices (`native_rows()` and
+    more) rather than the native kernel. Below the probe's smaller row count the timed crossover cannot fall (the
+    kernel wins there by construction: `gemm.crossover_from_times`), so those products run the kernel without
+    timing anything: a process that only decodes never pays the probe (0.15-0.3 s, and ~50 MB of peak memory for its
+    weights, scratch slices and the first oneDNN / MKL calls: 1.24x instead of 1.08x a 0.39 GB int4 model's peak RSS
+    in `benchmarks/load_memory.py`, eighteenth session)."""
+    if rows < CROSSOVER_PROBE_ROWS[0] and not has_amx():
+        return False
+    return rows >= native_rows()
 
 
 def _gemm_on_slices(x: torch.Tensor, qweight: torch.Tensor, sz: torch.Tensor, group: int, n: int,
@@ -131,10 +143,10 @@ class Int4Linear(_QuantLinear):
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if self._native(x) and x.shape[0] < native_rows() and (bias is None or bias.dtype == torch.bfloat16):
+        if self._native(x) and not uses_gemm(x.shape[0]) and (bias is None or bias.dtype == torch.bfloat16):
             return native_kernels.linear_int4(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales_and_zeros,
                                               self.group_size, bias)  # decode: the bias is added in the kernel
-        if self._native(x) and x.shape[0] >= native_rows():  # a prefill: the bias added inside the GEMM
+        if self._native(x) and uses_gemm(x.shape[0]):  # a prefill: the bias added inside the GEMM
             return self._prefill(x.to(self.scales_and_zeros.dtype).contiguous(), bias)
         return super()._linear(x)
 
@@ -146,7 +158,7 @@ class Int4Linear(_QuantLinear):
         dtype = self.scales_and_zeros.dtype
         if self._native(x):
             x = x.to(dtype).contiguous()
-            if x.shape[0] >= native_rows():  # a prefill: a GEMM on dequantized row slices
+            if uses_gemm(x.shape[0]):  # a prefill: a GEMM on dequantized row slices
                 return self._prefill(x, None)
             return native_kernels.linear_int4(x, self.qweight, self.scales_and_zeros, self.group_size, None)
         if self.layout == "aten" and x.device.type == "cpu":
