@@ -453,14 +453,15 @@ def test_a_prefill_in_bf16_slices_through_the_reused_buffer_equals_one_slice(con
     for fmt in (int4, int8):  # the GEMM at any number of rows, wherever the kernels' crossover lies here
         monkeypatch.setattr(fmt, "native_rows", lambda: 1)
     assert gemm.bf16_slice_rows(128) % 1024 == 0 and gemm.bf16_slice_rows(3072) % 1024 == 0
+    assert gemm.bf16_slice_rows(2048, 64) == 1024 < gemm.bf16_slice_rows(2048, 512) == 4096  # short: 4 MB slices
     torch.manual_seed(3)
     linear = nn.Linear(128, 2052).to(torch.bfloat16)  # slices of 1024, 1024 and 4 rows
     module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), config), config, linear.bias)
     x = torch.randn(128, 128).bfloat16()
     with torch.no_grad():
-        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 1024)
+        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k, m=0: 1024)
         sliced = module(x)
-        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 4096)
+        monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k, m=0: 4096)
         whole = module(x)
     assert torch.equal(sliced, whole)
     ref = x.float() @ module.dequantize().float().T + linear.bias.float()
