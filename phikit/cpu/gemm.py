@@ -37,9 +37,8 @@ from . import features
 from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
-BF16_SLICE_BYTES = 16 << 20  # bf16 dequantized weight rows per GEMM of `gemm_dequantized` (`bf16_slice_rows`)
-SHORT_SLICE_BYTES = 4 << 20  # ... for products of fewer than SHORT_SLICE_BELOW rows
-SHORT_SLICE_BELOW = 512
+BF16_SLICE_BYTES = 4 << 20  # bf16 dequantized weight rows per slice of `gemm_dequantized` (`bf16_slice_rows`)
+SLICE_GEMM_ROWS = 256  # rows of x per oneDNN GEMM on one such slice (`gemm_dequantized`)
 FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)
 # Rows up to which the bf16 matrix-vector kernel beats an fp32 GEMM on widened weight slices where oneDNN has no bf16
 # GEMM (AVX2, NEON): it reads each weight once for all rows, widening in registers, two rows per weight vector. On
@@ -165,26 +164,32 @@ def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Te
     `F.linear` does); a separate bf16 add after the rounding cost 1% of a 512-token int8 phi-1.5 prefill."""
     if x.dtype != torch.bfloat16 or prefers_fp32_gemm(x.shape[0]):
         return gemm_via_fp32(x, weight_rows, n, bias)
-    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    rows = bf16_slice_rows(x.shape[1], x.shape[0])
+    m = x.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    rows = bf16_slice_rows(x.shape[1])
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         w = bf16_rows(start, stop) if bf16_rows is not None else weight_rows(start, stop).to(x.dtype)
-        torch.mm(x, w.t(), out=out[:, start:stop])
+        for m0 in range(0, m, SLICE_GEMM_ROWS):  # (bf16_slice_rows: x in 256-row GEMMs per slice)
+            torch.mm(x[m0:m0 + SLICE_GEMM_ROWS], w.t(), out=out[m0:m0 + SLICE_GEMM_ROWS, start:stop])
     return out if bias is None else out.add_(bias.to(out.dtype))
 
 
-def bf16_slice_rows(k: int, m: int = SHORT_SLICE_BELOW) -> int:
-    """Weight rows per bf16 slice of `gemm_dequantized` for K = k and m rows of x: multiples of 1024, about
-    BF16_SLICE_BYTES of bf16 (SHORT_SLICE_BYTES below SHORT_SLICE_BELOW rows), at least 1024 rows. oneDNN's bf16
-    GEMM (AMX Xeon host, 2 threads, M = 512, one int8 weight dequantized a slice at a time into a reused buffer) ran
-    16384 x 3072 in 32 ms with 1024-row slices, against 60-240 ms with 682-, 256- or 128-row ones (30 ms unsliced);
-    8192 x 2048 in 12 ms with 1024, 20-112 ms with 512, 256 or 128 (9 ms unsliced). Shorter products gain from the
-    smaller slice, which stays in cache between its dequantization and its GEMM (Zen 4 host, AVX512-BF16, 8 distinct
-    8192 x 2048 int4 weights, 7 alternating rounds, ms a weight, 4096- against 1024-row slices): 32 rows 4.43 / 4.19,
-    64 rows 6.81 / 6.50, 128 rows 12.10 / 11.48, 256 rows 22.05 / 21.30, but 512 rows 47.54 / 49.07."""
-    size = BF16_SLICE_BYTES if m >= SHORT_SLICE_BELOW else SHORT_SLICE_BYTES
-    return max(1, size // (2 * k) // 1024) * 1024
+def bf16_slice_rows(k: int) -> int:
+    """Weight rows per bf16 slice of `gemm_dequantized` for K = k: multiples of 1024, about BF16_SLICE_BYTES of bf16
+    (at least 1024 rows), each multiplied by x SLICE_GEMM_ROWS rows at a time. oneDNN's bf16 GEMM (AMX Xeon host, 2
+    threads, M = 512, one int8 weight dequantized a slice at a time into a reused buffer) ran 16384 x 3072 in 32 ms
+    with 1024-row slices, against 60-240 ms with 682-, 256- or 128-row ones (30 ms unsliced); 8192 x 2048 in 12 ms
+    with 1024, 20-112 ms with 512, 256 or 128 (9 ms unsliced). On the Zen 4 host (AVX512-BF16, 2 threads, 6-8 distinct
+    int4 weights, 7 alternating rounds, bf16 weight time / int4 time, eighteenth session): 4 MB slices in 256-row
+    GEMMs against the 16 MB slices in whole-x GEMMs used before, 512 rows: 16384 x 3072 0.96x against 0.85x, 8192 x
+    2048 0.95-0.96x against 0.87-0.95x (the host's state moved it), 6144 x 2048 0.945x / 0.950x, 2048 x 8192 (1024-row
+    slices are 16 MB there) 0.943x / 0.957x; 4 MB slices in whole-x GEMMs were 0.84x on 16384 x 3072, and 128-row
+    GEMMs 0.89-0.92x. A plain bf16 weight gains nothing from 256-row GEMMs (0.997x), so only the dequantized slices
+    are split. Shorter products gain from the 4 MB slice, which stays in cache between its dequantization and its
+    GEMM (8192 x 2048, ms a weight, 16 MB / 4 MB slices): 32 rows 4.43 / 4.19, 64 rows 6.81 / 6.50, 128 rows 12.10
+    / 11.48, 256 rows 22.05 / 21.30."""
+    return max(1, BF16_SLICE_BYTES // (2 * k) // 1024) * 1024
 
 
 _SCRATCH = threading.local()  # each thread's reused fp32 and bf16 buffers for weight slices
