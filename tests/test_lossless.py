@@ -81,12 +81,12 @@ def test_matvec_equals_the_plain_bf16_kernel_bit_for_bit(n: int, k: int, rows: i
     assert torch.equal(bits(y), bits(native_kernels.linear_bf16(x, w, b)))
 
 
-@pytest.mark.parametrize("whole_bytes", [lossless.WHOLE_WEIGHT_BYTES, 0])  # rebuilt whole, or by row slices
-def test_prefill_gemm_and_autograd_use_the_same_weights(whole_bytes: int, monkeypatch) -> None:
-    """More rows than the matrix-vector kernel takes go through the GEMM on the rebuilt weight (whole, or by row
-    slices where it is large); with autograd (or another dtype) the layer computes F.linear on the rebuilt weight, as
-    a plain bf16 linear would."""
-    monkeypatch.setattr(lossless, "WHOLE_WEIGHT_BYTES", whole_bytes)
+@pytest.mark.parametrize("slice_rows", [4096, 1024])  # rebuilt whole, or by row slices
+def test_prefill_gemm_and_autograd_use_the_same_weights(slice_rows: int, monkeypatch) -> None:
+    """More rows than the matrix-vector kernel takes go through the GEMM on the rebuilt weight (by row slices, each
+    multiplied by x 256 rows at a time); with autograd (or another dtype) the layer computes F.linear on the rebuilt
+    weight, as a plain bf16 linear would."""
+    monkeypatch.setattr(lossless, "bf16_slice_rows", lambda k: slice_rows)
     w = normal_with_outliers(4096, 1024)  # 8 MB of bf16: more than one slice
     b = torch.randn(4096).to(torch.bfloat16)
     layer = LosslessBf16Linear.from_weight(w, b)
@@ -94,7 +94,7 @@ def test_prefill_gemm_and_autograd_use_the_same_weights(whole_bytes: int, monkey
     with torch.no_grad():
         plain.weight.copy_(w)
         plain.bias.copy_(b)
-    x = torch.randn(130, 1024).to(torch.bfloat16)
+    x = torch.randn(300, 1024).to(torch.bfloat16)  # GEMMs of 256 and 44 rows
     with torch.no_grad():
         got, want = layer(x).float(), plain(x).float()
     assert (got - want).abs().max().item() <= 1e-2 * want.abs().max().item()  # GEMM summation order only
