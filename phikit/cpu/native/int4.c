@@ -97,10 +97,11 @@ static inline vs16 xq16(const int16_t *p) { vs16 v; memcpy(&v, p, sizeof v); ret
    q . n = 256 (q . h) + (l . q), each a byte dot product of the nibbles -- 32 weights a vpmaddubsw, where vpmaddwd
    takes 16 -- summed over a chunk in 16-bit lanes on x86 (at most 4 x 2 x 255 x 15 = 30600 < 2^15: exact) and
    widened once, in 32-bit lanes on ARM. The integer sums are exact either way, so ARM's kernel computes what x86's
-   does (the fp32 steps after them sum other lanes together, as any two widths do). Nibbles as bytes: a chunk row's byte 2j holds columns j (low nibble) and 32 + j (high), byte 2j + 1 columns
-   64 + j and 96 + j; xh / xl hold x's bytes in that order, per vector of the chunk: for vector t and nibble half
-   nb (low, high), 2 * WV bytes at (2 t + nb) * 2 * WV, the byte 2j' + c for column 32 nb + 64 c + t WV + j'. Pairs of
-   columns 64 apart share a group (GS >= 128) and x's block (128 columns). 25 vector ops per 128 weights and row
+   does (the fp32 steps after them sum other lanes together, as any two widths do). Nibbles as bytes: a chunk row's
+   byte 2j holds columns j (low nibble) and 32 + j (high), byte 2j + 1 columns 64 + j and 96 + j; xh / xl hold x's
+   bytes in that order, per vector of the chunk: for vector t and nibble half nb (low, high), 2 * WV bytes at
+   (2 t + nb) * 2 * WV, the byte 2j' + c for column 32 nb + 64 c + t WV + j'. Pairs of columns 64 apart share a
+   group (GS >= 128) and x's block (128 columns). 25 vector ops per 128 weights and row
    against 32 for the vpmaddwd kernel: in cache 1.5x its speed (AVX2 level, Zen 5 host: 31.6 against 20.9 G weights/s
    on one thread), from memory 1.05-1.09x (A/B in one process, 8192 x 2048 and 2048 x 8192 weights). */
 #define WV (PHK_VL * 2)  /* 16-bit words per vector */
