@@ -457,13 +457,13 @@ def test_a_prefill_in_bf16_slices_through_the_reused_buffer_equals_one_slice(con
     torch.manual_seed(3)
     linear = nn.Linear(128, 2052).to(torch.bfloat16)  # slices of 1024, 1024 and 4 rows
     module = linear_from_quantized(quantize_linear_weight(linear.weight.detach(), config), config, linear.bias)
-    x = torch.randn(300, 128).bfloat16()  # GEMMs of 256 and 44 rows of x per slice (gemm.SLICE_GEMM_ROWS)
+    x = torch.randn(300, 128).bfloat16()  # GEMMs of 256 and 44 rows of x per slice (gemm.slice_gemm_rows)
     with torch.no_grad():
         monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 1024)
         sliced = module(x)
         monkeypatch.setattr(gemm, "bf16_slice_rows", lambda k: 4096)
         whole = module(x)
-        monkeypatch.setattr(gemm, "SLICE_GEMM_ROWS", 1 << 30)
+        monkeypatch.setattr(gemm, "slice_gemm_rows", lambda m: m)
         one_gemm = module(x)
     assert torch.equal(sliced, whole)
     # 256-row GEMMs against one: equal here (Zen 4, oneDNN); a BLAS may block K by M, so one bf16 step is allowed
@@ -531,3 +531,16 @@ def test_int4_products_agree_on_both_sides_of_the_timed_crossover() -> None:
         gemm = module._prefill(x, linear.bias)
         for y in (kernel, gemm, module(x)):
             assert (y.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+
+
+def test_dequantized_slices_are_4_mb_in_256_row_gemms_but_on_amx(monkeypatch) -> None:
+    """`gemm_dequantized`'s slice form: ~4 MB slices (whole multiples of 1024 rows) multiplied by x 256 rows at a time,
+    measured faster on AVX512-BF16 (RESULTS.md, eighteenth session); on AMX the 16 MB slices with all of x in one
+    GEMM that were measured there."""
+    from phikit.cpu import gemm
+
+    monkeypatch.setattr(gemm, "has_amx", lambda: False)
+    assert (gemm.bf16_slice_rows(2048), gemm.bf16_slice_rows(8192), gemm.slice_gemm_rows(512)) == (1024, 1024, 256)
+    monkeypatch.setattr(gemm, "has_amx", lambda: True)
+    assert (gemm.bf16_slice_rows(2048), gemm.bf16_slice_rows(8192), gemm.slice_gemm_rows(512)) == (4096, 1024, 512)
+    assert gemm.slice_gemm_rows(0) == 1  # an empty x still steps

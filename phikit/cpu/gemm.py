@@ -38,7 +38,8 @@ from . import kernels as native_kernels
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
 BF16_SLICE_BYTES = 4 << 20  # bf16 dequantized weight rows per slice of `gemm_dequantized` (`bf16_slice_rows`)
-SLICE_GEMM_ROWS = 256  # rows of x per oneDNN GEMM on one such slice (`gemm_dequantized`)
+AMX_SLICE_BYTES = 16 << 20  # ... where oneDNN runs on AMX tiles (measured there with slices this size or whole)
+SLICE_GEMM_ROWS = 256  # rows of x per oneDNN GEMM on one such slice (`slice_gemm_rows`)
 FP32_GEMM_MIN_ROWS = 96  # below this the weight conversion costs more than the faster GEMM saves (measured here)
 # Rows up to which the bf16 matrix-vector kernel beats an fp32 GEMM on widened weight slices where oneDNN has no bf16
 # GEMM (AVX2, NEON): it reads each weight once for all rows, widening in registers, two rows per weight vector. On
@@ -170,8 +171,9 @@ def gemm_dequantized(x: torch.Tensor, weight_rows: Callable[[int, int], torch.Te
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         w = bf16_rows(start, stop) if bf16_rows is not None else weight_rows(start, stop).to(x.dtype)
-        for m0 in range(0, m, SLICE_GEMM_ROWS):  # (bf16_slice_rows: x in 256-row GEMMs per slice)
-            torch.mm(x[m0:m0 + SLICE_GEMM_ROWS], w.t(), out=out[m0:m0 + SLICE_GEMM_ROWS, start:stop])
+        step = slice_gemm_rows(m)
+        for m0 in range(0, m, step):
+            torch.mm(x[m0:m0 + step], w.t(), out=out[m0:m0 + step, start:stop])
     return out if bias is None else out.add_(bias.to(out.dtype))
 
 
@@ -188,8 +190,16 @@ def bf16_slice_rows(k: int) -> int:
     GEMMs 0.89-0.92x. A plain bf16 weight gains nothing from 256-row GEMMs (0.997x), so only the dequantized slices
     are split. Shorter products gain from the 4 MB slice, which stays in cache between its dequantization and its
     GEMM (8192 x 2048, ms a weight, 16 MB / 4 MB slices): 32 rows 4.43 / 4.19, 64 rows 6.81 / 6.50, 128 rows 12.10
-    / 11.48, 256 rows 22.05 / 21.30."""
-    return max(1, BF16_SLICE_BYTES // (2 * k) // 1024) * 1024
+    / 11.48, 256 rows 22.05 / 21.30. Where oneDNN runs on AMX tiles the slices stay AMX_SLICE_BYTES, each multiplied
+    by all of x (the form measured there; the 4 MB form is not measured on AMX)."""
+    size = AMX_SLICE_BYTES if has_amx() else BF16_SLICE_BYTES
+    return max(1, size // (2 * k) // 1024) * 1024
+
+
+def slice_gemm_rows(m: int) -> int:
+    """Rows of x per GEMM on one dequantized slice (`bf16_slice_rows`): SLICE_GEMM_ROWS, or all m where oneDNN runs
+    on AMX tiles."""
+    return max(1, m) if has_amx() else SLICE_GEMM_ROWS
 
 
 _SCRATCH = threading.local()  # each thread's reused fp32 and bf16 buffers for weight slices

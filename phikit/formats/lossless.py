@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import SLICE_GEMM_ROWS, bf16_slice_rows, gemm_via_fp32, prefers_fp32_gemm
+from ..cpu.gemm import bf16_slice_rows, gemm_via_fp32, prefers_fp32_gemm, slice_gemm_rows
 
 BLOCK_ROWS, GROUP = 8, 64  # the kernel's row block and column group (native/lossless.c)
 
@@ -156,8 +156,8 @@ class LosslessBf16Linear(nn.Module):
     def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] -> [M, N] through the bf16 GEMM on the rebuilt weight: row slices of about 4 MB
         (`gemm.bf16_slice_rows`) rebuilt one at a time into a reused per-thread buffer (fresh memory each time cost more
-        in page faults than the rebuilding), each multiplied by x `gemm.SLICE_GEMM_ROWS` rows at a time, the bias added
-        inside the GEMM as F.linear adds it. The same form as the quantized formats' prefill: 8192 x 2048, ms a
+        in page faults than the rebuilding), each multiplied by x 256 rows at a time (`gemm.slice_gemm_rows`), the bias
+        added inside the GEMM as F.linear adds it. The same form as the quantized formats' prefill: 8192 x 2048, ms a
         weight against plain bf16's (Zen 4 host, 6 weights, 7 alternating rounds): 512 rows 0.953x where the whole
         weight rebuilt for one GEMM, as before, took 0.885x; 32 rows 0.71x / 0.69x, 128 rows 0.86x either way (the
         rebuilding is the rest)."""
@@ -168,8 +168,9 @@ class LosslessBf16Linear(nn.Module):
         for a in range(0, n, step):
             b = min(n, a + step)
             w = self.rows(a, b, buffer[:(b - a) * k].view(b - a, k))
-            for m0 in range(0, x.shape[0], SLICE_GEMM_ROWS):
-                xs, o = x[m0:m0 + SLICE_GEMM_ROWS], out[m0:m0 + SLICE_GEMM_ROWS, a:b]
+            rows = slice_gemm_rows(x.shape[0])
+            for m0 in range(0, x.shape[0], rows):
+                xs, o = x[m0:m0 + rows], out[m0:m0 + rows, a:b]
                 if bias is None:
                     torch.mm(xs, w.t(), out=o)
                 else:
