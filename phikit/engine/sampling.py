@@ -41,14 +41,17 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
     running sums, is robust to the last-bit differences two forwards of the same prompt may give (a prefix-cache
     hit, a packed step): a token changes only where two tokens' ratios were within them, where an inverse CDF moves
     every draw whose running sum shifted past a boundary."""
-    total = float(probs.sum())
-    if not math.isfinite(total) or total <= 0 or bool((probs < 0).any()):
-        # what torch.multinomial refuses too: a NaN / inf logit upstream, or every token masked out
-        raise RuntimeError(f"cannot sample from these probabilities (sum {total}, min {float(probs.min())}): they "
+    e = torch.rand(probs.shape, generator=generator, dtype=torch.float32).log_().neg_()
+    pick = int(torch.argmax(probs / e))
+    # what torch.multinomial refuses too (a NaN / inf logit upstream, or every token masked out), checked with one
+    # reduction: a NaN anywhere makes the minimum NaN, a negative one makes it negative, an inf wins the race, and
+    # all zeros leave a winner of probability 0
+    chosen, lowest = float(probs[pick]), float(probs.min())
+    if not (math.isfinite(chosen) and chosen > 0 and lowest >= 0):
+        raise RuntimeError(f"cannot sample from these probabilities (sum {float(probs.sum())}, min {lowest}): they "
                            "must be finite, non-negative and not all zero; a logit is NaN or inf, or every token "
                            "was masked")
-    e = torch.rand(probs.shape, generator=generator, dtype=torch.float32).log_().neg_()
-    return int(torch.argmax(probs / e))
+    return pick
 
 
 class RowSampler:
