@@ -28,16 +28,15 @@ from base_tree import abba, base_tree
 REPO = Path(__file__).resolve().parents[1]
 
 
-def child(shape: str, rows: list[int], tokens: int, threads: int, weights: str = "bf16") -> dict:
+def random_model(shape: str):
+    """(a bf16 model of the shape (phikit/bench/engines.py SHAPES), weights normal(0, 0.02), in eval mode; its
+    config); also prefill_formats.py's model."""
     import torch
 
     from phikit.bench.engines import SHAPES
     from phikit.config import config_from_dict
-    from phikit.engine import Engine, SamplingParams
     from phikit.hf.modeling import Phi3ForCausalLM, PhiForCausalLM
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     config = config_from_dict(dict(SHAPES[shape]))
     cls = PhiForCausalLM if config.model_type == "phi" else Phi3ForCausalLM
     with torch.device("meta"):
@@ -46,7 +45,17 @@ def child(shape: str, rows: list[int], tokens: int, threads: int, weights: str =
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    model.eval()
+    return model.eval(), config
+
+
+def child(shape: str, rows: list[int], tokens: int, threads: int, weights: str = "bf16") -> dict:
+    import torch
+
+    from phikit.engine import Engine, SamplingParams
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, config = random_model(shape)
     if weights == "int4":
         from phikit.formats.configs import Int4WeightOnlyConfig
         from phikit.formats.quantize import quantize_model

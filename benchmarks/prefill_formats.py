@@ -23,23 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def build(shape: str):
-    import torch
-
-    from phikit.bench.engines import SHAPES
-    from phikit.config import config_from_dict
-    from phikit.hf.modeling import Phi3ForCausalLM, PhiForCausalLM
-
-    config = config_from_dict(dict(SHAPES[shape]))
-    cls = PhiForCausalLM if config.model_type == "phi" else Phi3ForCausalLM
-    with torch.device("meta"):
-        model = cls(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    return model.eval(), config
+from engine_decode import random_model  # noqa: E402  (benchmarks/, this script's folder)
 
 
 def timed(owner, name: str, totals: dict, key: str) -> None:
@@ -75,7 +59,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base, config = build(args.shape)
+    base, config = random_model(args.shape)
     configs = {"int4": Int4WeightOnlyConfig, "int8": Int8WeightOnlyConfig}
     models = {"bf16": base}
     for fmt in args.weights.split(","):
