@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from enum import IntEnum
 
-ABI_VERSION = 3  # PHK_ABI_VERSION in native/phk_abi.h
+ABI_VERSION = 4  # PHK_ABI_VERSION in native/phk_abi.h
 
 _REBUILD = "rebuild: delete ~/.cache/phikit/native (phikit builds the library again on next use)"
 _DISAGREE = "the sources and abi.py disagree: change native/phk_abi.h and phikit/cpu/abi.py together"
@@ -41,6 +41,13 @@ class Act(IntEnum):
     SILU_GATED = 1  # gate_up -> up * silu(gate) -> down (phi3)
 
 
+class TilesKind(IntEnum):
+    """enum phk_tiles_kind: `kind` of phk_gemm_tiles, the weight's format."""
+    BF16 = 0  # w bf16 [n, k]
+    INT4 = 1  # phikit's int4 layout, sz = scales_and_zeros bf16 [k / group, n, 2]
+    INT8 = 2  # phikit's int8 layout, sz = scales bf16 [n]
+
+
 class StructId(IntEnum):
     """enum phk_struct_id: `which` of phk_struct_size / phk_struct_offset."""
     LIN = 0
@@ -50,9 +57,9 @@ class StructId(IntEnum):
 
 # C enum type name in phk_abi.h -> its mirror (tests compare them value by value)
 ENUMS: dict[str, type[IntEnum]] = {"phk_status": Status, "phk_linear_kind": LinearKind, "phk_act": Act,
-                                   "phk_struct_id": StructId}
+                                   "phk_tiles_kind": TilesKind, "phk_struct_id": StructId}
 ENUM_PREFIXES: dict[str, str] = {"phk_status": "PHK_", "phk_linear_kind": "PHK_LINEAR_", "phk_act": "PHK_ACT_",
-                                 "phk_struct_id": "PHK_STRUCT_"}
+                                 "phk_tiles_kind": "PHK_TILES_", "phk_struct_id": "PHK_STRUCT_"}
 
 _I64, _P, _F, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
 
@@ -91,6 +98,7 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
     "phk_has_decode_step": (_INT, []),
     "phk_has_c12": (_INT, []),
     "phk_has_bf16_dot": (_INT, []),
+    "phk_has_gemm_tiles": (_INT, []),
     "phk_linear_bf16": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_linear_int8": (_INT, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_attention_decode": (_INT, [_P, _P, _P, _P] + [_I64] * 11 + [_F, _INT]),
@@ -100,6 +108,8 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
     "phk_dequant_int8_f32": (None, [_P, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_dequant_int4_bf16": (None, [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]),
     "phk_dequant_int8_bf16": (None, [_P, _P, _P, _I64, _I64, _I64, _INT]),
+    "phk_gemm_tiles_ok": (_INT, [_I64, _I64]),
+    "phk_gemm_tiles": (_INT, [_P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _INT]),
     "phk_decode_step": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _INT]),
     "phk_gelu_new": (None, [_P, _P, _I64]),  # the decode step's elementwise pieces, exported for tests
     "phk_silu_gated": (None, [_P, _P, _I64]),
@@ -118,7 +128,7 @@ SIGNATURES: dict[str, tuple[type | None, list]] = {
 # the functions declared to return phk_status_t: kernels.py gives each an errcheck that raises on anything but OK
 STATUS_FUNCTIONS = frozenset({"phk_linear_bf16", "phk_linear_int8", "phk_attention_decode",
                               "phk_attention_decode_rows", "phk_linear_int4",
-                              "phk_decode_step", "phk_attention_prefill"})
+                              "phk_gemm_tiles", "phk_decode_step", "phk_attention_prefill"})
 _ABI_FUNCTIONS = ("phk_abi_version", "phk_struct_size", "phk_struct_offset")
 
 

@@ -107,6 +107,18 @@ def _best_time(run: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def tiles_preferred() -> bool:
+    """Whether a quantized (int4, int8) prefill runs on phikit's own GEMM tiles (`native/gemm_tiles.c`: each panel
+    of the weight dequantized as it is packed for the dot products) rather than oneDNN's bf16 GEMM on dequantized
+    slices: wherever the tiles are built (AVX512-BF16) and oneDNN does not run on AMX tiles (several times the
+    arithmetic; the slices stay there). Zen 5 host, 2 threads, a phi-1.5 prefill of 512 tokens against the bf16
+    model's (oneDNN) in one process (`benchmarks/prefill_formats.py`, nineteenth session): int4 0.985x on the tiles
+    against 0.948x on slices, int8 0.977x against 0.941x. Not timed per process: a probe weight small enough to time
+    cheaply stays in the cache, where the two paths read level (0.94-1.04x over five probes), while a model's
+    weights come from memory."""
+    return native_kernels.has_gemm_tiles() and not has_amx()
+
+
 CROSSOVER_PROBE_ROWS = (16, 256)  # the row counts at which `timed_crossover` times both sides
 NEVER = 1 << 30  # a crossover the kernel never reaches: it stays at least as fast at any number of rows
 

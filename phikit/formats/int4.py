@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
+from ..cpu.abi import TilesKind
 from ..cpu.gemm import (CROSSOVER_PROBE_ROWS, gemm_dequantized, has_amx, scratch_bf16, scratch_f32,
-                        timed_crossover)
+                        tiles_preferred, timed_crossover)
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import (_cpu_pack, _cpu_unpack, dequantize_int4, pack_int4_native, pack_nibbles,
                             unpack_int4_native, unpack_nibbles)
@@ -49,6 +50,14 @@ def native_rows() -> int:
     crossover of 24 rows, measured on a Zen 5 host before, sent 24-500-row products to the GEMM."""
     if has_amx():
         return AMX_NATIVE_ROWS
+    x, qweight, sz, group = _probe()
+    return timed_crossover(lambda rows: native_kernels.linear_int4(x[:rows], qweight, sz, group, None),
+                           lambda rows: _gemm(x[:rows], qweight, sz, group, qweight.shape[0], None))
+
+
+def _probe() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """x bf16 [CROSSOVER_PROBE_ROWS[1], K] and a random int4 weight of PROBE_SHAPE in phikit's layout (qweight,
+    scales_and_zeros, group size 128), for the timed choices of this module."""
     n, k = PROBE_SHAPE
     group = 128
     gen = torch.Generator().manual_seed(0)
@@ -56,8 +65,17 @@ def native_rows() -> int:
     sz = torch.stack((torch.rand(k // group, n, generator=gen) * 0.02,
                       torch.randn(k // group, n, generator=gen) * 0.01), dim=-1).to(torch.bfloat16)
     x = torch.randn(CROSSOVER_PROBE_ROWS[1], k, generator=gen, dtype=torch.bfloat16)
-    return timed_crossover(lambda rows: native_kernels.linear_int4(x[:rows], qweight, sz, group, None),
-                           lambda rows: _gemm_on_slices(x[:rows], qweight, sz, group, n, None))
+    return x, qweight, sz, group
+
+
+def _gemm(x: torch.Tensor, qweight: torch.Tensor, sz: torch.Tensor, group: int, n: int,
+          bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] -> [M, N] (+ bias) through a native-layout int4 weight by the faster GEMM here
+    (`gemm.tiles_preferred`): the same products, rounded once after the bias on the tiles, before it on the slices."""
+    if (x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
+            and native_kernels.gemm_tiles_ok(n, x.shape[1]) and tiles_preferred()):
+        return native_kernels.gemm_tiles(x, TilesKind.INT4, qweight, n, sz, group, bias)
+    return _gemm_on_slices(x, qweight, sz, group, n, bias)
 
 
 def uses_gemm(rows: int) -> bool:
@@ -151,8 +169,8 @@ class Int4Linear(_QuantLinear):
         return super()._linear(x)
 
     def _prefill(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [M, K] -> [M, N] (+ bias) by a GEMM on dequantized row slices (`gemm_dequantized`)."""
-        return _gemm_on_slices(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features, bias)
+        """x [M, K] -> [M, N] (+ bias) by a GEMM: phikit's tiles or oneDNN's on dequantized row slices (`_gemm`)."""
+        return _gemm(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features, bias)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.scales_and_zeros.dtype

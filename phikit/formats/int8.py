@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
-from ..cpu.gemm import FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_bf16, scratch_f32
+from ..cpu.abi import TilesKind
+from ..cpu.gemm import (FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_bf16, scratch_f32,
+                        tiles_preferred)
 from .quant_linear import _KERNEL_DTYPES, _OPS, _QuantLinear
 from .quantize_math import dequantize_int8, pack_int8_native, unpack_int8_native
 
@@ -87,10 +89,19 @@ class Int8Linear(_QuantLinear):
         if (self._native(x) and x.dtype == torch.bfloat16 and x.shape[0] < native_rows()
                 and (bias is None or bias.dtype == torch.bfloat16)):  # decode: the bias is added in the kernel
             return native_kernels.linear_int8(x, self.qweight, self.scales, bias)
-        if self._prefill(x):  # the bias added inside the GEMM (`gemm_dequantized`)
-            return gemm_dequantized(x.to(self.scales.dtype), self._f32_rows, self.out_features, self._bf16_rows,
-                                    bias)
+        if self._prefill(x):  # the bias added inside the GEMM
+            return self._gemm(x.to(self.scales.dtype), bias)
         return super()._linear(x)
+
+    def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [M, K] -> [M, N] (+ bias) by the faster GEMM here (`gemm.tiles_preferred`): phikit's tiles on
+        phikit's layout, else one on dequantized row slices (`gemm_dequantized`). The same products, rounded once
+        after the bias on the tiles, before it on the bf16 slices."""
+        if (self.layout == "phikit" and x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
+                and native_kernels.gemm_tiles_ok(self.out_features, self.in_features) and tiles_preferred()):
+            return native_kernels.gemm_tiles(x.contiguous(), TilesKind.INT8, self.qweight, self.out_features,
+                                             self.scales, bias=bias)
+        return gemm_dequantized(x, self._f32_rows, self.out_features, self._bf16_rows, bias)
 
     def _prefill(self, x: torch.Tensor) -> bool:
         """Whether x [M, K] is a product for a GEMM on dequantized row slices (a prefill), not a kernel's."""
@@ -106,7 +117,7 @@ class Int8Linear(_QuantLinear):
         if self._prefill(x):  # a prefill: a GEMM on dequantized row slices
             # int8 and bf16 values are exact in bf16 and their product is rounded once either way: the bf16
             # slices equal the fp32 ones rounded, at a third of the memory traffic
-            return gemm_dequantized(x.to(dtype), self._f32_rows, self.out_features, self._bf16_rows)
+            return self._gemm(x.to(dtype), None)
         if _HAS_INT8_CPU and x.device.type == "cpu" and dtype in _KERNEL_DTYPES:
             return _OPS._weight_int8pack_mm(x.to(dtype), self.portable_qweight(), self.scales)
         return F.linear(x.to(dtype), self.dequantize())

@@ -11,7 +11,7 @@
 #define PHK_ABI_H
 #include <stdint.h>
 
-#define PHK_ABI_VERSION 3
+#define PHK_ABI_VERSION 4
 
 /* Returned (as phk_status_t) by the functions that allocate; on PHK_ERR_NOMEM, phk_failed_alloc_bytes() on the same
    thread says how many bytes the failed request was for, and the outputs are unspecified. */
@@ -31,6 +31,13 @@ enum phk_linear_kind {
 enum phk_act {
     PHK_ACT_GELU_NEW = 0,   /* fc1 -> gelu_new -> fc2 (phi) */
     PHK_ACT_SILU_GATED = 1  /* gate_up -> up * silu(gate) -> down (phi3) */
+};
+
+/* phk_gemm_tiles' `kind`: the weight's format (gemm_tiles.c) */
+enum phk_tiles_kind {
+    PHK_TILES_BF16 = 0,  /* w bf16 [n, k] */
+    PHK_TILES_INT4 = 1,  /* w in phikit's int4 layout, sz = scales_and_zeros bf16 [k/group, n, 2] */
+    PHK_TILES_INT8 = 2   /* w in phikit's int8 layout, sz = scales bf16 [n] */
 };
 
 /* phk_struct_size / phk_struct_offset's `which` */
@@ -75,6 +82,7 @@ int phk_has_int4(void);  /* 0: none; 1: the int4 kernels; 2: and the byte kernel
 int phk_has_decode_step(void);  /* the fused decode step and the elementwise kernels (decode_step.c) */
 int phk_has_c12(void);
 int phk_has_bf16_dot(void);  /* AVX512-BF16's dot products: the prefill attention and the bf16 dequantized rows */
+int phk_has_gemm_tiles(void);  /* phk_gemm_tiles (AVX512-BF16) */
 
 /* ---- portable.c (and kernels.c, where the CPU has AVX512-BF16: phk_linear_bf16, phk_linear_int4) ---- */
 phk_status_t phk_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
@@ -101,6 +109,11 @@ void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, 
                            int64_t K, int64_t GS, int threads);
 void phk_dequant_int8_bf16(const int8_t *w, const uint16_t *scales, uint16_t *out, int64_t r0, int64_t r1, int64_t K,
                            int threads);
+
+/* ---- gemm_tiles.c (AVX512-BF16): a prefill's GEMM, y [M, N] = x [M, K] @ W^T (+ bias), W as `kind` says ---- */
+int phk_gemm_tiles_ok(int64_t N, int64_t K);  /* the shapes it takes: N % 64 == 0, K % 32 == 0 */
+phk_status_t phk_gemm_tiles(const uint16_t *x, int64_t kind, const void *w, const uint16_t *sz, int64_t GS,
+                            const uint16_t *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads);
 
 /* ---- decode_step.c ---- */
 phk_status_t phk_decode_step(const phk_model *md, const phk_layer *layers, uint16_t *x, const uint16_t *cosf,
