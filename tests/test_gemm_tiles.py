@@ -10,13 +10,14 @@ import torch.nn as nn
 
 from phikit.cpu import gemm
 from phikit.cpu import kernels as native_kernels
+from phikit.cpu import tiles
 from phikit.cpu.abi import TilesKind
 from phikit.formats.configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 from phikit.formats.int4 import Int4Linear
 from phikit.formats.int8 import Int8Linear
 from phikit.formats.streaming import linear_from_quantized, quantize_linear_weight
 
-pytestmark = pytest.mark.skipif(not native_kernels.has_gemm_tiles(),
+pytestmark = pytest.mark.skipif(not tiles.has_gemm_tiles(),
                                 reason="the GEMM tiles need AVX512-BF16 at the CPU level in use")
 
 
@@ -34,7 +35,7 @@ def test_bf16_tiles_are_the_fp32_product_rounded_once(m: int, n: int, k: int, wi
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
     w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     bias = torch.randn(n, generator=gen).to(torch.bfloat16) if with_bias else None
-    y = native_kernels.gemm_tiles(x, TilesKind.BF16, w, n, bias=bias)
+    y = tiles.gemm_tiles(x, TilesKind.BF16, w, n, bias=bias)
     ref = x.double() @ w.double().T + (bias.double() if with_bias else 0)
     # one bf16 rounding of the sum (half an ulp: at most 2^-8 of it) plus fp32 accumulation in another order
     slack = 2.0 ** -8 * ref.abs() + 2.0 ** -20 * (x.double().abs() @ w.double().abs().T)
@@ -51,8 +52,8 @@ def test_int4_tiles_equal_bf16_tiles_on_the_dequantized_rows(group: int, m: int,
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(group + m)).to(torch.bfloat16)
     rows = native_kernels.dequantize_int4_rows(module.qweight, module.scales_and_zeros, group, 0, 128, torch.bfloat16)
     for bias in (module.bias, None):
-        y = native_kernels.gemm_tiles(x, TilesKind.INT4, module.qweight, 128, module.scales_and_zeros, group, bias)
-        assert torch.equal(y, native_kernels.gemm_tiles(x, TilesKind.BF16, rows, 128, bias=bias))
+        y = tiles.gemm_tiles(x, TilesKind.INT4, module.qweight, 128, module.scales_and_zeros, group, bias)
+        assert torch.equal(y, tiles.gemm_tiles(x, TilesKind.BF16, rows, 128, bias=bias))
 
 
 @pytest.mark.parametrize("m", [2, 37])
@@ -62,8 +63,8 @@ def test_int8_tiles_equal_bf16_tiles_on_the_dequantized_rows(m: int, k: int) -> 
     assert isinstance(module, Int8Linear) and module.layout == "phikit"
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k)).to(torch.bfloat16)
     rows = native_kernels.dequantize_int8_rows(module.qweight, module.scales, 0, 192)
-    y = native_kernels.gemm_tiles(x, TilesKind.INT8, module.qweight, 192, module.scales, bias=module.bias)
-    assert torch.equal(y, native_kernels.gemm_tiles(x, TilesKind.BF16, rows, 192, bias=module.bias))
+    y = tiles.gemm_tiles(x, TilesKind.INT8, module.qweight, 192, module.scales, bias=module.bias)
+    assert torch.equal(y, tiles.gemm_tiles(x, TilesKind.BF16, rows, 192, bias=module.bias))
 
 
 def test_threads_split_panels_without_changing_a_bit() -> None:
@@ -73,9 +74,9 @@ def test_threads_split_panels_without_changing_a_bit() -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native_kernels.gemm_tiles(x, TilesKind.BF16, w, 320)
+        one = tiles.gemm_tiles(x, TilesKind.BF16, w, 320)
         torch.set_num_threads(max(2, threads))
-        assert torch.equal(one, native_kernels.gemm_tiles(x, TilesKind.BF16, w, 320))
+        assert torch.equal(one, tiles.gemm_tiles(x, TilesKind.BF16, w, 320))
     finally:
         torch.set_num_threads(threads)
 
@@ -84,10 +85,10 @@ def test_threads_split_panels_without_changing_a_bit() -> None:
 def test_shapes_the_tiles_do_not_take_raise_naming_them(n: int, k: int) -> None:
     x = torch.zeros(4, k, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=f"N={n}, K={k}"):
-        native_kernels.gemm_tiles(x, TilesKind.BF16, torch.zeros(n, k, dtype=torch.bfloat16), n)
+        tiles.gemm_tiles(x, TilesKind.BF16, torch.zeros(n, k, dtype=torch.bfloat16), n)
 
 
-@pytest.mark.skipif(native_kernels.has_gemm_tiles() and not gemm.tiles_preferred(), reason="oneDNN runs on AMX tiles here: prefills keep its GEMM")
+@pytest.mark.skipif(tiles.has_gemm_tiles() and not gemm.tiles_preferred(), reason="oneDNN runs on AMX tiles here: prefills keep its GEMM")
 @pytest.mark.parametrize("config", [Int4WeightOnlyConfig(128), Int8WeightOnlyConfig()])
 def test_quantized_prefills_run_on_the_tiles(config, monkeypatch) -> None:
     module = quantized(config, 256, 512)
@@ -95,8 +96,8 @@ def test_quantized_prefills_run_on_the_tiles(config, monkeypatch) -> None:
     with torch.no_grad():
         module(x)  # the first prefill times the int4 kernel's crossover (on the tiles): not this product's call
     calls = []
-    real = native_kernels.gemm_tiles
-    monkeypatch.setattr(native_kernels, "gemm_tiles", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    real = tiles.gemm_tiles
+    monkeypatch.setattr(tiles, "gemm_tiles", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     with torch.no_grad():
         y = module(x)
     kind = TilesKind.INT4 if isinstance(config, Int4WeightOnlyConfig) else TilesKind.INT8

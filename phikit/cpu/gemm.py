@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from . import features
 from . import kernels as native_kernels
+from . import tiles
 
 PREFILL_CHUNK_BYTES = 8 << 20  # fp32 weight rows converted at a time: stays in the last-level cache
 BF16_SLICE_BYTES = 4 << 20  # bf16 dequantized weight rows per slice of `gemm_dequantized` (`bf16_slice_rows`)
@@ -116,7 +117,7 @@ def tiles_preferred() -> bool:
     against 0.948x on slices, int8 0.977x against 0.941x. Not timed per process: a probe weight small enough to time
     cheaply stays in the cache, where the two paths read level (0.94-1.04x over five probes), while a model's
     weights come from memory."""
-    return native_kernels.has_gemm_tiles() and not has_amx()
+    return tiles.has_gemm_tiles() and not has_amx()
 
 
 CROSSOVER_PROBE_ROWS = (16, 256)  # the row counts at which `timed_crossover` times both sides

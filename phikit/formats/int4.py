@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
+from ..cpu import tiles
 from ..cpu.abi import TilesKind
 from ..cpu.gemm import (CROSSOVER_PROBE_ROWS, gemm_dequantized, has_amx, scratch_bf16, scratch_f32,
                         tiles_preferred, timed_crossover)
@@ -73,8 +74,8 @@ def _gemm(x: torch.Tensor, qweight: torch.Tensor, sz: torch.Tensor, group: int, 
     """x [M, K] -> [M, N] (+ bias) through a native-layout int4 weight by the faster GEMM here
     (`gemm.tiles_preferred`): the same products, rounded once after the bias on the tiles, before it on the slices."""
     if (x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
-            and native_kernels.gemm_tiles_ok(n, x.shape[1]) and tiles_preferred()):
-        return native_kernels.gemm_tiles(x, TilesKind.INT4, qweight, n, sz, group, bias)
+            and tiles.gemm_tiles_ok(n, x.shape[1]) and tiles_preferred()):
+        return tiles.gemm_tiles(x, TilesKind.INT4, qweight, n, sz, group, bias)
     return _gemm_on_slices(x, qweight, sz, group, n, bias)
 
 

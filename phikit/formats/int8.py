@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu import kernels as native_kernels
+from ..cpu import tiles
 from ..cpu.abi import TilesKind
 from ..cpu.gemm import (FP32_GEMM_MIN_ROWS, gemm_dequantized, onednn_bf16, scratch_bf16, scratch_f32,
                         tiles_preferred)
@@ -98,8 +99,8 @@ class Int8Linear(_QuantLinear):
         phikit's layout, else one on dequantized row slices (`gemm_dequantized`). The same products, rounded once
         after the bias on the tiles, before it on the bf16 slices."""
         if (self.layout == "phikit" and x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
-                and native_kernels.gemm_tiles_ok(self.out_features, self.in_features) and tiles_preferred()):
-            return native_kernels.gemm_tiles(x.contiguous(), TilesKind.INT8, self.qweight, self.out_features,
+                and tiles.gemm_tiles_ok(self.out_features, self.in_features) and tiles_preferred()):
+            return tiles.gemm_tiles(x.contiguous(), TilesKind.INT8, self.qweight, self.out_features,
                                              self.scales, bias=bias)
         return gemm_dequantized(x, self._f32_rows, self.out_features, self._bf16_rows, bias)
 
