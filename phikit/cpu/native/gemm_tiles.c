@@ -32,7 +32,7 @@ int phk_gemm_tiles_ok(int64_t N, int64_t K) { return N % TILE_N == 0 && K % 32 =
 int phk_has_gemm_tiles(void) { return 1; }
 
 /* r[i]: 16 rows of 16 32-bit lanes -> r[j] holds lane j of every row */
-static inline void transpose16x16(__m512i r[16]) {
+static inline __attribute__((always_inline)) void transpose16x16(__m512i r[16]) {
     __m512i t[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
@@ -79,25 +79,32 @@ static inline __m512 i8x16_f32(const int8_t *p) {
 
 /* rows n0 + 16 g .. + 16, columns k .. k + 31 of the weight -> r[i] (32 bf16 of row i); tab: the panel's int4
    tables, [64 rows][4 groups][32 words] (groups counted from the panel's first column k0) */
-static inline void weight_rows(const weight_src *s, int64_t n0, int g, int64_t k0, int64_t k, const uint16_t *tab,
-                               __m512i r[16]) {
-    const int64_t K = s->K;
+static inline __attribute__((always_inline)) void weight_rows(const weight_src *s, int64_t n0, int g, int64_t k0,
+                                                              int64_t k, const uint16_t *tab, __m512i r[16]) {
+    /* unrolled, so that r stays in registers and each row's address is a constant offset from its 16-row base
+       (rolled, GCC kept r on the stack and divided n by 4 per row: hot in cache a unit took ~120 cycles) */
+    const int64_t K = s->K, n = n0 + 16 * g;  /* n % 16 == 0 */
     if (s->kind == PHK_TILES_BF16) {
-        const uint16_t *w = (const uint16_t *)s->w + (n0 + 16 * g) * K + k;
+        const uint16_t *w = (const uint16_t *)s->w + n * K + k;
+        #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(w + i * K));
     } else if (s->kind == PHK_TILES_INT4) {
         const int nib = (int)((k & 127) >> 5), grp = (int)((k >> s->gl) - (k0 >> s->gl));
+        const uint8_t *w = (const uint8_t *)s->w + (n / 4) * 2 * K + (k & ~(int64_t)127) * 2;  /* int4_row_words */
+        const __m512i mask = _mm512_set1_epi16(15);
+        const uint16_t *t = tab + (16 * g * 4 + grp) * 32;
+        #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) {  /* nibble `nib` of the chunk's 32 words: columns k .. k + 31 in order */
-            const uint16_t *row = int4_row_words(s->w, n0 + 16 * g + i, K) + (k & ~(int64_t)127);
-            __m512i q = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512((const void *)row), 4 * nib),
-                                         _mm512_set1_epi16(15));
-            r[i] = _mm512_permutexvar_epi16(q, _mm512_load_si512((const void *)(tab + ((16 * g + i) * 4 + grp) * 32)));
+            const __m512i words = _mm512_loadu_si512((const void *)(w + (i / 4) * 2 * K + (i % 4) * 64));
+            const __m512i q = _mm512_and_si512(_mm512_srli_epi16(words, 4 * nib), mask);
+            r[i] = _mm512_permutexvar_epi16(q, _mm512_load_si512((const void *)(t + i * 4 * 32)));
         }
     } else {
+        const int8_t *w = (const int8_t *)s->w + (n / 4) * 4 * K + (k >> 6) * 256 + (k & 63);
+        #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) {  /* columns k .. k + 31: 32 bytes of the row's 64-column chunk */
-            const int64_t n = n0 + 16 * g + i;
-            const int8_t *b = (const int8_t *)s->w + (n / 4) * 4 * K + (n % 4) * 64 + (k >> 6) * 256 + (k & 63);
-            __m512 sc = _mm512_set1_ps(f32_of_bf16(s->sz[n]));
+            const int8_t *b = w + (i / 4) * 4 * K + (i % 4) * 64;
+            const __m512 sc = _mm512_set1_ps(f32_of_bf16(s->sz[n + i]));
             r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(i8x16_f32(b + 16), sc), _mm512_mul_ps(i8x16_f32(b), sc));
         }
     }
