@@ -64,6 +64,11 @@ def _linears() -> list[tuple[str, str]]:
         prefill = (f"MKL fp32 GEMM on widened weight slices {rows} (timed faster here)"
                    if gemm.prefers_fp32_gemm(4096) else f"oneDNN bf16 GEMM {rows}")
     int8 = "native 4-row blocked kernel" if native.available() else "aten _weight_int8pack_mm"
+    quant_gemm = "phikit's GEMM tiles" if gemm.tiles_preferred() else "a GEMM on dequantized slices"
+    if native.available():
+        from .formats import int8 as int8_format
+
+        int8 += f", {quant_gemm} from {int8_format.native_rows()} rows"
     int4 = ("native kernel (bf16 dot products)" if native.has_bf16_dot() else
             "native kernel (byte dot products)" if native.has_int4_byte_dot() else
             "native kernel (16-bit integer products)" if native.has_int4() else "aten _weight_int4pack_mm_for_cpu")
@@ -72,7 +77,7 @@ def _linears() -> list[tuple[str, str]]:
 
         crossover = int4_format.native_rows()  # timed here, once per process
         int4 += (", at every row count (timed: the GEMM never caught up)" if crossover >= gemm.NEVER else
-                 f", a GEMM on dequantized slices from {crossover} rows (timed here)")
+                 f", {quant_gemm} from {crossover} rows (timed here)")
     lossless = ("native 12-bit kernel, bit-equal to bf16" if native.has_c12() else
                 "unavailable: needs CPU level avx512_bf16 (LosslessBf16Config raises; the CLI's auto keeps bf16)")
     step = "fused native step" if decode_step.enabled() else "per-layer modules"
