@@ -88,7 +88,18 @@ def test_shapes_the_tiles_do_not_take_raise_naming_them(n: int, k: int) -> None:
         tiles.gemm_tiles(x, TilesKind.BF16, torch.zeros(n, k, dtype=torch.bfloat16), n)
 
 
-@pytest.mark.skipif(tiles.has_gemm_tiles() and not gemm.tiles_preferred(), reason="oneDNN runs on AMX tiles here: prefills keep its GEMM")
+def test_quantized_layouts_the_tiles_do_not_take_raise_naming_them() -> None:
+    x = torch.zeros(4, 192, dtype=torch.bfloat16)  # K % 128 != 0: no int4 weight in phikit's layout has it
+    sz = torch.zeros(3, 64, 2, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="K=192, group_size=64"):
+        tiles.gemm_tiles(x, TilesKind.INT4, torch.zeros(64, 96, dtype=torch.uint8), 64, sz, 64)
+    x = torch.zeros(4, 96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="K=96"):
+        tiles.gemm_tiles(x, TilesKind.INT8, torch.zeros(64, 96, dtype=torch.int8), 64, torch.ones(64).bfloat16())
+
+
+@pytest.mark.skipif(tiles.has_gemm_tiles() and not gemm.tiles_preferred(),
+                    reason="oneDNN runs on AMX tiles here: prefills keep its GEMM")
 @pytest.mark.parametrize("config", [Int4WeightOnlyConfig(128), Int8WeightOnlyConfig()])
 def test_quantized_prefills_run_on_the_tiles(config, monkeypatch) -> None:
     module = quantized(config, 256, 512)

@@ -113,8 +113,8 @@ def tiles_preferred() -> bool:
     of the weight dequantized as it is packed for the dot products) rather than oneDNN's bf16 GEMM on dequantized
     slices: wherever the tiles are built (AVX512-BF16) and oneDNN does not run on AMX tiles (several times the
     arithmetic; the slices stay there). Zen 5 host, 2 threads, a phi-1.5 prefill of 512 tokens against the bf16
-    model's (oneDNN) in one process (`benchmarks/prefill_formats.py`, nineteenth session): int4 0.985x on the tiles
-    against 0.948x on slices, int8 0.977x against 0.941x. Not timed per process: a probe weight small enough to time
+    model's (oneDNN) in one process (`benchmarks/prefill_formats.py`, nineteenth session): int4 1.000x on the tiles
+    against 0.948x on slices, int8 0.988x against 0.941x (Phi-3-mini 1.008x / 1.001x). Not timed per process: a probe weight small enough to time
     cheaply stays in the cache, where the two paths read level (0.94-1.04x over five probes), while a model's
     weights come from memory."""
     return tiles.has_gemm_tiles() and not has_amx()

@@ -36,6 +36,11 @@ def gemm_tiles(x: torch.Tensor, kind: TilesKind, weight: torch.Tensor, n: int, s
     if not gemm_tiles_ok(n, k):
         raise ValueError(f"gemm_tiles takes N % 64 == 0 and K % 32 == 0 on a CPU with AVX512-BF16; got N={n}, K={k} "
                          f"at CPU level {features.level()}")
+    if kind == TilesKind.INT4 and (k % 128 or group_size not in (64, 128, 256)):
+        raise ValueError(f"int4 tiles take phikit's int4 layout (K % 128 == 0, group_size 64, 128 or 256); got K={k}, "
+                         f"group_size={group_size}")
+    if kind == TilesKind.INT8 and k % 64:
+        raise ValueError(f"int8 tiles take phikit's int8 layout (K % 64 == 0); got K={k}")
     y = torch.empty(m, n, dtype=torch.bfloat16)
     kernels._library().phk_gemm_tiles(_ptr(x), int(kind), _ptr(weight), _ptr(sz), group_size, _ptr(bias), _ptr(y),
                                       m, n, k, torch.get_num_threads())

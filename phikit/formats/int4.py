@@ -73,7 +73,7 @@ def _gemm(x: torch.Tensor, qweight: torch.Tensor, sz: torch.Tensor, group: int, 
           bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] -> [M, N] (+ bias) through a native-layout int4 weight by the faster GEMM here
     (`gemm.tiles_preferred`): the same products, rounded once after the bias on the tiles, before it on the slices."""
-    if (x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
+    if (x.dtype == sz.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
             and tiles.gemm_tiles_ok(n, x.shape[1]) and tiles_preferred()):
         return tiles.gemm_tiles(x, TilesKind.INT4, qweight, n, sz, group, bias)
     return _gemm_on_slices(x, qweight, sz, group, n, bias)

@@ -100,8 +100,8 @@ class Int8Linear(_QuantLinear):
         after the bias on the tiles, before it on the bf16 slices."""
         if (self.layout == "phikit" and x.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
                 and tiles.gemm_tiles_ok(self.out_features, self.in_features) and tiles_preferred()):
-            return tiles.gemm_tiles(x.contiguous(), TilesKind.INT8, self.qweight, self.out_features,
-                                             self.scales, bias=bias)
+            return tiles.gemm_tiles(x.contiguous(), TilesKind.INT8, self.qweight, self.out_features, self.scales,
+                                    bias=bias)
         return gemm_dequantized(x, self._f32_rows, self.out_features, self._bf16_rows, bias)
 
     def _prefill(self, x: torch.Tensor) -> bool:

@@ -158,6 +158,8 @@ static inline __attribute__((always_inline)) void micro_kernel(const uint16_t *x
 phk_status_t phk_gemm_tiles(const uint16_t *x, int64_t kind, const void *w, const uint16_t *sz, int64_t GS,
                             const uint16_t *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
     if (!phk_gemm_tiles_ok(N, K) || kind < PHK_TILES_BF16 || kind > PHK_TILES_INT8) return PHK_ERR_UNSUPPORTED;
+    if (kind == PHK_TILES_INT4 && (K % 128 || (GS != 64 && GS != 128 && GS != 256))) return PHK_ERR_UNSUPPORTED;
+    if (kind == PHK_TILES_INT8 && K % 64) return PHK_ERR_UNSUPPORTED;  /* the layouts' own constraints */
     const weight_src s = {(int)kind, w, sz, N, K, kind == PHK_TILES_INT4 ? __builtin_ctzll((unsigned long long)GS) : 0};
     const int64_t panels = N / TILE_N;
     if (threads > panels) threads = (int)panels;
