@@ -7,11 +7,8 @@ from __future__ import annotations
 import torch
 
 from . import features, kernels
+from .kernels import _ptr
 from .abi import TilesKind
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def has_gemm_tiles() -> bool:

@@ -66,17 +66,6 @@ typedef struct {
     int gl;  /* int4: log2 of the group size */
 } weight_src;
 
-/* the 16-entry bf16 table of a group, as phk_dequant_int4_bf16 builds it (the same bits) */
-static inline __m512i group_table(const uint16_t *e) {
-    const __m512 q8 = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512 v = _mm512_add_ps(_mm512_mul_ps(q8, _mm512_set1_ps(f32_of_bf16(e[0]))), _mm512_set1_ps(f32_of_bf16(e[1])));
-    return _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(v));
-}
-
-static inline __m512 i8x16_f32(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-
 /* rows n0 + 16 g .. + 16, columns k .. k + 31 of the weight -> r[i] (32 bf16 of row i); tab: the panel's int4
    tables, [64 rows][4 groups][32 words] (groups counted from the panel's first column k0) */
 static inline __attribute__((always_inline)) void weight_rows(const weight_src *s, int64_t n0, int g, int64_t k0,
@@ -105,7 +94,7 @@ static inline __attribute__((always_inline)) void weight_rows(const weight_src *
         for (int i = 0; i < 16; i++) {  /* columns k .. k + 31: 32 bytes of the row's 64-column chunk */
             const int8_t *b = w + (i / 4) * 4 * K + (i % 4) * 64;
             const __m512 sc = _mm512_set1_ps(f32_of_bf16(s->sz[n + i]));
-            r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(i8x16_f32(b + 16), sc), _mm512_mul_ps(i8x16_f32(b), sc));
+            r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(load_i8x16(b + 16), sc), _mm512_mul_ps(load_i8x16(b), sc));
         }
     }
 }
@@ -117,7 +106,7 @@ static void pack_panel(const weight_src *s, int64_t n0, int64_t k0, int kc, uint
         for (int r = 0; r < TILE_N; r++)
             for (int64_t g = g0; g <= g1; g++)
                 _mm512_store_si512((void *)(tab + (r * 4 + (g - g0)) * 32),
-                                   group_table(s->sz + (g * s->N + n0 + r) * 2));
+                                   int4_bf16_table(s->sz + (g * s->N + n0 + r) * 2));
     }
     for (int64_t k = k0; k < k0 + kc; k += 32)
         for (int g = 0; g < 4; g++) {

@@ -79,10 +79,6 @@ int phk_has_bf16_dot(void) { return 1; }
 #define INT4_AHEAD 8192 /* the int4 kernel reads one stream; into L2 this far ahead: 23-25 GB/s here, 17 with 1 KB into L1 */
 #endif
 
-static inline __m512 load_i8x16(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-
 /* ---- bf16 ---- */
 /* vdpbf16ps: 32 bf16 products per instruction, each exact in fp32 and accumulated in fp32 (pairs added in turn), so
    only the summation order differs from the fp32 loop below; no conversions, so the loop keeps up with memory.
@@ -304,12 +300,6 @@ phk_status_t phk_linear_int4(const uint16_t *x, const uint8_t *w, const uint16_t
    once per group and 128-column chunk (a 16-entry bf16 table), and nibble i of the chunk's 32 words, which holds
    columns 32 i .. 32 i + 31 in order, is 32 indices into it (vpermw): 4 instructions per 32 weights where widening
    each weight took 8 per 16, and the same bits. */
-static inline __m512i int4_bf16_table(const uint16_t *e) {
-    const __m512 q8 = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512 v = _mm512_add_ps(_mm512_mul_ps(q8, _mm512_set1_ps(f32_of_bf16(e[0]))), _mm512_set1_ps(f32_of_bf16(e[1])));
-    return _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(v));  /* entries 16..31 unused: indices are < 16 */
-}
-
 void phk_dequant_int4_bf16(const uint8_t *w, const uint16_t *sz, uint16_t *out, int64_t r0, int64_t r1, int64_t N,
                            int64_t K, int64_t GS, int threads) {
     const int gl = __builtin_ctzll((unsigned long long)GS);  /* GS a power of two: groups by shifts */

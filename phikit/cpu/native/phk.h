@@ -36,5 +36,18 @@ static inline void store_row(uint16_t *y, int64_t m, int64_t N, int64_t n, float
 static inline __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
+static inline __m512 load_i8x16(const int8_t *p) {  /* 16 int8 -> fp32 */
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#endif
+#if defined(__AVX512BF16__)
+/* the 16 values of an int4 group, (q - 8) * scale + zero in fp32 rounded to bf16, as a vpermw table (entries 16..31
+   unused: indices are < 16); e = the group's (scale, zero). The dequantized rows (kernels.c) and the GEMM tiles
+   (gemm_tiles.c) both build them here, so both give the same bits. */
+static inline __m512i int4_bf16_table(const uint16_t *e) {
+    const __m512 q8 = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(q8, _mm512_set1_ps(f32_of_bf16(e[0]))), _mm512_set1_ps(f32_of_bf16(e[1])));
+    return _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(v));
+}
 #endif
 #endif
